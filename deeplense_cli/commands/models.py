@@ -1,0 +1,100 @@
+"""``deeplense models`` and ``deeplense plugins``: what is installed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from deeplense_cli.console import console, print_json
+
+
+def _count_parameters(arch: Any) -> int | None:
+    try:
+        model = arch.build(image_size=arch.image_sizes[0])
+    except Exception:  # a broken factory is reported in the table, not fatal
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List registered architectures (name, plugin, parameters, input sizes)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from deeplense_cli.plugins import architectures
+
+    rows = []
+    for arch in architectures().values():
+        rows.append(
+            {
+                "name": arch.name,
+                "plugin": arch.plugin,
+                "parameters": _count_parameters(arch),
+                "image_sizes": list(arch.image_sizes),
+                "description": arch.description,
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Registered architectures")
+    for col in ("name", "plugin", "parameters", "input sizes", "description"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for row in rows:
+        params = "broken" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f} M"
+        sizes = ", ".join(f"{s}x{s}" for s in row["image_sizes"])
+        table.add_row(row["name"], row["plugin"], params, sizes, row["description"])
+    console().print(table)
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(name: str, as_json: bool) -> None:
+    """Show an architecture's default hyper-parameters and training defaults."""
+    from deeplense_cli.plugins import get_architecture
+
+    arch = get_architecture(name)
+    info = {
+        "name": arch.name,
+        "plugin": arch.plugin,
+        "description": arch.description,
+        "image_sizes": list(arch.image_sizes),
+        "hyperparameters": dict(arch.defaults),
+        "train_defaults": dict(arch.train_defaults),
+    }
+    if as_json:
+        print_json(info)
+        return
+    import yaml
+
+    console().print(f"[bold]{arch.name}[/bold] ({arch.plugin}): {arch.description}")
+    console().print(yaml.safe_dump(json.loads(json.dumps(info)), sort_keys=False), markup=False)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins and what each registers."""
+    from deeplense_cli.plugins import plugin_summary
+
+    rows = plugin_summary()
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Installed plugins")
+    for col in ("plugin", "distribution", "hooks", "architectures"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row["name"], row["distribution"], ", ".join(row["hooks"]), ", ".join(row["architectures"])
+        )
+    console().print(table)

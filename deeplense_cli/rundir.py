@@ -1,0 +1,170 @@
+"""A run directory: everything one training run wrote, and how to read it back.
+
+Layout::
+
+    RUN/
+      config.yaml        resolved configuration the run used
+      classes.json       class names, in label order
+      transform.json     the input transform (see deeplense_cli.transforms)
+      split.json         data source, split seed and sizes
+      metrics.jsonl      one JSON object per epoch
+      checkpoints/last.pt, checkpoints/best.pt   (written atomically)
+      evaluation/        metrics.json, roc.png, confusion_matrix.png
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from deeplense_cli import atomic
+from deeplense_cli.errors import DeepLenseError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+CHECKPOINT_FORMAT = "deeplense-checkpoint/1"
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    # ---- creation -------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, model_name: str, dataset_name: str) -> RunDir:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{model_name.lower()}-{dataset_name}-{secrets.token_hex(2)}"
+        path = Path(root) / name
+        path.mkdir(parents=True, exist_ok=False)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunDir:
+        run = cls(path)
+        if not run.config_path.is_file():
+            raise DeepLenseError(
+                f"{path} is not a deeplense run directory (no config.yaml); "
+                "pass the directory that `deeplense train` printed"
+            )
+        return run
+
+    # ---- paths ----------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.path / "evaluation"
+
+    def checkpoint_path(self, which: str = "best") -> Path:
+        if which not in ("best", "last"):
+            raise DeepLenseError(f"unknown checkpoint {which!r}; use 'best' or 'last'")
+        return self.checkpoint_dir / f"{which}.pt"
+
+    # ---- small JSON/YAML records ----------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic.write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise DeepLenseError(f"cannot read {self.config_path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DeepLenseError(f"{self.config_path} is not a mapping")
+        return data
+
+    def write_record(self, name: str, obj: Any) -> None:
+        atomic.write_json(self.path / f"{name}.json", obj)
+
+    def read_record(self, name: str) -> Any:
+        path = self.path / f"{name}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeepLenseError(f"cannot read {path}: {exc}") from None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.read_record("classes"))
+
+    @property
+    def transform(self) -> dict[str, Any]:
+        return dict(self.read_record("transform"))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        # One line per epoch; a crash leaves whole lines (rewritten atomically).
+        rows = self.read_metrics()
+        rows.append(row)
+        atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def truncate_metrics(self, epochs: int) -> None:
+        """Keep only the first ``epochs`` rows (used when resuming)."""
+        rows = [r for r in self.read_metrics() if int(r.get("epoch", 0)) <= epochs]
+        atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def save_checkpoint(self, which: str, state: dict[str, Any]) -> Path:
+        import torch
+
+        path = self.checkpoint_path(which)
+        with atomic.atomic_path(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        return path
+
+    def load_checkpoint(self, which: str = "best") -> dict[str, Any]:
+        """Load a checkpoint with ``weights_only=True``: no pickle code can run."""
+        import pickle
+
+        import torch
+
+        path = self.checkpoint_path(which)
+        if not path.is_file():
+            raise DeepLenseError(f"{path} does not exist; has this run finished an epoch?")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DeepLenseError(f"cannot load checkpoint {path}: {first}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise DeepLenseError(f"{path} is not a deeplense checkpoint")
+        return state
+
+    def build_model(self, which: str = "best") -> nn.Module:
+        """Rebuild the run's model, load its weights and put it in eval mode."""
+        from deeplense_cli.plugins import get_architecture
+
+        config = self.read_config()
+        model_cfg = config["model"]
+        arch = get_architecture(model_cfg["name"])
+        model = arch.build(
+            image_size=int(self.transform["image_size"]),
+            num_classes=len(self.classes),
+            in_channels=int(self.transform.get("in_channels", 1)),
+            **dict(model_cfg.get("params") or {}),
+        )
+        state = self.load_checkpoint(which)
+        model.load_state_dict(state["model"])
+        model.eval()
+        return model

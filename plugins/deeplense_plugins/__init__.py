@@ -1,0 +1,1 @@
+"""First-party deeplense architecture plugins, loaded through the ``deeplense`` entry points."""
