@@ -43,7 +43,8 @@ class DeepLenseGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
             module_name, attr = self.lazy[cmd_name].split(":")
-            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+            command: click.Command = getattr(importlib.import_module(module_name), attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -56,7 +57,9 @@ class DeepLenseGroup(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=DeepLenseGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=DeepLenseGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="deeplense")
 def cli() -> None:
     """Train, tune, evaluate and deploy classifiers of dark-matter substructure

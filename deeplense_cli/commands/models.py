@@ -27,7 +27,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     from deeplense_cli.plugins import architectures
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for arch in architectures().values():
         rows.append(
             {
@@ -95,6 +95,9 @@ def plugins(as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(
-            row["name"], row["distribution"], ", ".join(row["hooks"]), ", ".join(row["architectures"])
+            row["name"],
+            row["distribution"],
+            ", ".join(row["hooks"]),
+            ", ".join(row["architectures"]),
         )
     console().print(table)

@@ -1,3 +1,218 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense train``: parse flags into a configuration and run the training engine."""
 
-train = unavailable("train", "Train an architecture on a dataset.")
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from deeplense_cli.console import err_console, print_json
+
+
+def data_options(fn: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--dataset", help="Model_I, Model_II or Model_III under the data root."),
+            click.option(
+                "--data", "data_path", type=click.Path(), help="Any class-per-folder tree."
+            ),
+            click.option(
+                "--data-root", type=click.Path(), help="Data root (default $DEEPLENSE_HOME/data)."
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def output_option(fn: Any) -> Any:
+    return click.option(
+        "--output",
+        type=click.Choice(["rich", "jsonl", "quiet"]),
+        default="rich",
+        show_default=True,
+        help="Progress display: rich bars, JSON lines on stdout, or quiet.",
+    )(fn)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("-m", "--model", help="Architecture name (see `deeplense models`), case-insensitive.")
+@data_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML config; flags override it.",
+)
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float, help="Peak learning rate (default: per architecture).")
+@click.option("--weight-decay", type=float)
+@click.option("--warmup-epochs", type=float)
+@click.option("--label-smoothing", type=float)
+@click.option("--ema-decay", type=float, help="Weight EMA decay, e.g. 0.999 (0 = off).")
+@click.option("--grad-clip", type=float, help="Max gradient norm (0 = off).")
+@click.option("--patience", type=int, help="Early stopping after N epochs without improvement.")
+@click.option(
+    "--early-stopping-metric", type=click.Choice(["val_macro_auc", "val_loss", "val_accuracy"])
+)
+@click.option("--seed", type=int, help="Seed for initialisation, data order and augmentation.")
+@click.option("--split-seed", type=int, help="Seed of the train/validation split.")
+@click.option("--val-fraction", type=float)
+@click.option("--max-train-per-class", type=int, help="Use at most N training images per class.")
+@click.option("--max-test-per-class", type=int, help="Use at most N test images per class.")
+@click.option("--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--num-threads", type=int, help="CPU threads (default: available cores).")
+@click.option("--no-augment", is_flag=True, default=None, help="Disable flips/rotations.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any setting: model.<param>, train.<key>, data.<key>. Repeatable.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Run directory (default: new one under the run root).",
+)
+@click.option(
+    "--run-root", type=click.Path(file_okay=False), help="Run root (default $DEEPLENSE_HOME/runs)."
+)
+@click.option(
+    "--resume",
+    "resume_run",
+    type=click.Path(exists=True, file_okay=False),
+    help="Continue a run from its last checkpoint.",
+)
+@click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
+@output_option
+@click.option("--slurm", is_flag=True, help="Submit to SLURM instead of running here.")
+@click.option("--partition")
+@click.option("--gpus", type=int)
+@click.option("--cpus", type=int)
+@click.option("--mem", help="Memory per job, e.g. 16G.")
+@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
+@click.option("--account")
+@click.option("--qos")
+@click.option("--wait", is_flag=True, help="With --slurm: follow the job until it ends.")
+def train(**kw: Any) -> None:
+    """Train an architecture on a dataset.
+
+    \b
+    Examples:
+      deeplense train --model cct --dataset Model_III
+      deeplense train -m resnet18 --data ./my_data --epochs 5 --set model.dropout=0.1
+      deeplense train --resume ~/.deeplense/runs/20261128-...-cct-Model_III-ab12
+    """
+    from deeplense_cli import paths
+    from deeplense_cli.config import load_config_file, parse_overrides, resolve
+    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.train import resume_config
+
+    if kw["resume_run"]:
+        config, run = resume_config(kw["resume_run"], epochs=kw["epochs"])
+        err_console().print(f"Resuming run {run.path}")
+        _run(config, run, kw, resume=True)
+        return
+
+    file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
+    flags = {
+        "model": {"name": kw["model"]},
+        "data": {
+            "dataset": kw["dataset"],
+            "data": kw["data_path"],
+            "data_root": kw["data_root"],
+            "split_seed": kw["split_seed"],
+            "val_fraction": kw["val_fraction"],
+            "max_train_per_class": kw["max_train_per_class"],
+            "max_test_per_class": kw["max_test_per_class"],
+            "skip_bad": kw["skip_bad"],
+        },
+        "train": {
+            key: kw[key]
+            for key in (
+                "epochs",
+                "batch_size",
+                "lr",
+                "weight_decay",
+                "warmup_epochs",
+                "label_smoothing",
+                "ema_decay",
+                "grad_clip",
+                "patience",
+                "early_stopping_metric",
+                "seed",
+                "device",
+                "amp",
+                "num_threads",
+            )
+        },
+        "slurm": {
+            "partition": kw["partition"],
+            "gpus": kw["gpus"],
+            "cpus": kw["cpus"],
+            "mem": kw["mem"],
+            "time": kw["time_limit"],
+            "account": kw["account"],
+            "qos": kw["qos"],
+        },
+    }
+    if kw["no_augment"]:
+        flags["train"]["augment"] = False
+    config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
+    if kw["print_config"]:
+        import yaml
+
+        click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+        return
+    if kw["run_dir"]:
+        from pathlib import Path
+
+        path = Path(kw["run_dir"])
+        if path.exists() and any(path.iterdir()):
+            raise click.ClickException(
+                f"run directory {path} is not empty; use --resume to continue it"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        run = RunDir(path)
+    else:
+        dataset = config["data"]["dataset"] or "data"
+        if config["data"]["data"]:
+            from pathlib import Path
+
+            dataset = Path(config["data"]["data"]).name or "data"
+        run = RunDir.create(paths.run_root(kw["run_root"]), config["model"]["name"], dataset)
+    err_console().print(f"Run directory: {run.path}")
+    _run(config, run, kw, resume=False)
+
+
+def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
+    from deeplense_cli.reporting import make_reporter, metrics_table
+
+    if kw.get("slurm"):
+        from deeplense_cli.commands.slurm_submit import submit_training
+
+        submit_training(config, run, resume=resume, wait=kw.get("wait", False), output=kw["output"])
+        return
+    from deeplense_cli.train import train as run_training
+
+    reporter = make_reporter(kw["output"])
+    result = run_training(
+        config, run, reporter=reporter, resume=resume, evaluate=not kw["no_evaluate"]
+    )
+    if kw["output"] == "jsonl":
+        if result.evaluation:
+            print_json({"event": "evaluation", **result.evaluation})
+        return
+    if result.evaluation and kw["output"] == "rich":
+        from deeplense_cli.console import console
+
+        console().print(
+            metrics_table(result.evaluation, title=f"{config['model']['name']} on the test split")
+        )
+        err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")
+    err_console().print(f"Run directory: {run.path}")

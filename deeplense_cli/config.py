@@ -1,0 +1,212 @@
+"""Run configuration: built-in defaults < architecture defaults < --config FILE < flags.
+
+A configuration is a plain mapping with four sections::
+
+    model: {name: CCT, params: {...}}       # params override the architecture's defaults
+    data:  {dataset: Model_III, data: null, ...}
+    train: {epochs: 10, lr: 0.0005, ...}
+    slurm: {partition: null, ...}           # used by --slurm
+
+The resolved configuration is saved as ``config.yaml`` in every run directory, and that file
+is itself a valid ``--config``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deeplense_cli.errors import DeepLenseError
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "dataset": None,  # Model_I / Model_II / Model_III under the data root
+    "data": None,  # any class-per-folder tree
+    "data_root": None,
+    "val_fraction": 0.1,
+    "test_fraction": 0.1,  # held-out share when there is no test folder
+    "split_seed": 0,
+    "max_train_per_class": None,
+    "max_test_per_class": None,
+    "skip_bad": False,
+}
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 5e-4,
+    "min_lr_ratio": 0.01,  # cosine decays to lr * min_lr_ratio
+    "weight_decay": 0.05,
+    "warmup_epochs": 1.0,
+    "grad_clip": 1.0,  # max gradient norm; 0 disables
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,  # 0 disables the weight EMA; e.g. 0.999
+    "augment": True,  # flips and 90-degree rotations
+    "early_stopping_metric": "val_macro_auc",  # or val_loss, val_accuracy
+    "patience": 0,  # epochs without improvement before stopping; 0 disables
+    "seed": 0,
+    "device": "auto",  # auto, cpu, cuda, cuda:N
+    "amp": "auto",  # auto (bf16/fp16 on CUDA), bf16, fp16, off
+    "channels_last": "auto",
+    "num_threads": None,  # CPU threads; default: the cores this process may use
+    "eval_batch_size": 256,
+}
+
+SLURM_DEFAULTS: dict[str, Any] = {
+    "partition": None,
+    "gpus": 0,
+    "cpus": 2,
+    "mem": None,
+    "time": "04:00:00",
+    "account": None,
+    "qos": None,
+}
+
+SECTIONS = ("model", "data", "train", "slurm")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise DeepLenseError(f"cannot read config file {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise DeepLenseError(f"config file {p} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DeepLenseError(f"config file {p} must hold a mapping with sections {SECTIONS}")
+    unknown = set(raw) - set(SECTIONS) - {"deeplense_version", "classes"}
+    if unknown:
+        raise DeepLenseError(
+            f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(SECTIONS)}"
+        )
+    for section in SECTIONS:
+        if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
+            raise DeepLenseError(f"config file {p}: section {section!r} must be a mapping")
+    return raw
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value as YAML (``4`` -> 4, ``[1, 2]`` -> list, ``x`` -> 'x')."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``key=value`` pairs from ``--set``; keys may be dotted (``train.lr``, ``model.depth``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DeepLenseError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _check_keys(section: str, values: dict[str, Any], known: dict[str, Any]) -> None:
+    unknown = set(values) - set(known)
+    if unknown:
+        raise DeepLenseError(
+            f"unknown {section} setting(s): {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def resolve(
+    file_config: dict[str, Any] | None = None,
+    flags: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resolve the full configuration.
+
+    :param file_config: the parsed ``--config`` file (may be empty).
+    :param flags: per-section values given as command-line flags (``None`` values ignored).
+    :param overrides: dotted ``--set`` values: ``train.lr``, ``data.val_fraction``,
+        ``model.depth`` (a bare key is looked up in train, then data, then model params).
+    """
+    from deeplense_cli.plugins import get_architecture
+
+    file_config = copy.deepcopy(file_config or {})
+    flags = {
+        k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in (flags or {}).items()
+    }
+
+    model_file = file_config.get("model") or {}
+    name = flags.get("model", {}).get("name") or model_file.get("name")
+    if not name:
+        raise DeepLenseError("no model given; pass --model NAME (see `deeplense models`)")
+    arch = get_architecture(str(name))
+
+    params = dict(arch.defaults)
+    file_params = dict(model_file.get("params") or {})
+    _check_keys(f"{arch.name} model", file_params, params)
+    params.update(file_params)
+    params.update(flags.get("model", {}).get("params", {}) or {})
+
+    train = {**TRAIN_DEFAULTS, **dict(arch.train_defaults)}
+    data = dict(DATA_DEFAULTS)
+    slurm = dict(SLURM_DEFAULTS)
+    for section, target in (("train", train), ("data", data), ("slurm", slurm)):
+        values = dict(file_config.get(section) or {})
+        _check_keys(section, values, target)
+        target.update(values)
+        flag_values = flags.get(section, {})
+        _check_keys(section, flag_values, target)
+        target.update(flag_values)
+
+    for key, value in (overrides or {}).items():
+        section, _, sub = key.partition(".")
+        if sub and section == "model":
+            _check_keys(f"{arch.name} model", {sub: value}, params)
+            params[sub] = value
+        elif sub and section in ("train", "data", "slurm"):
+            target = {"train": train, "data": data, "slurm": slurm}[section]
+            _check_keys(section, {sub: value}, target)
+            target[sub] = value
+        elif not sub and key in train:
+            train[key] = value
+        elif not sub and key in data:
+            data[key] = value
+        elif not sub and key in params:
+            params[key] = value
+        else:
+            raise DeepLenseError(
+                f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "
+                f"(see `deeplense train --print-config`)"
+            )
+
+    _validate_train(train)
+    return {
+        "model": {"name": arch.name, "params": params},
+        "data": data,
+        "train": train,
+        "slurm": slurm,
+    }
+
+
+def _validate_train(train: dict[str, Any]) -> None:
+    def positive(key: str, kind: type = float) -> None:
+        value = train[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise DeepLenseError(f"train.{key} must be a positive number, got {value!r}")
+        if kind is int and int(value) != value:
+            raise DeepLenseError(f"train.{key} must be an integer, got {value!r}")
+
+    positive("epochs", int)
+    positive("batch_size", int)
+    positive("lr")
+    if train["early_stopping_metric"] not in ("val_macro_auc", "val_loss", "val_accuracy"):
+        raise DeepLenseError(
+            "train.early_stopping_metric must be val_macro_auc, val_loss or val_accuracy"
+        )
+    if not 0 <= float(train["ema_decay"]) < 1:
+        raise DeepLenseError("train.ema_decay must be in [0, 1)")
+    if str(train["amp"]) not in ("auto", "bf16", "fp16", "off"):
+        raise DeepLenseError("train.amp must be auto, bf16, fp16 or off")

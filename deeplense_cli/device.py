@@ -1,0 +1,68 @@
+"""Choosing where PyTorch runs, and CPU threading that behaves on shared machines."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from deeplense_cli.errors import DeepLenseError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def prepare_cpu_threads(num_threads: int | None = None) -> int:
+    """Set OpenMP/torch threads. Call before heavy torch work.
+
+    OpenMP busy-waiting made 2-thread training 5-25x slower on loaded machines
+    (facts/onnx-runtime.md), so threads sleep when idle unless the user said otherwise.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    n = int(num_threads) if num_threads else available_cores()
+    torch.set_num_threads(max(1, n))
+    return n
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    import torch
+
+    req = (requested or "auto").lower()
+    if req == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if req == "cpu":
+        return torch.device("cpu")
+    if req.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeepLenseError(
+                f"device {requested!r} requested but CUDA is not available here; "
+                "use --device cpu or run on a GPU machine"
+            )
+        dev = torch.device(req)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeepLenseError(
+                f"{requested!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+        return dev
+    raise DeepLenseError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
+def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for training (None = full precision)."""
+    import torch
+
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

@@ -1,0 +1,125 @@
+"""Evaluation of a trained run on a held-out split (or any folder with the same classes)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeplense_cli import atomic
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.rundir import RunDir
+
+if TYPE_CHECKING:
+    from deeplense_cli.data import ImageSet, Splits
+
+SPLITS = ("test", "val", "train")
+
+
+def _select(
+    run: RunDir,
+    split: str,
+    splits: Splits | None,
+    data: str | os.PathLike[str] | None,
+    dataset: str | None,
+    data_root: str | None,
+) -> tuple[ImageSet, np.ndarray, str]:
+    from deeplense_cli.data import load_image_set, resolve_source
+
+    classes = run.classes
+    if data is not None or dataset is not None:
+        source = resolve_source(dataset=dataset, data=data, data_root=data_root)
+        folder = source.test_dir if (dataset is not None and source.test_dir) else source.train_dir
+        images = load_image_set(folder)
+        if list(images.classes) != list(classes):
+            raise DeepLenseError(
+                f"{folder} has classes {images.classes} but the model was trained on {classes}; "
+                "evaluate on data with the same classes"
+            )
+        return images, np.arange(len(images.labels)), str(folder)
+    if splits is None:
+        from deeplense_cli.train import load_splits
+
+        splits = load_splits(run.read_config())
+    if list(splits.classes) != list(classes):
+        raise DeepLenseError(
+            f"the run's data now has classes {splits.classes} but the model was trained on {classes}"
+        )
+    if split == "test":
+        return splits.test, splits.test_idx, "test split"
+    if split == "val":
+        return splits.train, splits.val_idx, "validation split"
+    if split == "train":
+        return splits.train, splits.train_idx, "training split"
+    raise DeepLenseError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def evaluate_run(
+    run: RunDir,
+    split: str = "test",
+    data: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    checkpoint: str = "best",
+    splits: Splits | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    out_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png."""
+    from deeplense_cli.device import prepare_cpu_threads, resolve_device
+    from deeplense_cli.inference import predict_logits
+    from deeplense_cli.metrics import classification_metrics, roc_curves, softmax
+    from deeplense_cli.plots import save_confusion, save_roc
+
+    images, idx, what = _select(run, split, splits, data, dataset, data_root)
+    if len(idx) == 0:
+        raise DeepLenseError(f"the {what} is empty; nothing to evaluate")
+    classes = run.classes
+    transform = run.transform
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        prepare_cpu_threads()
+    model = run.build_model(checkpoint).to(dev)
+    logits = predict_logits(
+        model,
+        images.images,
+        transform,
+        indices=idx,
+        batch_size=batch_size,
+        device=dev,
+        progress=progress,
+    )
+    labels = np.asarray(images.labels)[idx]
+    probs = softmax(logits.astype(np.float64))
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    metrics = classification_metrics(labels, probs, classes, loss=loss)
+    ckpt = run.load_checkpoint(checkpoint)
+    metrics.update(
+        {
+            "split": split if data is None and dataset is None else "external",
+            "source": what,
+            "checkpoint": checkpoint,
+            "checkpoint_epoch": ckpt.get("epoch"),
+            "model": run.read_config()["model"]["name"],
+            "run_dir": str(run.path),
+        }
+    )
+    if out_dir is None:
+        tag = split if (data is None and dataset is None) else "external"
+        out_dir = run.evaluation_dir if tag == "test" else run.path / f"evaluation-{tag}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = roc_curves(labels, probs, classes)
+    aucs = {**metrics["auc"], "micro": metrics["micro_auc"], "macro": metrics["macro_auc"]}
+    title = f"{metrics['model']} on {what} (n={len(labels)})"
+    save_roc(curves, aucs, out_dir / "roc.png", title)
+    save_confusion(
+        np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title
+    )
+    atomic.write_json(out_dir / "metrics.json", metrics)
+    metrics["out_dir"] = str(out_dir)
+    return metrics

@@ -1,0 +1,70 @@
+"""Evaluation figures (matplotlib, Agg backend), written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeplense_cli import atomic
+
+
+def _figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: str) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr) in curves.items():
+        auc = aucs.get(name)
+        label = f"{name} (AUC {auc:.4f})" if isinstance(auc, float) else name
+        style = "--" if name in ("micro", "macro") else "-"
+        ax.plot(fpr, tpr, style, label=label)
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    plt = _figure()
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, data, sub, fmt in (
+        (axes[0], cm, "counts", "d"),
+        (axes[1], norm, "normalised by true class", ".3f"),
+    ):
+        ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set_xticks(range(len(classes)), classes, rotation=30)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(sub)
+        hi = data.max() if data.size else 0
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                ax.text(
+                    j,
+                    i,
+                    format(data[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    color="white" if data[i, j] > hi / 2 else "black",
+                    fontsize=9,
+                )
+    fig.suptitle(title)
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""Progress reporters for the training loop: rich (interactive), JSON lines, quiet."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+class RichReporter:
+    """Epoch and batch bars with loss and images/s; a line per epoch with validation metrics."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.epoch_task: Any = None
+        self.batch_task: Any = None
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.console.print(
+            f"[bold]{info['model']}[/bold] ({info['parameters'] / 1e6:.2f} M parameters) on "
+            f"{info['device']} (amp {info['amp']}); train {info['train']}, val {info['val']}, "
+            f"test {info['test']} images; classes {', '.join(info['classes'])}"
+        )
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.epoch_task = self.progress.add_task(
+            "epochs", total=info["epochs"], completed=info["start_epoch"], status=""
+        )
+        self.batch_task = self.progress.add_task(
+            "batches", total=info["steps_per_epoch"], status=""
+        )
+
+    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        if self.progress is None:
+            return
+        status = f"loss {loss:.4f}  {images_per_s:.0f} img/s"
+        self.progress.update(
+            self.batch_task,
+            completed=step,
+            total=steps,
+            description=f"epoch {epoch}",
+            status=status,
+        )
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        self.progress.update(self.epoch_task, completed=row["epoch"])
+        star = " *" if row.get("best") else ""
+        self.progress.console.print(
+            f"epoch {row['epoch']:>3}  train loss {_fmt(row['train_loss'])}  "
+            f"val loss {_fmt(row.get('val_loss'))}  acc {_fmt(row.get('val_accuracy'))}  "
+            f"macro AUC {_fmt(row.get('val_macro_auc'))}  "
+            f"{_fmt(row.get('train_images_per_s'), 0)} img/s{star}"
+        )
+
+    def end(self, summary: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        msg = f"best epoch {summary['best_epoch']}"
+        if summary.get("stopped_early"):
+            msg += " (stopped early)"
+        self.console.print(msg)
+
+
+class JsonlReporter:
+    """One JSON object per line on stdout: for scripts, clusters and log files."""
+
+    def __init__(self, stream: Any = None, batch_every: float = 10.0) -> None:
+        self.stream = stream
+        self.batch_every = batch_every
+        self._last = 0.0
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        out = self.stream or sys.stdout
+        out.write(json.dumps({"event": event, "time": time.time(), **payload}, default=str) + "\n")
+        out.flush()
+
+    def start(self, info: dict[str, Any]) -> None:
+        self._emit("start", info)
+
+    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.batch_every or step == steps:
+            self._last = now
+            self._emit(
+                "batch",
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "steps": steps,
+                    "loss": loss,
+                    "images_per_s": images_per_s,
+                },
+            )
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self._emit("epoch", row)
+
+    def end(self, summary: dict[str, Any]) -> None:
+        self._emit("end", summary)
+
+
+class QuietReporter:
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        pass
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def end(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def make_reporter(mode: str) -> Any:
+    if mode == "jsonl":
+        return JsonlReporter()
+    if mode == "quiet":
+        return QuietReporter()
+    return RichReporter()
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
+    """A rich table: accuracy, AUCs, per-class precision/recall."""
+    table = Table(title=f"{title} (n={metrics['n']})")
+    table.add_column("class")
+    table.add_column("AUC (one-vs-rest)", justify="right")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    for c in metrics["classes"]:
+        table.add_row(
+            c,
+            _fmt(metrics["auc"].get(c)),
+            _fmt(metrics["precision"].get(c)),
+            _fmt(metrics["recall"].get(c)),
+        )
+    table.add_section()
+    table.add_row("macro", _fmt(metrics.get("macro_auc")), "", "")
+    table.add_row("micro", _fmt(metrics.get("micro_auc")), "", "")
+    table.add_row("accuracy", _fmt(metrics.get("accuracy")), "", "")
+    return table

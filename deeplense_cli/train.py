@@ -1,0 +1,484 @@
+"""Training: one loop used by `deeplense train`, `tune` and `benchmark`.
+
+AdamW with linear warm-up and cosine decay stepped per batch, gradient clipping,
+optional label smoothing and weight EMA, physics-respecting augmentation (the eight
+flips/rotations of the square: lensing images have no preferred orientation), AMP on
+CUDA, atomic `last`/`best` checkpoints and exact resume from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from deeplense_cli import __version__
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.rundir import RunDir
+from deeplense_cli.transforms import default_transform, normalize
+
+if TYPE_CHECKING:
+    import torch
+
+    from deeplense_cli.data import Splits
+
+
+class Reporter(Protocol):
+    """Receives progress from the training loop (rich display, JSON lines, Ray Tune...)."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+    def batch(
+        self, epoch: int, step: int, steps: int, loss: float, images_per_s: float
+    ) -> None: ...
+    def epoch(self, row: dict[str, Any]) -> None: ...
+    def end(self, summary: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        pass
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def end(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    epochs_completed: int
+    best_epoch: int | None
+    best: dict[str, Any] | None
+    stopped_early: bool
+    evaluation: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+HIGHER_IS_BETTER = {"val_macro_auc": True, "val_accuracy": True, "val_loss": False}
+
+
+def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
+    """Is ``row`` better than ``best`` on ``metric`` (ties broken by lower val_loss)?"""
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return best is None
+    if best is None or best.get(metric) is None:
+        return True
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    a, b = sign * float(value), sign * float(best[metric])
+    if a != b:
+        return a > b
+    return float(row.get("val_loss", math.inf)) < float(best.get("val_loss", math.inf))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` (per optimiser step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Apply one of the 8 symmetries of the square to each image (in place of x)."""
+    import torch
+
+    choice = rng.integers(0, 8, size=x.shape[0])
+    out = torch.empty_like(x)
+    for t in range(8):
+        sel = np.flatnonzero(choice == t)
+        if len(sel) == 0:
+            continue
+        idx = torch.from_numpy(sel)
+        part = x[idx]
+        if t >= 4:
+            part = part.flip(-1)
+        out[idx] = torch.rot90(part, t % 4, dims=(-2, -1))
+    return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No weight decay on biases, norms, embeddings/tokens (1-D or tagged parameters).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or any(k in name.lower() for k in ("pos_emb", "cls_token", "token")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _use_channels_last(model: torch.nn.Module, device: torch.device, setting: Any) -> bool:
+    import torch
+
+    if setting in (True, "true", "on"):
+        return device.type == "cuda"
+    if setting in (False, "false", "off", None):
+        return False
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    return device.type == "cuda" and convs > linears
+
+
+def load_splits(config: dict[str, Any], progress: Callable[..., None] | None = None) -> Splits:
+    from deeplense_cli.data import make_splits, resolve_source
+
+    d = config["data"]
+    if not d.get("dataset") and not d.get("data"):
+        raise DeepLenseError("no data given; pass --dataset Model_III or --data PATH")
+    source = resolve_source(
+        dataset=d.get("dataset"), data=d.get("data"), data_root=d.get("data_root")
+    )
+    return make_splits(
+        source,
+        val_fraction=float(d["val_fraction"]),
+        test_fraction=float(d["test_fraction"]),
+        seed=int(d["split_seed"]),
+        max_train_per_class=d.get("max_train_per_class"),
+        max_test_per_class=d.get("max_test_per_class"),
+        skip_bad=bool(d.get("skip_bad")),
+    )
+
+
+def transform_for(splits: Splits) -> dict[str, Any]:
+    shape = splits.train.images.shape
+    if shape[-1] != shape[-2]:
+        raise DeepLenseError(f"images must be square, got {shape[-2]}x{shape[-1]}")
+    return default_transform(image_size=int(shape[-1]), in_channels=int(shape[1]))
+
+
+def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
+    """Write everything a run needs to be evaluated, exported or resumed later."""
+    run.write_config({**config, "deeplense_version": __version__})
+    run.write_record("classes", list(splits.classes))
+    run.write_record("transform", transform_for(splits))
+    run.write_record("split", splits.record())
+
+
+class Trainer:
+    """Holds the model, optimiser and state of one run; `fit` runs the epochs."""
+
+    def __init__(self, config: dict[str, Any], run: RunDir, splits: Splits) -> None:
+        import torch
+
+        from deeplense_cli.device import autocast_dtype, prepare_cpu_threads, resolve_device
+        from deeplense_cli.plugins import get_architecture
+
+        self.config, self.run, self.splits = config, run, splits
+        t = config["train"]
+        self.t = t
+        self.device = resolve_device(str(t["device"]))
+        if self.device.type == "cpu":
+            prepare_cpu_threads(t.get("num_threads"))
+        self.seed = int(t["seed"])
+        torch.manual_seed(self.seed)
+        self.transform = transform_for(splits)
+        arch = get_architecture(config["model"]["name"])
+        self.model = arch.build(
+            image_size=self.transform["image_size"],
+            num_classes=len(splits.classes),
+            in_channels=self.transform["in_channels"],
+            **config["model"]["params"],
+        ).to(self.device)
+        self.channels_last = _use_channels_last(self.model, self.device, t.get("channels_last"))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = autocast_dtype(self.device, str(t["amp"]))
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, float(t["weight_decay"])), lr=float(t["lr"])
+        )
+        self.batch_size = int(t["batch_size"])
+        n_train = len(splits.train_idx)
+        if n_train == 0:
+            raise DeepLenseError(
+                "the training split is empty; use more data or a smaller val_fraction"
+            )
+        self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
+        self.epochs = int(t["epochs"])
+        total = self.steps_per_epoch * self.epochs
+        warmup = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
+        min_ratio = float(t["min_lr_ratio"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, warmup, min_ratio)
+        )
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if float(t["ema_decay"]) > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.model,
+                multi_avg_fn=get_ema_multi_avg_fn(float(t["ema_decay"])),
+                use_buffers=True,
+            )
+        self.epoch = 0
+        self.best: dict[str, Any] | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.metric = str(t["early_stopping_metric"])
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.eval_model().state_dict().items()},
+            "train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "arch": self.config["model"]["name"],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.model.load_state_dict(state["train_model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+        self.bad_epochs = int(state.get("bad_epochs", 0))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # ---- one epoch ------------------------------------------------------------------
+    def _batch(self, idx: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+        import torch
+
+        idx = np.sort(idx)  # sequential reads from the memory-mapped cache
+        x = torch.from_numpy(normalize(np.asarray(self.splits.train.images[idx])))
+        if rng is not None:
+            x = augment(x, rng)
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self, reporter: Reporter) -> dict[str, Any]:
+        import torch
+
+        epoch = self.epoch + 1
+        rng = np.random.default_rng([self.seed, epoch])  # data order depends on (seed, epoch) only
+        order = rng.permutation(self.splits.train_idx)
+        labels_all = self.splits.train.labels
+        aug_rng = rng if self.t["augment"] else None
+        self.model.train()
+        clip = float(self.t["grad_clip"])
+        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        for step in range(self.steps_per_epoch):
+            idx = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
+            x = self._batch(idx, aug_rng)
+            y = torch.from_numpy(labels_all[idx].astype(np.int64)).to(self.device)
+            with torch.autocast(
+                self.device.type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
+                loss = self.loss_fn(self.model(x), y)
+            if not torch.isfinite(loss):
+                raise DeepLenseError(
+                    f"training diverged at epoch {epoch}, step {step + 1} (loss {loss.item()}); "
+                    "lower --lr or increase warm-up"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            total_loss += float(loss.item()) * len(idx)
+            seen += len(idx)
+            elapsed = time.perf_counter() - start
+            reporter.batch(epoch, step + 1, self.steps_per_epoch, total_loss / seen, seen / elapsed)
+        elapsed = time.perf_counter() - start
+        return {
+            "epoch": epoch,
+            "train_loss": total_loss / max(1, seen),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_images_per_s": seen / elapsed if elapsed > 0 else None,
+            "train_seconds": elapsed,
+        }
+
+    def validate(self) -> dict[str, Any]:
+        from deeplense_cli.inference import predict_logits
+        from deeplense_cli.metrics import classification_metrics, softmax
+
+        val_idx = self.splits.val_idx
+        if len(val_idx) == 0:
+            return {}
+        logits = predict_logits(
+            self.eval_model(),
+            self.splits.train.images,
+            self.transform,
+            indices=val_idx,
+            batch_size=int(self.t["eval_batch_size"]),
+            device=self.device,
+            autocast=self.amp_dtype,
+        )
+        labels = self.splits.train.labels[val_idx]
+        probs = softmax(logits.astype(np.float64))
+        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        m = classification_metrics(labels, probs, self.splits.classes, loss=loss)
+        return {
+            "val_loss": m["loss"],
+            "val_accuracy": m["accuracy"],
+            "val_macro_auc": m["macro_auc"],
+            "val_auc": m["auc"],
+        }
+
+    def fit(self, reporter: Reporter | None = None) -> TrainResult:
+        reporter = reporter or SilentReporter()
+        patience = int(self.t.get("patience") or 0)
+        stopped_early = False
+        while self.epoch < self.epochs:
+            row = self.train_epoch(reporter)
+            row.update(self.validate())
+            self.epoch = row["epoch"]
+            is_best = improved(row, self.best, self.metric)
+            if is_best:
+                self.best = {k: v for k, v in row.items() if k.startswith("val_")}
+                self.best_epoch = self.epoch
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            row["best"] = is_best
+            self.run.append_metrics(row)
+            state = self.state()
+            if is_best:
+                self.run.save_checkpoint("best", state)
+            self.run.save_checkpoint("last", state)
+            reporter.epoch(row)
+            if patience and self.bad_epochs >= patience and self.epoch < self.epochs:
+                stopped_early = True
+                break
+        return TrainResult(
+            run=self.run,
+            epochs_completed=self.epoch,
+            best_epoch=self.best_epoch,
+            best=self.best,
+            stopped_early=stopped_early,
+            history=self.run.read_metrics(),
+        )
+
+
+def train(
+    config: dict[str, Any],
+    run: RunDir,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+    splits: Splits | None = None,
+    on_data: Callable[[Splits], None] | None = None,
+) -> TrainResult:
+    """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``)."""
+    reporter = reporter or SilentReporter()
+    if splits is None:
+        splits = load_splits(config)
+    if on_data is not None:
+        on_data(splits)
+    if resume:
+        _check_same_data(run, splits)
+    else:
+        init_run(config, run, splits)
+    trainer = Trainer(config, run, splits)
+    if resume and run.checkpoint_path("last").exists():
+        trainer.restore(run.load_checkpoint("last"))
+        run.truncate_metrics(trainer.epoch)
+    elif resume:
+        run.truncate_metrics(0)
+    reporter.start(
+        {
+            "run_dir": str(run.path),
+            "model": config["model"]["name"],
+            "device": str(trainer.device),
+            "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
+            "classes": splits.classes,
+            "train": len(splits.train_idx),
+            "val": len(splits.val_idx),
+            "test": len(splits.test_idx),
+            "epochs": trainer.epochs,
+            "start_epoch": trainer.epoch,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        }
+    )
+    result = trainer.fit(reporter)
+    if evaluate and len(splits.test_idx):
+        from deeplense_cli.evaluate import evaluate_run
+
+        result.evaluation = evaluate_run(run, splits=splits, device=str(trainer.device))
+    reporter.end(
+        {
+            "run_dir": str(run.path),
+            "epochs_completed": result.epochs_completed,
+            "best_epoch": result.best_epoch,
+            "best": result.best,
+            "stopped_early": result.stopped_early,
+            "test": _summary(result.evaluation),
+        }
+    )
+    return result
+
+
+def _summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not evaluation:
+        return None
+    return {k: evaluation.get(k) for k in ("accuracy", "macro_auc", "micro_auc", "auc", "n")}
+
+
+def _check_same_data(run: RunDir, splits: Splits) -> None:
+    recorded = run.classes
+    if recorded != list(splits.classes):
+        raise DeepLenseError(
+            f"cannot resume {run.path}: the data now has classes {splits.classes}, "
+            f"the run was trained on {recorded}"
+        )
+
+
+def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict[str, Any], RunDir]:
+    run = RunDir.open(run_path)
+    config = run.read_config()
+    config.pop("deeplense_version", None)
+    if epochs is not None:
+        config["train"]["epochs"] = int(epochs)
+        run.write_config({**config, "deeplense_version": __version__})
+    return config, run
