@@ -31,7 +31,9 @@ def normalize(images: np.ndarray, method: str = "minmax") -> np.ndarray:
     if method == "none":
         return x
     if method != "minmax":
-        raise DeepLenseError(f"unknown normalisation {method!r} (known: {', '.join(NORMALIZATIONS)})")
+        raise DeepLenseError(
+            f"unknown normalisation {method!r} (known: {', '.join(NORMALIZATIONS)})"
+        )
     axes = tuple(range(1, x.ndim))
     lo = x.min(axis=axes, keepdims=True)
     span = x.max(axis=axes, keepdims=True) - lo

@@ -1,3 +1,5 @@
 from deeplense_cli.commands.unavailable import unavailable
 
-predict = unavailable("predict", "Predict classes for image files with a trained or exported model.")
+predict = unavailable(
+    "predict", "Predict classes for image files with a trained or exported model."
+)

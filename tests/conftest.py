@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated DEEPLENSE_HOME, fake plugin distributions, small simulated data."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_SAMPLES = SHARED / "data" / "real_samples"
+
+
+@pytest.fixture(autouse=True)
+def deeplense_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own DEEPLENSE_HOME, so nothing touches the user's home."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("DEEPLENSE_HOME", str(home))
+    monkeypatch.delenv("DEEPLENSE_DATA_ROOT", raising=False)
+    monkeypatch.delenv("DEEPLENSE_RUN_ROOT", raising=False)
+    monkeypatch.delenv("DEEPLENSE_BLOCK_PLUGINS", raising=False)
+    return home
+
+
+@pytest.fixture
+def fake_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Install a plugin as a fake distribution (a dist-info folder on sys.path), the way
+    pytest tests entry-point discovery: nothing is pip-installed."""
+    from deeplense_cli import plugins
+
+    site = tmp_path / "fake-site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    added: list[str] = []
+
+    def make(name: str, source: str, dist: str | None = None) -> None:
+        dist = dist or f"fake-{name}"
+        module = f"fake_plugin_{name}"
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[deeplense]\n{name} = {module}\n")
+        added.append(module)
+        plugins.reset()
+
+    yield make
+    for module in added:
+        sys.modules.pop(module, None)
+    plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small, real Model_III set made by the simulator: 3 x 24 train, 3 x 8 test images."""
+    from deeplense_cli.simulate import simulate_dataset
+
+    root = tmp_path_factory.mktemp("simdata")
+    simulate_dataset("Model_III", root, train_per_class=24, test_per_class=8, seed=1, workers=1)
+    return root
