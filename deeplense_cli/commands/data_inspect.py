@@ -1,5 +1,193 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense data info|show|download``: describe, draw and fetch datasets."""
 
-download = unavailable("download", "Download a released dataset.")
-info = unavailable("info", "Describe a dataset.")
-show = unavailable("show", "Draw example images per class.")
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from deeplense_cli.console import console, err_console, print_json
+
+_DATA_ROOT = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder holding the released datasets (default: DEEPLENSE_DATA_ROOT or ~/.deeplense/data).",
+)
+
+
+@contextlib.contextmanager
+def _cache_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr, shown only while a cache is being built."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=True,
+    ) as bar:
+        task: list[Any] = []
+
+        def update(done: int, total: int) -> None:
+            if not task:
+                task.append(bar.add_task(label, total=total))
+            bar.update(task[0], completed=done, total=total)
+
+        yield update
+
+
+def _fmt_range(r: dict[str, float] | None) -> str:
+    if not r:
+        return "-"
+    return f"{r['min']:.4g} .. {r['max']:.4g} (mean {r['mean']:.4g})"
+
+
+def _fmt_mass(m: dict[str, Any] | None) -> str:
+    return f"{m['min']:.3e} .. {m['max']:.3e} eV ({m['count']} images)" if m else "-"
+
+
+@click.command()
+@click.argument("target", metavar="PATH|NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_DATA_ROOT
+def info(target: str, as_json: bool, data_root: str | None) -> None:
+    """Describe a dataset: classes, counts per split, image shape and dtype, value and
+    axion-mass ranges, bad files.
+
+    PATH|NAME is a class-per-folder tree (a sibling PATH_test is its test set) or a
+    released dataset name (Model_I, Model_II, Model_III) under the data root.
+    """
+    from deeplense_cli.data.summary import dataset_info
+
+    with _cache_progress("Indexing images") as progress:
+        result = dataset_info(target, data_root=data_root, progress=progress)
+    if as_json:
+        print_json(result)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console()
+    splits = [(k, result[k]) for k in ("train", "test") if result[k] is not None]
+    table = Table(title=f"{result['name']}: images per class")
+    table.add_column("class")
+    for split, _ in splits:
+        table.add_column(f"{split} folder", justify="right")
+    table.add_column("values (min .. max)")
+    table.add_column("axion mass")
+    for c in result["classes"]:
+        counts = [str(s["counts"].get(c, 0)) for _, s in splits]
+        pc = result["train"]["per_class"][c]
+        table.add_row(c, *counts, _fmt_range(pc["values"]), _fmt_mass(pc["axion_mass"]))
+    table.add_row("[bold]total", *[f"[bold]{s['total']}" for _, s in splits], "", "")
+    con.print(table)
+    for split, s in splits:
+        shape = "x".join(str(n) for n in s["image_shape"])
+        dtypes = escape(", ".join(f"{k} ({v})" for k, v in s["source_dtypes"].items()))
+        con.print(f"[bold]{split}[/bold] folder {s['path']}")
+        con.print(f"  image shape {shape} (C x H x W), stored as {dtypes}; cached as float32")
+        con.print(f"  values {_fmt_range(s['values'])}; axion mass {_fmt_mass(s['axion_mass'])}")
+        con.print(f"  bad files: {s['bad_files']}")
+        for bad in s["bad_examples"][:5]:
+            con.print(f"    {bad['file']}: {bad['reason']}", markup=False)
+        for w in s["warnings"]:
+            err_console().print(f"warning: {w}", markup=False)
+        con.print(f"  cache: {s['cache']}", markup=False)
+
+
+@click.command()
+@click.argument("target", metavar="PATH|NAME")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--per-class", default=4, show_default=True, type=int, help="Images per class.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which examples to pick.")
+@click.option("--test", "use_test", is_flag=True, help="Draw from the test folder.")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable files instead of failing.")
+@_DATA_ROOT
+def show(
+    target: str,
+    output: str,
+    per_class: int,
+    seed: int,
+    use_test: bool,
+    skip_bad: bool,
+    data_root: str | None,
+) -> None:
+    """Draw example images of each class into a PNG grid (labelled with class and axion mass)."""
+    from deeplense_cli.data.imageset import load_image_set
+    from deeplense_cli.data.summary import save_example_grid, source_for
+    from deeplense_cli.errors import DeepLenseError
+
+    source = source_for(target, data_root)
+    folder = source.train_dir
+    if use_test:
+        if source.test_dir is None:
+            raise DeepLenseError(f"{source.name} has no test folder ({folder}_test)")
+        folder = source.test_dir
+    with _cache_progress("Indexing images") as progress:
+        image_set = load_image_set(folder, skip_bad=skip_bad, progress=progress)
+    for w in image_set.warnings:
+        err_console().print(f"warning: {w}", markup=False)
+    path = save_example_grid(image_set, output, per_class=per_class, seed=seed)
+    console().print(
+        f"Wrote {path} ({len(image_set.classes)} classes x {per_class} images from {folder})",
+        markup=False,
+    )
+
+
+@click.command()
+@click.argument("dataset", metavar="Model_I|Model_II|Model_III")
+@_DATA_ROOT
+@click.option(
+    "--url-base",
+    default=None,
+    help="Mirror serving URL/<Name>.tgz and URL/<Name>_test.tgz instead of Google Drive "
+    "(or set DEEPLENSE_DOWNLOAD_URL).",
+)
+@click.option("--keep-archive", is_flag=True, help="Keep the .tgz files after unpacking.")
+def download(dataset: str, data_root: str | None, url_base: str | None, keep_archive: bool) -> None:
+    """Download a released dataset (train and test archives), verify and unpack it.
+
+    An interrupted download resumes where it stopped when the command is run again.
+    """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from deeplense_cli import paths
+    from deeplense_cli.data.download import download_dataset
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        results = download_dataset(
+            dataset,
+            data_root=data_root,
+            url_base=url_base,
+            progress=progress,
+            keep_archive=keep_archive,
+        )
+    for r in results:
+        console().print(f"{r.status}: {r.folder}", markup=False)
+    console().print(f"Data root: {paths.data_root(data_root)}", markup=False)

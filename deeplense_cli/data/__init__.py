@@ -1,0 +1,38 @@
+"""Datasets: safe readers, a memory-mapped cache, seeded splits, download and inspection.
+
+``from deeplense_cli.data import load_image_set, make_splits, resolve_source, read_image``
+is the public API; the sub-modules each hold one concern:
+
+* :mod:`~deeplense_cli.data.readers` -- one file -> image (+ axion mass)
+* :mod:`~deeplense_cli.data.safe_pickle` -- axion object arrays without running pickle code
+* :mod:`~deeplense_cli.data.imageset` -- a class-per-folder tree and its cache
+* :mod:`~deeplense_cli.data.sources` -- dataset names and folders
+* :mod:`~deeplense_cli.data.splits` -- stratified seeded splits
+* :mod:`~deeplense_cli.data.download` -- fetch and unpack the released archives
+* :mod:`~deeplense_cli.data.summary` -- summaries and example grids
+"""
+
+from deeplense_cli.data.imageset import ImageSet, folder_cache_dir, load_image_set
+from deeplense_cli.data.readers import (
+    SUPPORTED_EXTENSIONS,
+    BadImageError,
+    find_images,
+    read_image,
+)
+from deeplense_cli.data.sources import KNOWN_DATASETS, DataSource, resolve_source
+from deeplense_cli.data.splits import Splits, make_splits
+
+__all__ = [
+    "KNOWN_DATASETS",
+    "SUPPORTED_EXTENSIONS",
+    "BadImageError",
+    "DataSource",
+    "ImageSet",
+    "Splits",
+    "find_images",
+    "folder_cache_dir",
+    "load_image_set",
+    "make_splits",
+    "read_image",
+    "resolve_source",
+]
