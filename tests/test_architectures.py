@@ -1,0 +1,226 @@
+"""The architecture contract, checked over every registered architecture, and the
+contract check itself (it must catch broken models)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+from deeplense_cli.contract import check_architecture
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.plugins import architectures, get_architecture
+from deeplense_cli.registry import Architecture
+
+EXPECTED = {
+    "CvT",
+    "CCT",
+    "TwinsSVT",
+    "LeViT",
+    "CaiT",
+    "CrossViT",
+    "PiT",
+    "Swin",
+    "T2TViT",
+    "CrossFormer",
+    "ResNet18",
+}
+ARCHS = architectures()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_eleven_built_in_architectures_are_registered() -> None:
+    names = {arch.name for arch in ARCHS.values()}
+    assert names >= EXPECTED, f"missing: {EXPECTED - names}"
+    for arch in ARCHS.values():
+        if arch.name in EXPECTED:
+            assert arch.plugin in {"vit_pytorch", "timm_swin", "torchvision_resnet"}
+            assert arch.image_sizes == (64, 150)
+            assert arch.description and "\n" not in arch.description
+
+
+def test_names_are_case_insensitive() -> None:
+    assert get_architecture("cct").name == "CCT"
+    assert get_architecture("TWINSSVT").name == "TwinsSVT"
+    assert get_architecture("resnet18") is not None
+
+
+def test_unknown_hyperparameter_is_a_clear_error() -> None:
+    with pytest.raises(DeepLenseError, match=r"unknown hyper-parameter.*mlp_radio"):
+        get_architecture("CCT").build(image_size=64, mlp_radio=2)
+
+
+def test_unsupported_image_size_is_a_clear_error() -> None:
+    with pytest.raises(DeepLenseError, match="does not support 100x100"):
+        get_architecture("CvT").build(image_size=100)
+
+
+@pytest.mark.parametrize("key", sorted(ARCHS))
+def test_train_defaults_and_tune_space_are_well_formed(key: str) -> None:
+    arch = ARCHS[key]
+    assert {"lr", "batch_size", "weight_decay", "warmup_epochs"} <= set(arch.train_defaults)
+    assert 0 < arch.train_defaults["lr"] <= 1e-3
+    assert arch.tune_space, f"{arch.name} has no tune_space"
+    for name, spec in arch.tune_space.items():
+        if name.startswith("model."):
+            assert name[6:] in arch.defaults, f"{arch.name}: {name} is not a hyper-parameter"
+        assert spec["type"] in {"choice", "loguniform", "uniform"}, (name, spec)
+        if spec["type"] == "choice":
+            assert len(spec["values"]) >= 1
+        else:
+            assert 0 < spec["low"] < spec["high"]
+            if name == "lr":
+                assert spec["low"] <= arch.train_defaults["lr"] <= spec["high"]
+
+
+@pytest.mark.parametrize("key", sorted(ARCHS))
+def test_contract_at_64(key: str) -> None:
+    check_architecture(ARCHS[key], image_sizes=[64])
+
+
+@pytest.mark.parametrize("key", sorted(ARCHS))
+def test_contract_at_150(key: str) -> None:
+    if 150 not in ARCHS[key].image_sizes:
+        pytest.skip(f"{ARCHS[key].name} does not support 150 px")
+    check_architecture(ARCHS[key], image_sizes=[150])
+
+
+def _corners(arch: Architecture) -> list[dict[str, Any]]:
+    """All first values and all last values of the model.* choices (dropouts included)."""
+    space = arch.tune_space
+    keys = [k for k in space if k.startswith("model.") and space[k]["type"] == "choice"]
+    return [{k[6:]: space[k]["values"][end] for k in keys} for end in (0, -1)]
+
+
+@pytest.mark.parametrize("key", sorted(ARCHS))
+def test_tune_space_corners_build_at_64(key: str) -> None:
+    arch = ARCHS[key]
+    for hparams in _corners(arch):
+        model = arch.build(image_size=64, **hparams).eval()
+        with torch.no_grad():
+            out = model(torch.rand(2, 1, 64, 64))
+        assert out.shape == (2, 3), (arch.name, hparams)
+        assert torch.isfinite(out).all(), (arch.name, hparams)
+
+
+def test_padding_is_lossless_and_centred() -> None:
+    """A 150 px model that needs 160 px pads with zeros around the untouched image."""
+    model = get_architecture("LeViT").build(image_size=150).eval()
+    seen: list[torch.Tensor] = []
+    hook = model.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    image = torch.rand(1, 1, 150, 150)
+    with torch.no_grad():
+        model(image)
+    hook.remove()
+    padded = seen[0]
+    assert padded.shape == (1, 1, 160, 160)
+    assert torch.equal(padded[..., 5:155, 5:155], image)
+    border = torch.ones_like(padded, dtype=torch.bool)
+    border[..., 5:155, 5:155] = False
+    assert (padded[border] == 0).all()
+
+
+def test_cait_is_deterministic_in_eval_but_drops_layers_in_training() -> None:
+    model = get_architecture("CaiT").build(image_size=64, layer_dropout=0.5)
+    images = torch.rand(2, 1, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        outs = [model(images) for _ in range(6)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        train_outs = [model(images) for _ in range(6)]
+    assert any(not torch.equal(train_outs[0], o) for o in train_outs[1:])
+
+
+# --- the contract check must catch broken architectures --------------------------------
+
+
+class _Tiny(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(img).mean(dim=(2, 3)))
+
+
+class _EvalDropout(_Tiny):
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(super().forward(img), 0.5, training=True)
+
+
+class _WrongShape(_Tiny):
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return super().forward(img)[:, :1]
+
+
+class _HiddenState(_Tiny):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__(num_classes, in_channels)
+        self.offset = torch.randn(num_classes)  # not a buffer: lost by state_dict
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return super().forward(img) + self.offset
+
+
+class _Frozen(_Tiny):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__(num_classes, in_channels)
+        self.requires_grad_(False)
+        self.fc.weight.requires_grad_(True)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return super().forward(img).detach() + 0 * self.fc.weight.sum()
+
+
+def _arch(cls: type[_Tiny]) -> Architecture:
+    def factory(*, image_size: int, num_classes: int, in_channels: int) -> nn.Module:
+        return cls(num_classes, in_channels)
+
+    return Architecture(name=cls.__name__.strip("_"), factory=factory, image_sizes=(64,))
+
+
+def test_contract_accepts_a_good_model() -> None:
+    check_architecture(_arch(_Tiny))
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (_EvalDropout, "two eval-mode forward passes differ"),
+        (_WrongShape, r"output shape \(2, 1\), expected \(2, 3\)"),
+        (_HiddenState, "fresh model loaded with the state_dict gives different outputs"),
+        (_Frozen, "changed no weights"),
+    ],
+)
+def test_contract_rejects_a_broken_model(cls: type[_Tiny], message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_architecture(_arch(cls))
+
+
+def test_contract_rejects_a_size_the_architecture_does_not_support() -> None:
+    with pytest.raises(AssertionError, match="not among its image_sizes"):
+        check_architecture(_arch(_Tiny), image_sizes=[150])
+
+
+@pytest.mark.parametrize("key", sorted(ARCHS))
+def test_defaults_survive_a_json_round_trip(key: str) -> None:
+    """Configs from YAML/JSON turn tuples into lists; every factory must accept them."""
+    arch = ARCHS[key]
+    hparams = json.loads(json.dumps(dict(arch.defaults)))
+    model = arch.build(image_size=64, **hparams).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 64, 64)).shape == (2, 3)
