@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -96,9 +97,11 @@ class RichReporter:
 class JsonlReporter:
     """One JSON object per line on stdout: for scripts, clusters and log files."""
 
-    def __init__(self, stream: Any = None, batch_every: float = 10.0) -> None:
+    def __init__(self, stream: Any = None, batch_every: float | None = None) -> None:
         self.stream = stream
-        self.batch_every = batch_every
+        # Seconds between batch events; DEEPLENSE_JSONL_BATCH_EVERY=0 emits every batch.
+        env = os.environ.get("DEEPLENSE_JSONL_BATCH_EVERY")
+        self.batch_every = batch_every if batch_every is not None else float(env or 10.0)
         self._last = 0.0
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:

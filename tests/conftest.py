@@ -19,7 +19,9 @@ REAL_SAMPLES = SHARED / "data" / "real_samples"
 
 
 @pytest.fixture(autouse=True)
-def deeplense_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def deeplense_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Every test gets its own DEEPLENSE_HOME, so nothing touches the user's home."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("DEEPLENSE_HOME", str(home))
@@ -65,3 +67,18 @@ def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("simdata")
     simulate_dataset("Model_III", root, train_per_class=24, test_per_class=8, seed=1, workers=1)
     return root
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow", action="store_true", default=False, help="also run tests marked slow (CI does)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow") or os.environ.get("DEEPLENSE_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

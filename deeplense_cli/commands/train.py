@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
-from deeplense_cli.console import err_console, print_json
+from deeplense_cli.console import err_console
 
 
 def data_options(fn: Any) -> Any:
@@ -206,7 +207,7 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
     )
     if kw["output"] == "jsonl":
         if result.evaluation:
-            print_json({"event": "evaluation", **result.evaluation})
+            click.echo(json.dumps({"event": "evaluation", **result.evaluation}, default=str))
         return
     if result.evaluation and kw["output"] == "rich":
         from deeplense_cli.console import console

@@ -1,0 +1,145 @@
+"""Evaluation: metric correctness, the evaluate command, and its error cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.metrics import classification_metrics, roc_curves, softmax
+
+CLASSES = ["axion", "cdm", "no_sub"]
+
+
+def test_metrics_match_sklearn_on_softmax_probabilities() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 2.0 * np.eye(3)[labels]
+    probs = softmax(logits)
+    m = classification_metrics(labels, probs, CLASSES)
+    onehot = np.eye(3)[labels]
+    for i, c in enumerate(CLASSES):
+        assert m["auc"][c] == pytest.approx(roc_auc_score(onehot[:, i], probs[:, i]))
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+    assert m["micro_auc"] == pytest.approx(roc_auc_score(onehot, probs, average="micro"))
+    assert m["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+    cm = np.array(m["confusion_matrix"])
+    assert cm.sum() == 300 and np.trace(cm) == round(m["accuracy"] * 300)
+    for i, c in enumerate(CLASSES):
+        assert m["recall"][c] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert m["precision"][c] == pytest.approx(cm[i, i] / cm[:, i].sum())
+
+
+def test_perfect_and_missing_class_cases() -> None:
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    m = classification_metrics(labels, probs, CLASSES)
+    assert m["accuracy"] == 1.0 and m["auc"]["axion"] == 1.0
+    assert m["auc"]["no_sub"] is None  # undefined without positives, not a fake number
+    assert m["recall"]["no_sub"] is None and m["precision"]["no_sub"] is None
+    curves = roc_curves(labels, probs, CLASSES)
+    assert "no_sub" not in curves and {"axion", "cdm", "micro", "macro"} <= set(curves)
+
+
+@pytest.fixture(scope="module")
+def trained_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "-m",
+            "resnet18",
+            "--dataset",
+            "Model_III",
+            "--data-root",
+            str(sim_root),
+            "--run-dir",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--output",
+            "quiet",
+            "--no-evaluate",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_evaluate_command_writes_metrics_and_plots(trained_run: Path) -> None:
+    result = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.output)
+    assert m["n"] == 24 and m["checkpoint"] == "best" and m["checkpoint_epoch"] == 1
+    out = Path(m["out_dir"])
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    assert (out / "roc.png").stat().st_size > 1000 and (
+        out / "confusion_matrix.png"
+    ).stat().st_size > 1000
+    table = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--split", "val"])
+    assert table.exit_code == 0, table.output
+    assert "macro" in table.output and "accuracy" in table.output
+
+
+def test_evaluate_on_external_folder_and_class_mismatch(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    ok = CliRunner().invoke(
+        cli, ["evaluate", str(trained_run), "--data", str(sim_root / "Model_III_test"), "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["n"] == 24
+    other = tmp_path / "two_classes"
+    for c in ("cdm", "no_sub"):
+        shutil.copytree(sim_root / "Model_III_test" / c, other / c)
+    bad = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--data", str(other)])
+    assert bad.exit_code == 1
+    assert "classes" in bad.output and "Traceback" not in bad.output
+
+
+def test_evaluate_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    not_run = runner.invoke(cli, ["evaluate", str(tmp_path)])
+    assert not_run.exit_code == 1 and "not a deeplense run directory" in not_run.output
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (copy / "checkpoints" / "best.pt").write_bytes(b"garbage, not a checkpoint")
+    corrupt = runner.invoke(cli, ["evaluate", str(copy)])
+    assert corrupt.exit_code == 1 and "cannot load checkpoint" in corrupt.output
+    assert "Traceback" not in corrupt.output
+
+
+def test_checkpoints_refuse_pickled_code(trained_run: Path, tmp_path: Path) -> None:
+    """A checkpoint carrying a pickle payload must not run it (weights_only loading)."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    copy = tmp_path / "evil"
+    shutil.copytree(trained_run, copy)
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    import torch
+
+    torch.save(
+        {"format": "deeplense-checkpoint/1", "model": Evil()},
+        copy / "checkpoints" / "best.pt",
+        pickle_module=pickle,
+    )
+    result = CliRunner().invoke(cli, ["evaluate", str(copy)])
+    assert result.exit_code == 1 and "cannot load checkpoint" in result.output
+    assert not marker.exists()

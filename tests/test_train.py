@@ -1,0 +1,338 @@
+"""Training: configuration, the loop, run directories, determinism, early stopping, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.config import resolve
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.rundir import RunDir
+from deeplense_cli.train import augment, improved, lr_factor
+
+QUICK = ["--epochs", "2", "--batch-size", "16", "--output", "quiet", "--num-threads", "1"]
+
+
+def _train(sim_root: Path, run_dir: Path, *extra: str, model: str = "resnet18") -> RunDir:
+    args = ["train", "-m", model, "--dataset", "Model_III", "--data-root", str(sim_root)]
+    result = CliRunner().invoke(cli, [*args, "--run-dir", str(run_dir), *QUICK, *extra])
+    assert result.exit_code == 0, result.output
+    return RunDir.open(run_dir)
+
+
+# ---- configuration ------------------------------------------------------------------
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    base = resolve({}, {"model": {"name": "cct"}})
+    assert base["model"]["name"] == "CCT"
+    arch_lr = base["train"]["lr"]
+    file_cfg = {
+        "model": {"name": "cct", "params": {"num_layers": 2}},
+        "train": {"lr": 1e-4, "epochs": 7},
+    }
+    cfg = resolve(
+        file_cfg, {"train": {"epochs": 3, "lr": None}}, {"model.num_heads": 2, "train.seed": 5}
+    )
+    assert cfg["train"]["lr"] == 1e-4  # file beats the architecture default
+    assert cfg["train"]["epochs"] == 3  # flag beats file
+    assert cfg["train"]["seed"] == 5
+    assert cfg["model"]["params"]["num_layers"] == 2 and cfg["model"]["params"]["num_heads"] == 2
+    assert arch_lr != 1e-4
+
+
+@pytest.mark.parametrize(
+    "file_cfg, overrides, message",
+    [
+        ({"train": {"epochs": 2, "bogus": 1}}, {}, "unknown train setting"),
+        ({"model": {"name": "cct", "params": {"nope": 1}}}, {}, "unknown CCT model"),
+        ({}, {"model.nope": 3}, "unknown CCT model"),
+        ({}, {"whatever": 3}, "unknown setting 'whatever'"),
+        ({"train": {"epochs": -1}}, {}, "epochs must be a positive"),
+        ({"train": {"lr": "fast"}}, {}, "lr must be a positive"),
+    ],
+)
+def test_config_errors(file_cfg, overrides, message) -> None:
+    file_cfg = {"model": {"name": "cct"}, **file_cfg} if "model" not in file_cfg else file_cfg
+    with pytest.raises(DeepLenseError, match=message):
+        resolve(file_cfg, {}, overrides)
+
+
+def test_print_config_and_config_file_round_trip(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"name": "swin"}, "train": {"epochs": 4}}))
+    result = runner.invoke(
+        cli, ["train", "--config", str(cfg_file), "--lr", "0.002", "--print-config"]
+    )
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert printed["model"]["name"] == "Swin" and printed["train"]["epochs"] == 4
+    assert printed["train"]["lr"] == 0.002
+    # the printed config is itself a valid --config
+    again = tmp_path / "again.yaml"
+    again.write_text(result.output)
+    result2 = runner.invoke(cli, ["train", "--config", str(again), "--print-config"])
+    assert yaml.safe_load(result2.output) == printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "nope", "--dataset", "Model_III"], "unknown model 'nope'"),
+        (["--dataset", "Model_III"], "no model given"),
+        (["-m", "cct", "--set", "novalue"], "--set expects KEY=VALUE"),
+    ],
+)
+def test_train_bad_input_is_one_line(args, message) -> None:
+    result = CliRunner().invoke(cli, ["train", *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["train", "-m", "cct", "--dataset", "Model_II", "--data-root", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "deeplense data simulate" in result.output
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(bad)])
+    assert result.exit_code == 1 and "not valid YAML" in result.output
+
+
+# ---- pieces of the loop -------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    total, warm = 100, 10
+    f = [lr_factor(s, total, warm, 0.01) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))  # decays monotonically
+    assert f[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_augment_applies_square_symmetries() -> None:
+    import torch
+
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(64, 1, 1, 1)
+    out = augment(x, np.random.default_rng(0))
+    seen = set()
+    for a, b in zip(x, out, strict=True):
+        variants = [torch.rot90(a, k, (-2, -1)) for k in range(4)]
+        variants += [torch.rot90(a.flip(-1), k, (-2, -1)) for k in range(4)]
+        matches = [i for i, v in enumerate(variants) if torch.equal(v, b)]
+        assert matches, "augmented image is not a flip/rotation of the input"
+        seen.add(matches[0])
+    assert len(seen) == 8
+
+
+def test_improved_uses_metric_direction_and_loss_tiebreak() -> None:
+    assert improved({"val_macro_auc": 0.9, "val_loss": 1}, None, "val_macro_auc")
+    assert improved({"val_macro_auc": 0.95}, {"val_macro_auc": 0.9}, "val_macro_auc")
+    assert not improved({"val_loss": 0.5}, {"val_loss": 0.4}, "val_loss")
+    assert improved(
+        {"val_macro_auc": 1.0, "val_loss": 0.1},
+        {"val_macro_auc": 1.0, "val_loss": 0.2},
+        "val_macro_auc",
+    )
+
+
+# ---- real training runs on simulated data ------------------------------------------
+
+
+def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
+    run = _train(sim_root, tmp_path / "run")
+    for name in ("config.yaml", "classes.json", "transform.json", "split.json", "metrics.jsonl"):
+        assert (run.path / name).is_file(), name
+    assert run.classes == ["axion", "cdm", "no_sub"]
+    assert run.transform == {"normalize": "minmax", "image_size": 64, "in_channels": 1}
+    cfg = run.read_config()
+    assert cfg["model"]["name"] == "ResNet18" and cfg["train"]["epochs"] == 2
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert np.isfinite(r["train_loss"]) and 0 <= r["val_accuracy"] <= 1
+        assert r["train_images_per_s"] > 0
+    assert run.checkpoint_path("best").is_file() and run.checkpoint_path("last").is_file()
+    assert not list(run.checkpoint_dir.glob(".*tmp"))  # no temporary leftovers
+    ev = json.loads((run.evaluation_dir / "metrics.json").read_text())
+    assert ev["split"] == "test" and ev["n"] == 24
+    assert set(ev["auc"]) == {"axion", "cdm", "no_sub"}
+    assert sum(map(sum, ev["confusion_matrix"])) == 24
+    for png in ("roc.png", "confusion_matrix.png"):
+        assert (run.evaluation_dir / png).read_bytes()[:4] == b"\x89PNG"
+    # the saved config is a valid --config for a new run
+    result = CliRunner().invoke(cli, ["train", "--config", str(run.config_path), "--print-config"])
+    assert result.exit_code == 0, result.output
+
+
+def test_training_is_repeatable_with_a_seed(sim_root: Path, tmp_path: Path) -> None:
+    a = _train(sim_root, tmp_path / "a", "--seed", "3")
+    b = _train(sim_root, tmp_path / "b", "--seed", "3", "--no-evaluate")
+    la = [r["train_loss"] for r in a.read_metrics()]
+    lb = [r["train_loss"] for r in b.read_metrics()]
+    assert la == pytest.approx(lb, rel=1e-6)
+
+
+def test_early_stopping(sim_root: Path, tmp_path: Path) -> None:
+    # A vanishing learning rate cannot improve validation loss: stop after `patience` epochs.
+    run = _train(
+        sim_root,
+        tmp_path / "es",
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-12",
+        "--patience",
+        "1",
+        "--early-stopping-metric",
+        "val_loss",
+        "--ema-decay",
+        "0",
+        "--no-evaluate",
+    )
+    assert len(run.read_metrics()) == 2
+
+
+def test_ema_and_label_smoothing_run(sim_root: Path, tmp_path: Path) -> None:
+    run = _train(
+        sim_root,
+        tmp_path / "ema",
+        "--ema-decay",
+        "0.9",
+        "--label-smoothing",
+        "0.1",
+        "--no-evaluate",
+    )
+    state = run.load_checkpoint("last")
+    assert state["ema"] is not None
+    # the evaluated weights (EMA) differ from the raw training weights
+    key = next(k for k in state["model"] if k.endswith("weight"))
+    assert not np.allclose(state["model"][key].numpy(), state["train_model"][key].numpy())
+
+
+def test_jsonl_output_is_machine_readable(sim_root: Path, tmp_path: Path) -> None:
+    args = [
+        "train",
+        "-m",
+        "resnet18",
+        "--data",
+        str(sim_root / "Model_III"),
+        "--run-dir",
+        str(tmp_path / "j"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--output",
+        "jsonl",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "epoch" in kinds and "end" in kinds and kinds[-1] == "evaluation"
+
+
+def test_run_dir_must_be_empty(sim_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "-m",
+            "resnet18",
+            "--dataset",
+            "Model_III",
+            "--data-root",
+            str(sim_root),
+            "--run-dir",
+            str(tmp_path / "full"),
+        ],
+    )
+    assert result.exit_code == 1 and "not empty" in result.output
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_keeps_completed_epochs(sim_root: Path, tmp_path: Path) -> None:
+    """Kill a real training process mid-epoch; the resumed run finishes with the completed
+    epochs intact and matches an uninterrupted run."""
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "DEEPLENSE_JSONL_BATCH_EVERY": "0", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "deeplense_cli", "train"]
+    args = [
+        "-m",
+        "resnet18",
+        "--dataset",
+        "Model_III",
+        "--data-root",
+        str(sim_root),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--seed",
+        "7",
+        "--num-threads",
+        "1",
+        "--output",
+        "jsonl",
+        "--no-evaluate",
+    ]
+    proc = subprocess.Popen(
+        [*base, *args, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    killed_in = None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "batch" and event["epoch"] == 3 and event["step"] >= 2:
+            proc.send_signal(signal.SIGKILL)
+            killed_in = event["epoch"]
+            break
+    proc.wait(timeout=60)
+    assert killed_in == 3 and proc.returncode == -signal.SIGKILL
+    before = RunDir.open(run_dir).read_metrics()
+    assert [r["epoch"] for r in before] == [1, 2]
+
+    resumed = subprocess.run(
+        [*base, "--resume", str(run_dir), "--output", "jsonl"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = RunDir.open(run_dir).read_metrics()
+    assert [r["epoch"] for r in after] == [1, 2, 3, 4]
+    assert after[:2] == before  # completed epochs untouched
+
+    straight = subprocess.run(
+        [*base, *args, "--run-dir", str(tmp_path / "straight")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = RunDir.open(tmp_path / "straight").read_metrics()
+    for got, want in zip(after, reference, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
