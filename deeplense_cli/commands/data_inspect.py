@@ -89,15 +89,15 @@ def info(target: str, as_json: bool, data_root: str | None) -> None:
     for split, s in splits:
         shape = "x".join(str(n) for n in s["image_shape"])
         dtypes = escape(", ".join(f"{k} ({v})" for k, v in s["source_dtypes"].items()))
-        con.print(f"[bold]{split}[/bold] folder {s['path']}")
+        con.print(f"[bold]{split}[/bold] folder {escape(s['path'])}", soft_wrap=True)
         con.print(f"  image shape {shape} (C x H x W), stored as {dtypes}; cached as float32")
         con.print(f"  values {_fmt_range(s['values'])}; axion mass {_fmt_mass(s['axion_mass'])}")
         con.print(f"  bad files: {s['bad_files']}")
         for bad in s["bad_examples"][:5]:
-            con.print(f"    {bad['file']}: {bad['reason']}", markup=False)
+            con.print(f"    {bad['file']}: {bad['reason']}", markup=False, soft_wrap=True)
         for w in s["warnings"]:
-            err_console().print(f"warning: {w}", markup=False)
-        con.print(f"  cache: {s['cache']}", markup=False)
+            err_console().print(f"warning: {w}", markup=False, soft_wrap=True)
+        con.print(f"  cache: {s['cache']}", markup=False, soft_wrap=True)
 
 
 @click.command()
@@ -131,11 +131,12 @@ def show(
     with _cache_progress("Indexing images") as progress:
         image_set = load_image_set(folder, skip_bad=skip_bad, progress=progress)
     for w in image_set.warnings:
-        err_console().print(f"warning: {w}", markup=False)
+        err_console().print(f"warning: {w}", markup=False, soft_wrap=True)
     path = save_example_grid(image_set, output, per_class=per_class, seed=seed)
     console().print(
         f"Wrote {path} ({len(image_set.classes)} classes x {per_class} images from {folder})",
         markup=False,
+        soft_wrap=True,
     )
 
 
@@ -189,5 +190,5 @@ def download(dataset: str, data_root: str | None, url_base: str | None, keep_arc
             keep_archive=keep_archive,
         )
     for r in results:
-        console().print(f"{r.status}: {r.folder}", markup=False)
-    console().print(f"Data root: {paths.data_root(data_root)}", markup=False)
+        console().print(f"{r.status}: {r.folder}", markup=False, soft_wrap=True)
+    console().print(f"Data root: {paths.data_root(data_root)}", markup=False, soft_wrap=True)
