@@ -117,7 +117,8 @@ def test_padding_is_lossless_and_centred() -> None:
     """A 150 px model that needs 160 px pads with zeros around the untouched image."""
     model = get_architecture("LeViT").build(image_size=150).eval()
     seen: list[torch.Tensor] = []
-    hook = model.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    inner = model.get_submodule("model")  # the wrapped LeViT
+    hook = inner.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     image = torch.rand(1, 1, 150, 150)
     with torch.no_grad():
         model(image)

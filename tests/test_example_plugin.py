@@ -1,0 +1,132 @@
+"""The example third-party plugin package, pip-installed for real into this venv and seen
+by a fresh `deeplense` process through its entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "deeplense-example-plugin"
+DIST = "deeplense-example-plugin"
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _run(code: str) -> str:
+    """Run Python in a fresh interpreter (entry points are read anew) and return stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DEEPLENSE_BLOCK_PLUGINS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def installed_example() -> Iterator[None]:
+    """pip-install the example package (no deps, no build isolation: offline, fast).
+
+    It is left installed when it was installed before the session; otherwise removed
+    again, so the venv is as it was.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is needed to build the example plugin without isolation")
+    was_installed = _pip("show", "-q", DIST).returncode == 0
+    proc = _pip("install", "--no-deps", "--no-build-isolation", "-q", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    # setuptools builds in the source folder; the installed copy does not need these
+    shutil.rmtree(EXAMPLE / "build", ignore_errors=True)
+    shutil.rmtree(EXAMPLE / "deeplense_example_plugin.egg-info", ignore_errors=True)
+    yield
+    if not was_installed:
+        _pip("uninstall", "-y", "-q", DIST)
+
+
+def _cli(*args: str) -> object:
+    out = _run(
+        "import sys; from deeplense_cli.cli import main; "
+        f"sys.argv = ['deeplense', *{list(args)!r}]; main()"
+    )
+    return json.loads(out)
+
+
+def test_example_plugin_installs_and_registers_through_its_entry_point(
+    installed_example: None,
+) -> None:
+    plugins = _cli("plugins", "--json")
+    assert isinstance(plugins, list)
+    example = [row for row in plugins if row["name"] == "example"]
+    assert example, f"plugin 'example' not listed: {[row['name'] for row in plugins]}"
+    assert example[0]["distribution"] == DIST
+    assert example[0]["module"] == "deeplense_example_plugin"
+    assert example[0]["architectures"] == ["TinyCNN"]
+    assert "register_architectures" in example[0]["hooks"]
+
+    models = _cli("models", "--json")
+    assert isinstance(models, list)
+    tiny = [row for row in models if row["name"] == "TinyCNN"]
+    assert tiny and tiny[0]["plugin"] == "example"
+    assert tiny[0]["image_sizes"] == [64, 150]
+    assert tiny[0]["parameters"] and tiny[0]["parameters"] > 0
+    # the built-in architectures are still there beside it
+    assert {"CCT", "Swin", "ResNet18"} <= {row["name"] for row in models}
+
+    # looked up by case-insensitive name and checked against the full contract
+    out = _run(
+        "from deeplense_cli.plugins import get_architecture\n"
+        "from deeplense_cli.contract import check_architecture\n"
+        "arch = get_architecture('tinycnn')\n"
+        "check_architecture(arch)\n"
+        "print(arch.name, arch.plugin)\n"
+    )
+    assert out.split() == ["TinyCNN", "example"]
+
+
+def test_blocking_the_example_plugin_hides_its_architecture(installed_example: None) -> None:
+    out = _run(
+        "import os; os.environ['DEEPLENSE_BLOCK_PLUGINS'] = 'example'\n"
+        "from deeplense_cli.plugins import architectures\n"
+        "print(sorted(a.name for a in architectures().values()))\n"
+    )
+    assert "TinyCNN" not in out and "CCT" in out
+
+
+def test_example_plugin_meets_the_contract_without_installing() -> None:
+    """The package's own module, imported from its folder: fast, no pip."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from deeplense_example_plugin import TINY_CNN
+
+        from deeplense_cli.contract import check_architecture
+
+        check_architecture(TINY_CNN)
+        assert TINY_CNN.name == "TinyCNN"
+        for key in TINY_CNN.tune_space:
+            if key.startswith("model."):
+                assert key[6:] in TINY_CNN.defaults
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+def test_example_plugin_module_does_not_import_torch() -> None:
+    out = _run(
+        f"import sys; sys.path.insert(0, {str(EXAMPLE)!r})\n"
+        "import deeplense_example_plugin\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert out.strip() == "False"
