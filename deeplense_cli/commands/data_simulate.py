@@ -1,3 +1,139 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense data simulate``: write a Model_I/II/III dataset with lenstronomy."""
 
-simulate = unavailable("simulate", "Simulate a DeepLense dataset with lenstronomy.")
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command(name="simulate")
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "--train-per-class",
+    type=int,
+    default=30000,
+    show_default=True,
+    help="Training images per class (written to OUT/MODEL/CLASS).",
+)
+@click.option(
+    "--test-per-class",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Test images per class (written to OUT/MODEL_test/CLASS).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Every image depends only on (seed, model, split, class, index).",
+)
+@click.option("--workers", type=int, default=None, help="Worker processes [default: all cores].")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data root [default: the deeplense data root].",
+)
+@click.option(
+    "--classes",
+    default="axion,cdm,no_sub",
+    show_default=True,
+    help="Comma-separated subset of axion,cdm,no_sub.",
+)
+def simulate(
+    model: str,
+    train_per_class: int,
+    test_per_class: int,
+    seed: int,
+    workers: int | None,
+    out: Path | None,
+    classes: str,
+) -> None:
+    """Simulate a DeepLense dataset (MODEL: Model_I, Model_II or Model_III) with lenstronomy.
+
+    Follows the published recipe and writes the released layout. Re-running the same
+    command resumes: finished files are kept, missing ones are written.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+    from rich.text import Text
+
+    from deeplense_cli import paths
+    from deeplense_cli import simulate as engine
+    from deeplense_cli.console import console
+
+    spec = engine.model_spec(model)
+    selected = engine.parse_classes(classes)
+    root = paths.data_root(out)
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    total = (train_per_class + test_per_class) * len(selected)
+    con = console()
+    con.print(
+        f"Simulating [bold]{spec.name}[/] ({spec.num_pix}x{spec.num_pix}, "
+        f'{spec.pixel_scale}"/px) classes {", ".join(selected)}: '
+        f"{train_per_class} train + {test_per_class} test per class, seed {seed}, "
+        f"{n_workers} worker(s)"
+    )
+    con.print(
+        f"Writing to {engine.split_dir(root, spec.name, 'train')}/ and "
+        f"{engine.split_dir(root, spec.name, 'test')}/"
+    )
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="cyan")
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=con,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(spec.name, total=total)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        summary: dict[str, Any] = engine.simulate_dataset(
+            spec.name,
+            root,
+            train_per_class=train_per_class,
+            test_per_class=test_per_class,
+            seed=seed,
+            workers=n_workers,
+            classes=selected,
+            progress=advance,
+        )
+
+    table = Table(title=f"{spec.name} simulation summary")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("written", f"{summary['written']:,}")
+    table.add_row("already present (kept)", f"{summary['skipped']:,}")
+    table.add_row("seconds", f"{summary['seconds']:.1f}")
+    table.add_row("images/s (written)", f"{summary['images_per_s']:,.1f}")
+    table.add_row("workers", str(summary["workers"]))
+    table.add_row("train dir", summary["train_dir"])
+    table.add_row("test dir", summary["test_dir"])
+    con.print(table)

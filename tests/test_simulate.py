@@ -1,0 +1,387 @@
+"""The lenstronomy simulator: fidelity to lenstronomy and to real data, statistics, files, CLI."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli import simulate as S
+from deeplense_cli.cli import cli
+from deeplense_cli.errors import DeepLenseError
+
+REAL_SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_samples"
+FILE_RE = re.compile(r"^(axion|cdm|no_sub)_sim_(\d+)\.npy$")
+
+
+def _real_sample(name: str) -> np.ndarray:
+    path = REAL_SAMPLES / f"{name}.npy"
+    if not path.exists():
+        pytest.skip(f"real sample {path} not present (needs ../shared/data/real_samples)")
+    return np.load(path, allow_pickle=False)
+
+
+# --- physics and fidelity -------------------------------------------------------------
+def test_einstein_radius_of_main_halo_matches_published_value() -> None:
+    assert float(S.einstein_radius(1e12)) == pytest.approx(1.2815, abs=1e-4)
+    # theta_E scales as sqrt(M): a 1e8 Msun subhalo has 1e-2 of the main halo's radius
+    assert float(S.einstein_radius(1e8)) == pytest.approx(float(S.einstein_radius(1e12)) / 100)
+
+
+@pytest.mark.parametrize("model", ["Model_II", "Model_III"])
+def test_multi_plane_deflection_scale_matches_distance_ratios(model: str) -> None:
+    from astropy.cosmology import FlatLambdaCDM
+
+    cosmo = FlatLambdaCDM(**S.LENSING_COSMOLOGY)
+
+    def ratio(z_s: float) -> float:
+        d_ls = cosmo.angular_diameter_distance(S.Z_LENS, z_s)
+        return float(d_ls / cosmo.angular_diameter_distance(z_s))
+
+    expected = ratio(S.Z_SOURCE) / ratio(S.Z_SOURCE_CONVENTION)
+    scale = S.fast_simulator(model).deflection_scale
+    assert scale == pytest.approx(expected, rel=1e-9)
+    assert 0.62 < scale < 0.65  # facts: ~0.634
+    assert S.fast_simulator("Model_I").deflection_scale == 1.0
+
+
+@pytest.mark.parametrize("model", S.MODELS)
+@pytest.mark.parametrize("cls", S.CLASSES)
+def test_fast_path_equals_straightforward_lenstronomy(model: str, cls: str) -> None:
+    reference = S.ReferenceSimulator(model, cls)
+    fast = S.fast_simulator(model)
+    for index in range(2):
+        params = S.draw_params(model, cls, S.image_rng(7, model, "train", cls, index))
+        expected = reference.render(params)
+        got = fast.render(params)
+        assert got.shape == expected.shape == fast.shape
+        rel = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+        assert rel < 1e-10, f"{model}/{cls}: relative difference {rel:.1e}"
+
+
+def test_substructure_changes_the_image() -> None:
+    fast = S.fast_simulator("Model_II")
+    params = S.draw_params("Model_II", "axion", np.random.default_rng(3))
+    smooth = S.LensParams(params.source_x, params.source_y)
+    diff = np.max(np.abs(fast.render(params) - fast.render(smooth))) / np.max(fast.render(smooth))
+    assert diff > 1e-4
+
+
+def _fit_source_centre(model: str, target: np.ndarray) -> tuple[np.ndarray, float]:
+    from scipy.optimize import least_squares
+
+    sim = S.fast_simulator(model)
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        image = sim.render(S.LensParams(float(p[0]), float(p[1])))
+        return (image / image.max() - target).ravel()
+
+    fit = least_squares(residual, x0=[0.0, 0.0], xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    return fit.x, float(np.sqrt(np.mean(fit.fun**2)))
+
+
+def test_model_iii_reproduces_real_no_sub_sample() -> None:
+    real = _real_sample("no_sub")
+    assert real.shape == (64, 64)
+    centre, rms = _fit_source_centre("Model_III", real)
+    assert rms < 1e-10, rms
+    assert centre == pytest.approx([-0.0617, 0.0845], abs=5e-4)
+
+
+def test_model_ii_settings_do_not_fit_the_model_iii_sample() -> None:
+    # the check above can fail: other instrument settings leave a large residual
+    _, rms = _fit_source_centre("Model_II", _real_sample("no_sub"))
+    assert rms > 1e-3
+
+
+def test_axion_sample_fits_better_with_a_vortex() -> None:
+    from scipy.optimize import least_squares
+
+    real = _real_sample("axion")
+    sim = S.fast_simulator("Model_III")
+    theta_e = float(S.einstein_radius(S.VORTEX_MASS / S.VORTEX_POINTS))
+
+    def image(p: np.ndarray, vortex: bool) -> np.ndarray:
+        params = S.LensParams(float(p[0]), float(p[1]))
+        if vortex:
+            coords = np.linspace(-p[2], p[2], S.VORTEX_POINTS)
+            params.sub_mass = np.full(S.VORTEX_POINTS, S.VORTEX_MASS / S.VORTEX_POINTS)
+            params.sub_x, params.sub_y = coords * np.cos(p[3]), coords * np.sin(p[3])
+        out = sim.render(params)
+        return out / out.max()
+
+    assert theta_e > 0
+    _, rms_smooth = _fit_source_centre("Model_III", real)
+    best = np.inf
+    for length in (0.3, 1.0, 2.0):
+        for angle in np.linspace(0, np.pi, 4, endpoint=False):
+            fit = least_squares(
+                lambda p: (image(p, True) - real).ravel(),
+                x0=[0.0, 0.0, length, angle],
+                bounds=([-0.35, -0.35, 0.03, -10], [0.35, 0.35, 3.0, 10]),
+                max_nfev=60,
+            )
+            best = min(best, float(np.sqrt(np.mean(fit.fun**2))))
+    assert best < 0.8 * rms_smooth, (best, rms_smooth)
+
+
+# --- draws and statistics ---------------------------------------------------------------
+def test_cdm_draws_follow_the_recipe() -> None:
+    rng = np.random.default_rng(11)
+    draws = [S.draw_params("Model_II", "cdm", rng) for _ in range(400)]
+    assert all(d.sub_mass.size == 25 == d.sub_x.size for d in draws)
+    masses = np.concatenate([d.sub_mass for d in draws])
+    radii = np.concatenate([np.hypot(d.sub_x, d.sub_y) for d in draws])
+    assert masses.min() >= 1e6 and masses.max() <= 1e10
+    assert radii.min() >= 0.25 and radii.max() <= 2.0
+    # p(m) ~ m^-0.9: P(m > 1e9) = (1e10^0.1 - 1e9^0.1) / (1e10^0.1 - 1e6^0.1) ~ 0.299
+    expected = (1e10**0.1 - 1e9**0.1) / (1e10**0.1 - 1e6**0.1)
+    assert np.mean(masses > 1e9) == pytest.approx(expected, abs=0.02)
+    centres = np.array([(d.source_x, d.source_y) for d in draws])
+    assert np.abs(centres).max() <= 0.35
+    assert np.isnan([d.axion_mass for d in draws]).all()
+
+
+def test_axion_draws_follow_the_recipe() -> None:
+    rng = np.random.default_rng(12)
+    draws = [S.draw_params("Model_III", "axion", rng) for _ in range(400)]
+    masses = np.array([d.axion_mass for d in draws])
+    assert masses.min() >= 1e-24 and masses.max() <= 1e-22
+    assert np.mean(np.log10(masses)) == pytest.approx(-23.0, abs=0.1)  # log-uniform
+    d = draws[0]
+    assert d.sub_mass.size == 100 and d.sub_mass.sum() == pytest.approx(3e10)
+    half = S.axion_vortex_half_length(d.axion_mass)
+    ends = np.hypot(d.sub_x[[0, -1]], d.sub_y[[0, -1]])
+    assert ends == pytest.approx([half, half])
+    # a straight line through the centre
+    assert np.abs(d.sub_x * d.sub_y[-1] - d.sub_y * d.sub_x[-1]).max() < 1e-12
+    assert S.axion_vortex_half_length(1e-22) == pytest.approx(0.03)
+
+
+def test_no_sub_has_no_point_masses_and_model_i_draws_exposures() -> None:
+    rng = np.random.default_rng(13)
+    assert S.draw_params("Model_II", "no_sub", rng).sub_mass.size == 0
+    exposures = [S.draw_params("Model_I", "no_sub", rng).exposure_time for _ in range(200)]
+    assert min(exposures) >= 10**3 and max(exposures) <= 10**3.5
+    assert np.isnan(S.draw_params("Model_II", "no_sub", rng).exposure_time)
+
+
+@pytest.mark.parametrize("model", ["Model_II", "Model_III"])
+def test_model_ii_iii_images_are_exactly_twice_the_noiseless_model(model: str) -> None:
+    images, masses = S.simulate_images(model, "cdm", 3, seed=5)
+    assert images.shape == (3, 64, 64) and images.dtype == np.float64
+    assert np.isnan(masses).all()
+    for i in range(3):
+        params = S.draw_params(model, "cdm", S.image_rng(5, model, "train", "cdm", i))
+        noiseless = S.fast_simulator(model).render(params)
+        assert np.array_equal(images[i], noiseless + noiseless)
+        assert images[i].min() > 0 and np.isfinite(images[i]).all()
+
+
+def test_model_i_images_are_poisson_counts_around_the_model() -> None:
+    images, _ = S.simulate_images("Model_I", "no_sub", 4, seed=2)
+    assert images.shape == (4, 150, 150) and images.dtype == np.float64
+    assert np.array_equal(images, np.round(images)) and images.min() >= 0
+    z_all = []
+    for i in range(4):
+        rng = S.image_rng(2, "Model_I", "train", "no_sub", i)
+        params = S.draw_params("Model_I", "no_sub", rng)
+        model = S.fast_simulator("Model_I").render(params)
+        t = params.exposure_time
+        bright = model * t > 200  # clipping at zero is negligible there
+        # counts ~ Poisson(t (m + N(0, m/t) + N(0, 0.01^2))): variance 2 t m + (0.01 t)^2
+        z = (images[i][bright] - t * model[bright]) / np.sqrt(
+            2 * t * model[bright] + (0.01 * t) ** 2
+        )
+        z_all.append(z)
+        assert not np.array_equal(images[i], np.round(t * model))  # noise is there
+    z = np.concatenate(z_all)
+    assert z.size > 1000
+    assert abs(z.mean()) < 0.1 and z.std() == pytest.approx(1.0, abs=0.1)
+
+
+def test_axion_images_carry_their_masses_and_depend_on_index_only() -> None:
+    images, masses = S.simulate_images("Model_III", "axion", 3, seed=4)
+    assert ((masses >= 1e-24) & (masses <= 1e-22)).all()
+    again, masses_again = S.simulate_images("Model_III", "axion", 2, seed=4)
+    assert again.tobytes() == images[:2].tobytes() and np.array_equal(masses[:2], masses_again)
+    other, _ = S.simulate_images("Model_III", "axion", 2, seed=5)
+    test_split, _ = S.simulate_images("Model_III", "axion", 2, seed=4, split="test")
+    assert not np.array_equal(other, images[:2])
+    assert not np.array_equal(test_split, images[:2])
+
+
+def test_file_names_are_deterministic_128_bit_and_distinct() -> None:
+    names = {
+        S.file_name(0, "Model_II", sp, c, i)
+        for sp in S.SPLITS
+        for c in S.CLASSES
+        for i in range(50)
+    }
+    assert len(names) == 300
+    name = S.file_name(0, "Model_II", "train", "cdm", 3)
+    assert (
+        name
+        == S.file_name(0, "Model_II", "train", "cdm", 3)
+        != S.file_name(1, "Model_II", "train", "cdm", 3)
+    )
+    match = FILE_RE.match(name)
+    assert match and match.group(1) == "cdm" and int(match.group(2)) < 2**128
+
+
+def test_bad_input_is_a_deeplense_error() -> None:
+    with pytest.raises(DeepLenseError, match="Model_I, Model_II, Model_III"):
+        S.simulate_images("Model_IV", "cdm", 1, seed=0)
+    with pytest.raises(DeepLenseError, match="axion, cdm, no_sub"):
+        S.simulate_images("Model_II", "wdm", 1, seed=0)
+    with pytest.raises(DeepLenseError, match="seed"):
+        S.simulate_images("Model_II", "cdm", 1, seed=-1)
+    with pytest.raises(DeepLenseError):
+        S.parse_classes("axion,fuzzy")
+
+
+# --- datasets on disk -------------------------------------------------------------------------
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
+
+
+def test_dataset_layout_contents_and_resume(tmp_path: Path) -> None:
+    seen: list[int] = []
+    summary = S.simulate_dataset(
+        "Model_III", tmp_path, 2, 1, seed=3, workers=1, progress=seen.append
+    )
+    assert summary["written"] == 9 and summary["skipped"] == 0 and sum(seen) == 9
+    for split_dir, n in (("Model_III", 2), ("Model_III_test", 1)):
+        for cls in S.CLASSES:
+            files = sorted((tmp_path / split_dir / cls).iterdir())
+            assert len(files) == n
+            assert all(FILE_RE.match(f.name) and f.name.startswith(cls) for f in files)
+    # plain 2-D float64 arrays for cdm / no_sub, identical to simulate_images
+    images, _ = S.simulate_images("Model_III", "cdm", 2, seed=3)
+    for i in range(2):
+        path = tmp_path / "Model_III" / "cdm" / S.file_name(3, "Model_III", "train", "cdm", i)
+        arr = np.load(path, allow_pickle=False)
+        assert arr.dtype == np.float64 and arr.shape == (64, 64)
+        assert np.array_equal(arr, images[i])
+    # axion: a 2-element object array [image, mass], as released
+    axion_images, axion_masses = S.simulate_images("Model_III", "axion", 1, seed=3, split="test")
+    path = tmp_path / "Model_III_test" / "axion" / S.file_name(3, "Model_III", "test", "axion", 0)
+    with pytest.raises(ValueError):
+        np.load(path, allow_pickle=False)
+    image, mass = S.load_sample(path)
+    assert np.array_equal(image, axion_images[0]) and mass == axion_masses[0]
+
+    before = _files(tmp_path)
+    again = S.simulate_dataset("Model_III", tmp_path, 2, 1, seed=3, workers=1)
+    assert again["written"] == 0 and again["skipped"] == 9
+    # remove one file and truncate another: exactly those two are rewritten, byte-identical
+    victims = [tmp_path / k for k in list(before)[:2]]
+    victims[0].unlink()
+    victims[1].write_bytes(victims[1].read_bytes()[:100])
+    third = S.simulate_dataset("Model_III", tmp_path, 2, 1, seed=3, workers=1)
+    assert third["written"] == 2 and third["skipped"] == 7
+    assert _files(tmp_path) == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_malicious_pickle_is_refused_and_replaced(tmp_path: Path) -> None:
+    S.simulate_dataset("Model_II", tmp_path, 1, 0, seed=0, workers=1, classes="axion")
+    path = next((tmp_path / "Model_II" / "axion").iterdir())
+    good = path.read_bytes()
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    arr = np.empty(2, dtype=object)
+    arr[0], arr[1] = Evil(), 1.0
+    with open(path, "wb") as fh:
+        np.save(fh, arr, allow_pickle=True)
+    with pytest.raises(pickle.UnpicklingError):
+        S.load_sample(path)
+    result = S.simulate_dataset("Model_II", tmp_path, 1, 0, seed=0, workers=1, classes="axion")
+    assert result["written"] == 1
+    assert path.read_bytes() == good and not (tmp_path / "pwned").exists()
+
+
+def test_model_i_dataset_and_parallel_workers_match_serial(tmp_path: Path) -> None:
+    serial = S.simulate_dataset(
+        "Model_I", tmp_path / "a", 2, 1, seed=9, workers=1, classes="cdm,no_sub"
+    )
+    parallel = S.simulate_dataset(
+        "Model_I", tmp_path / "b", 2, 1, seed=9, workers=2, classes=["no_sub", "cdm"], chunk_size=1
+    )
+    assert serial["written"] == parallel["written"] == 6 and parallel["workers"] == 2
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert not (tmp_path / "a" / "Model_I" / "axion").exists()
+    sample = np.load(next((tmp_path / "a" / "Model_I" / "cdm").iterdir()))
+    assert sample.shape == (150, 150)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+def test_cli_simulate_writes_and_reports(tmp_path: Path) -> None:
+    args = [
+        "data",
+        "simulate",
+        "Model_III",
+        "--train-per-class",
+        "1",
+        "--test-per-class",
+        "1",
+        "--workers",
+        "1",
+        "--classes",
+        "cdm",
+        "--seed",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "Model_III") in result.output
+    assert "written" in result.output
+    assert len(list((tmp_path / "Model_III" / "cdm").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "Model_III_test" / "cdm").glob("*.npy"))) == 1
+    rerun = CliRunner().invoke(cli, args)
+    assert rerun.exit_code == 0 and "already present" in rerun.output
+
+
+def test_cli_defaults_to_the_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPLENSE_DATA_ROOT", str(tmp_path / "root"))
+    args = [
+        "data",
+        "simulate",
+        "Model_II",
+        "--train-per-class",
+        "1",
+        "--test-per-class",
+        "0",
+        "--workers",
+        "1",
+        "--classes",
+        "no_sub",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "root" / "Model_II" / "no_sub").glob("*.npy"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["Model_X"], "Model_I, Model_II, Model_III"),
+        (["Model_II", "--classes", "wdm"], "axion, cdm, no_sub"),
+        (["Model_II", "--train-per-class", "-1"], ">= 0"),
+    ],
+)
+def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["data", "simulate", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
