@@ -419,6 +419,7 @@ def train(
         _check_same_data(run, splits)
     else:
         init_run(config, run, splits)
+        run.truncate_metrics(0)
     trainer = Trainer(config, run, splits)
     if resume and run.checkpoint_path("last").exists():
         trainer.restore(run.load_checkpoint("last"))
@@ -482,3 +483,20 @@ def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict
         config["train"]["epochs"] = int(epochs)
         run.write_config({**config, "deeplense_version": __version__})
     return config, run
+
+
+def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
+    """Entry point of a batch job (SLURM): train into ``run_path``, resuming from its last
+    checkpoint when one exists (after preemption or a requeue), and return a summary."""
+    from deeplense_cli.reporting import JsonlReporter
+
+    run = RunDir(run_path)
+    resume = run.checkpoint_path("last").exists()
+    result = train(config, run, reporter=JsonlReporter(batch_every=60.0), resume=resume)
+    return {
+        "run_dir": str(run.path),
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "best": result.best,
+        "test": _summary(result.evaluation),
+    }

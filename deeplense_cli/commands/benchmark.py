@@ -1,3 +1,156 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense benchmark``: the accuracy table, every architecture x dataset."""
 
-benchmark = unavailable("benchmark", "Run the accuracy benchmark sweep.")
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deeplense_cli.console import console, err_console
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--models", default="all", help="'all' or a comma list of architectures.")
+@click.option("--datasets", default="Model_III", help="Comma list of Model_I, Model_II, Model_III.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Benchmark folder (default: RUN_ROOT/benchmark).",
+)
+@click.option("--data-root", type=click.Path(), help="Where the datasets are.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML config applied to every cell.",
+)
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option(
+    "--max-train-per-class", type=int, help="CPU-budget runs: cap training images per class."
+)
+@click.option("--max-test-per-class", type=int)
+@click.option("--device")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting."
+)
+@click.option("--table-only", is_flag=True, help="Only rebuild results.md from finished cells.")
+@click.option("--slurm", is_flag=True, help="Submit the sweep as one SLURM job array.")
+@click.option(
+    "--parallelism", type=int, default=4, help="With --slurm: array tasks running at once."
+)
+@click.option("--partition")
+@click.option("--gpus", type=int)
+@click.option("--cpus", type=int)
+@click.option("--mem")
+@click.option("--time", "time_limit")
+@click.option("--account")
+@click.option("--qos")
+@click.option(
+    "--wait", is_flag=True, help="With --slurm: wait for every job, then print the table."
+)
+def benchmark(**kw: Any) -> None:
+    """Train and test every architecture on every dataset and write a results table.
+
+    Cells that finished are skipped when re-run; interrupted ones resume. Locally the cells
+    run one after another; with --slurm they run as a job array, and the table is rewritten
+    as each job finishes (RUN_ROOT/benchmark/results.md by default).
+    """
+    from deeplense_cli import paths
+    from deeplense_cli.benchmark import plan, result_path, run_cell, write_table
+    from deeplense_cli.config import load_config_file, parse_overrides
+
+    bench_dir = Path(kw["out_dir"]) if kw["out_dir"] else paths.run_root() / "benchmark"
+    if kw["table_only"]:
+        out = write_table(bench_dir)
+        console().print(out.read_text(), markup=False)
+        return
+    cells = plan(kw["models"], kw["datasets"])
+    settings = {
+        "file_config": load_config_file(kw["config_file"]) if kw["config_file"] else {},
+        "overrides": parse_overrides(kw["overrides"]),
+        "data": {
+            k: v
+            for k, v in {
+                "data_root": str(paths.data_root(kw["data_root"])),
+                "max_train_per_class": kw["max_train_per_class"],
+                "max_test_per_class": kw["max_test_per_class"],
+            }.items()
+            if v is not None
+        },
+        "train": {
+            k: v
+            for k, v in {
+                "epochs": kw["epochs"],
+                "batch_size": kw["batch_size"],
+                "device": kw["device"],
+            }.items()
+            if v is not None
+        },
+    }
+    todo = [c for c in cells if not result_path(bench_dir, c).exists()]
+    err_console().print(
+        f"Benchmark folder {bench_dir}: {len(cells)} cells, {len(cells) - len(todo)} already done"
+    )
+    if kw["slurm"] and todo:
+        _submit(todo, bench_dir, settings, kw)
+        return
+    for i, cell in enumerate(todo, 1):
+        err_console().print(f"[{i}/{len(todo)}] {cell.model} on {cell.dataset}")
+        from deeplense_cli.reporting import RichReporter
+
+        row = run_cell(cell, bench_dir, settings, reporter=RichReporter())
+        err_console().print(f"  test accuracy {row['accuracy']:.4f}, macro AUC {row['macro_auc']}")
+    out = write_table(bench_dir)
+    console().print(out.read_text(), markup=False)
+    err_console().print(f"Results table: {out}")
+
+
+def _submit(todo: list[Any], bench_dir: Path, settings: dict[str, Any], kw: dict[str, Any]) -> None:
+    from deeplense_cli.benchmark import CellJob, write_table
+    from deeplense_cli.commands.slurm_submit import options_from_config
+    from deeplense_cli.config import SLURM_DEFAULTS
+    from deeplense_cli.slurm import check_partition, require_slurm, submit_array, wait
+
+    require_slurm()
+    section = dict(SLURM_DEFAULTS)
+    section.update((settings["file_config"] or {}).get("slurm") or {})
+    flags = {
+        "partition": kw["partition"],
+        "gpus": kw["gpus"],
+        "cpus": kw["cpus"],
+        "mem": kw["mem"],
+        "time": kw["time_limit"],
+        "account": kw["account"],
+        "qos": kw["qos"],
+    }
+    section.update({k: v for k, v in flags.items() if v is not None})
+    options = options_from_config(section)
+    check_partition(options.partition)
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    jobs = submit_array(
+        CellJob(),
+        [(cell, str(bench_dir), settings) for cell in todo],
+        options=options,
+        folder=bench_dir / "slurm" / "%j",
+        name="benchmark",
+        parallelism=kw["parallelism"],
+        run_dirs=[bench_dir / "runs" / cell.key for cell in todo],
+    )
+    for job, cell in zip(jobs, todo, strict=True):
+        err_console().print(f"Submitted {job.job_id}: {cell.model} on {cell.dataset}")
+    err_console().print(f"The table is rewritten as jobs finish: {bench_dir / 'results.md'}")
+    if kw["wait"]:
+        failures = 0
+        for job in jobs:
+            try:
+                wait(job, poll=5.0)
+            except Exception as exc:  # report every failed cell, then the table
+                failures += 1
+                err_console().print(f"{job.job_id}: {exc}")
+        out = write_table(bench_dir)
+        console().print(out.read_text(), markup=False)
+        if failures:
+            raise click.ClickException(f"{failures} benchmark job(s) failed; see above")

@@ -1,0 +1,58 @@
+"""`deeplense benchmark`: the sweep runs cells, skips finished ones and writes the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.benchmark import Cell, plan
+from deeplense_cli.cli import cli
+from deeplense_cli.errors import DeepLenseError
+
+
+def test_plan_expands_models_and_datasets() -> None:
+    cells = plan("all", "model_iii,Model_I")
+    assert (
+        len(cells) == 22 and Cell("CCT", "Model_III") in cells and Cell("Swin", "Model_I") in cells
+    )
+    assert plan("cct, swin", "Model_II") == [Cell("CCT", "Model_II"), Cell("Swin", "Model_II")]
+    with pytest.raises(DeepLenseError, match="unknown dataset"):
+        plan("cct", "Model_IV")
+    with pytest.raises(DeepLenseError, match="unknown model"):
+        plan("nope", "Model_III")
+
+
+def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = [
+        "benchmark",
+        "--models",
+        "resnet18,cct",
+        "--datasets",
+        "Model_III",
+        "--out",
+        str(out),
+        "--data-root",
+        str(sim_root),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    table = (out / "results.md").read_text()
+    assert "| ResNet18 |" in table and "| CCT |" in table and "Model_III" in table
+    row = json.loads((out / "results" / "resnet18-Model_III.json").read_text())
+    assert row["test_images"] == 24 and row["epochs"] == 1 and 0 <= row["accuracy"] <= 1
+    assert set(row["auc"]) == {"axion", "cdm", "no_sub"} and row["train_images"] > 0
+    stamp = (out / "results" / "cct-Model_III.json").stat().st_mtime_ns
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "2 already done" in " ".join(again.output.split())
+    assert (out / "results" / "cct-Model_III.json").stat().st_mtime_ns == stamp
+    only = CliRunner().invoke(cli, ["benchmark", "--out", str(out), "--table-only"])
+    assert only.exit_code == 0 and "| CCT |" in only.output
