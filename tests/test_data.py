@@ -245,7 +245,7 @@ def test_find_images(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 FUZZ = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 EXTS = [".npy", ".npz", ".fits", ".png", ".jpg"]
 
@@ -379,6 +379,21 @@ def test_cache_invalidated_when_files_change(tmp_path: Path) -> None:
     (root / "cdm" / "new.npy").unlink()
     (root / rel).unlink()
     assert len(load_image_set(root)) == 11
+
+
+def test_interrupted_cache_build_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_tree(root, n=4)
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_image_set(root, cache_dir=tmp_path / "c", progress=interrupt)
+    leftovers = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert len(load_image_set(root, cache_dir=tmp_path / "c")) == 12
 
 
 def test_cache_dir_override(tmp_path: Path, _home: Path) -> None:
