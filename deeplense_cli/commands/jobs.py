@@ -1,3 +1,93 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense jobs``: list, read the logs of and cancel the SLURM jobs submitted from here."""
 
-jobs = unavailable("jobs", "List, follow and cancel SLURM jobs.")
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import click
+
+
+def _metric_text(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return ""
+    parts = []
+    for key, value in metric.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, int | str):
+            parts.append(f"{key}={value}")
+        if len(parts) == 4:
+            break
+    return " ".join(parts)
+
+
+@click.group(name="jobs", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool) -> None:
+    """List, follow and cancel SLURM jobs.
+
+    Without a subcommand: the jobs submitted from this DEEPLENSE_HOME with their SLURM state
+    (from sacct), elapsed time, run directory and the last line of its metrics.jsonl.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from deeplense_cli import slurm
+    from deeplense_cli.console import console, print_json
+
+    infos = slurm.list_jobs()
+    if as_json:
+        print_json([dataclasses.asdict(info) for info in infos])
+        return
+    if not infos:
+        console().print(f"No jobs recorded in {slurm.jobs_dir()}.")
+        return
+    from rich.table import Table
+
+    table = Table(title="SLURM jobs")
+    for col in ("job id", "name", "state", "elapsed", "run dir", "last metric"):
+        table.add_column(col, overflow="fold")
+    colors = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "FAILED": "red"}
+    for info in infos:
+        color = colors.get(info.state, "magenta" if info.state == "CANCELLED" else "white")
+        table.add_row(
+            info.job_id,
+            info.name,
+            f"[{color}]{info.state}[/{color}]",
+            info.elapsed,
+            info.run_dir or "",
+            _metric_text(info.last_metric),
+        )
+    console().print(table)
+
+
+@jobs.command(name="logs")
+@click.argument("job_id")
+@click.option("--err", is_flag=True, help="Show the job's stderr instead of its stdout.")
+def logs(job_id: str, err: bool) -> None:
+    """Print the output of job JOB_ID so far."""
+    from deeplense_cli import slurm
+
+    text = slurm.job_logs(job_id, err=err)
+    if not text:
+        which = "stderr" if err else "stdout"
+        click.echo(f"(job {job_id} has written nothing to {which} yet)", err=True)
+        return
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+@jobs.command(name="cancel")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel job JOB_ID (scancel)."""
+    from deeplense_cli import slurm
+    from deeplense_cli.console import console
+
+    slurm.cancel(job_id)
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "cancelled": True}))
+    else:
+        console().print(f"Cancelled SLURM job {job_id}.")
