@@ -396,6 +396,19 @@ def test_interrupted_cache_build_leaves_nothing(tmp_path: Path) -> None:
     assert len(load_image_set(root, cache_dir=tmp_path / "c")) == 12
 
 
+def test_serial_and_threaded_builds_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ds"
+    write_tree(root, n=7)
+    np.save(root / "cdm" / "odd.npy", np.zeros((4, 4)))
+    monkeypatch.setenv("DEEPLENSE_READ_WORKERS", "1")
+    serial = load_image_set(root, skip_bad=True, cache_dir=tmp_path / "c1")
+    monkeypatch.setenv("DEEPLENSE_READ_WORKERS", "4")
+    threaded = load_image_set(root, skip_bad=True, cache_dir=tmp_path / "c2")
+    assert serial.files == threaded.files and serial.skipped == threaded.skipped
+    np.testing.assert_array_equal(serial.images, threaded.images)
+    np.testing.assert_array_equal(serial.axion_mass, threaded.axion_mass)
+
+
 def test_cache_dir_override(tmp_path: Path, _home: Path) -> None:
     root = tmp_path / "ds"
     write_tree(root, n=2)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,48 @@ def _reference_shape(root: Path, files: list[str], sample: int = 64) -> tuple[in
     return shapes.most_common(1)[0][0] if shapes else None
 
 
+def read_workers() -> int:
+    """Threads reading files while a cache is built (``DEEPLENSE_READ_WORKERS``, default 4)."""
+    try:
+        wanted = int(os.environ.get("DEEPLENSE_READ_WORKERS", "4"))
+    except ValueError:
+        wanted = 4
+    return max(1, min(wanted, os.cpu_count() or 1))
+
+
+_Read = tuple[np.ndarray | None, float | None, str | None]
+
+
+def _try_read(path: Path) -> _Read:
+    try:
+        img, mass = read_image(path)
+    except BadImageError as exc:
+        return None, None, exc.reason
+    return img, mass, None
+
+
+def _read_in_order(files: list[Path], workers: int) -> Iterator[_Read]:
+    """Read ``files`` in order, ``workers`` threads ahead (bounded, so memory stays small)."""
+    if workers <= 1:
+        yield from map(_try_read, files)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[_Read]] = deque()
+        ahead = iter(files)
+        for path in itertools.islice(ahead, 4 * workers):
+            pending.append(pool.submit(_try_read, path))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(ahead, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_try_read, nxt))
+                yield result
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def _build_cache(root: Path, scan: _Scan, target: Path, progress: Progress | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
@@ -179,11 +223,12 @@ def _write_cache(root: Path, scan: _Scan, out: Path, progress: Progress | None) 
             return {"descr": "<f4", "fortran_order": False, "shape": (n, 1, *shape)}
 
         header_len = None
-        for i, (rel, ci) in enumerate(zip(scan.files, scan.file_class, strict=True)):
-            try:
-                img, mass = read_image(root / rel)
-            except BadImageError as exc:
-                bad.append((rel, exc.reason))
+        reads = _read_in_order([root / rel for rel in scan.files], read_workers())
+        for i, (rel, ci, (img, mass, reason)) in enumerate(
+            zip(scan.files, scan.file_class, reads, strict=True)
+        ):
+            if img is None:
+                bad.append((rel, reason or "unreadable"))
             else:
                 if ref is None:
                     ref = (int(img.shape[0]), int(img.shape[1]))
