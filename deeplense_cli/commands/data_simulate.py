@@ -132,7 +132,7 @@ def simulate(
     table.add_row("written", f"{summary['written']:,}")
     table.add_row("already present (kept)", f"{summary['skipped']:,}")
     table.add_row("seconds", f"{summary['seconds']:.1f}")
-    table.add_row("images/s (written)", f"{summary['images_per_s']:,.1f}")
+    table.add_row("images/s (incl. worker start-up)", f"{summary['images_per_s']:,.1f}")
     table.add_row("workers", str(summary["workers"]))
     table.add_row("train dir", summary["train_dir"])
     table.add_row("test dir", summary["test_dir"])
