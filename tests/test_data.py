@@ -450,6 +450,18 @@ def test_bad_files_reported_then_skipped(tmp_path: Path) -> None:
     assert len(s) == 12 and len(s.skipped) == 4 and "skipped 4 bad file(s)" in s.warnings[0]
 
 
+def test_dangling_link_and_unwritable_cache(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_tree(root, n=2)
+    (root / "cdm" / "gone.npy").symlink_to(tmp_path / "missing.npy")
+    with pytest.raises(DeepLenseError, match=r"1 bad file.*cdm/gone\.npy"):
+        load_image_set(root)
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    with pytest.raises(DeepLenseError, match="cannot write the image cache"):
+        load_image_set(root, skip_bad=True, cache_dir=blocker)
+
+
 def test_empty_single_and_mismatched_classes(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_tree(root, n=3)

@@ -105,7 +105,11 @@ def _scan(root: Path) -> _Scan:
         raise DeepLenseError(f"{root} is not a folder")
     class_dirs: list[str] = []
     loose = 0
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise DeepLenseError(f"cannot list {root}: {exc.strerror or exc}") from None
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
@@ -126,10 +130,14 @@ def _scan(root: Path) -> _Scan:
                 if not fn.startswith(".") and has_supported_extension(fn)
             )
         for rel in sorted(found):
-            st = os.stat(root / rel)
+            try:
+                st = os.stat(root / rel)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:  # e.g. a dangling link: reported as a bad file when read
+                size, mtime = -1, 0
             files.append(rel)
             file_class.append(ci)
-            manifest.append((rel, st.st_size, st.st_mtime_ns))
+            manifest.append((rel, size, mtime))
     return _Scan(class_dirs, files, file_class, manifest, loose)
 
 
@@ -334,7 +342,13 @@ def load_image_set(
     if meta is None:
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
-        _build_cache(root, scan, target, progress)
+        try:
+            _build_cache(root, scan, target, progress)
+        except OSError as exc:
+            raise DeepLenseError(
+                f"cannot write the image cache in {target.parent} ({exc}); free disk space, "
+                "or point DEEPLENSE_HOME somewhere writable"
+            ) from None
         meta = json.loads(meta_path.read_text())
     return _open_cache(root, target, meta, classes, skip_bad)
 
