@@ -299,6 +299,32 @@ def test_fuzz_truncated_and_mutated_valid_files(
     _read_or_deeplense_error(path)
 
 
+_AXION_PAYLOADS = [
+    pickle.dumps(np.array([np.eye(3), np.float64(1e-23)], dtype=object), protocol=proto)
+    for proto in (2, 3, 4, 5)
+]
+
+
+@FUZZ
+@given(
+    which=st.integers(0, 3),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_fuzz_safe_loads_mutated_payloads(which: int, edits: list[tuple[int, int]]) -> None:
+    payload = bytearray(_AXION_PAYLOADS[which])
+    for pos, value in edits:
+        payload[pos % len(payload)] = value
+    try:
+        out = safe_loads(bytes(payload))
+    except DeepLenseError:
+        return
+    # whatever survives is inert data: arrays, numpy scalars or plain values
+    allowed = (np.ndarray, np.generic, bool, int, float, str, list, tuple, type(None))
+    assert isinstance(out, allowed)
+    if isinstance(out, np.ndarray) and out.dtype == object:
+        assert all(isinstance(x, allowed) for x in out.ravel())
+
+
 _DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "int64", "float16", "float32",
            "float64", ">f8", "complex64", "U3"]  # fmt: skip
 

@@ -79,8 +79,8 @@ class DtypeRecord:
     def resolve(self) -> np.dtype[Any]:
         try:
             dt = np.dtype(self.spec)
-        except TypeError as exc:
-            raise UnsafePickleError(f"unknown dtype {self.spec!r}") from exc
+        except Exception:  # numpy raises several types for unparsable specs
+            raise UnsafePickleError(f"unknown dtype {self.spec!r}") from None
         if dt.kind not in _NUMERIC_KINDS + "O" or dt.fields is not None or dt.subdtype:
             raise UnsafePickleError(f"dtype {dt} is not numeric")
         if dt.kind != "O" and self.byteorder in "<>":
@@ -211,4 +211,9 @@ def safe_loads(payload: bytes) -> Any:
         raise
     except Exception as exc:  # truncated or malformed pickles raise many types
         raise DeepLenseError(f"malformed pickle payload ({type(exc).__name__}: {exc})") from None
-    return materialize(recorded)
+    try:
+        return materialize(recorded)
+    except DeepLenseError:
+        raise
+    except Exception as exc:
+        raise DeepLenseError(f"malformed numpy payload ({type(exc).__name__}: {exc})") from None
