@@ -111,6 +111,8 @@ ReturnToService=2
 # 'scontrol requeue'. Jobs must be requeueable, and a killed step should go quickly.
 JobRequeue=1
 KillWait=5
+# On preemption, also send the job's --signal (USR2), as clusters that preempt do.
+SlurmctldParameters=preempt_send_user_signal
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -38,11 +38,10 @@ from deeplense_cli import paths
 from deeplense_cli.atomic import write_json
 from deeplense_cli.errors import DeepLenseError
 
-NO_SLURM = (
-    "SLURM not found: sbatch is not on PATH; run on a cluster login node or start the local "
-    "cluster with .ci/slurm.sh start"
-)
+NO_SLURM_HINT = "run on a cluster login node or start the local cluster with .ci/slurm.sh start"
+NO_SLURM = f"SLURM not found: sbatch is not on PATH; {NO_SLURM_HINT}"
 CMD_TIMEOUT_S = 20.0
+SACCT_PATIENCE_S = 60.0  # how long wait() follows a job while sacct keeps failing
 # States after which a job will not run again (sacct's State column, first word).
 TERMINAL_STATES = frozenset(
     {
@@ -485,7 +484,10 @@ def list_jobs(states: bool = True) -> list[JobInfo]:
             continue
     known: dict[str, tuple[str, str]] = {}
     if states and records and shutil.which("sacct"):
-        known = sacct_states(r["job_id"] for r in records)
+        try:
+            known = sacct_states(r["job_id"] for r in records)
+        except DeepLenseError:
+            known = {}  # SLURM not answering: list the records, states UNKNOWN
     out = []
     for r in records:
         state, elapsed = known.get(str(r["job_id"]), ("UNKNOWN", ""))
@@ -633,9 +635,18 @@ def wait(
     start = time.monotonic()
     last_state = ""
     ended_at: float | None = None
+    sacct_failing_since: float | None = None
     while True:
         has_result = result_pickle.exists()
-        state = "COMPLETED" if has_result else job.state()
+        try:
+            state = "COMPLETED" if has_result else job.state()
+            sacct_failing_since = None
+        except DeepLenseError:
+            # slurmdbd restarting or busy: keep following the files for a while.
+            sacct_failing_since = sacct_failing_since or time.monotonic()
+            if time.monotonic() - sacct_failing_since > SACCT_PATIENCE_S:
+                raise
+            state = last_state or "UNKNOWN"
         lines = follower.new_lines()
         if on_update is not None and (lines or state != last_state):
             on_update(state, lines)

@@ -133,6 +133,14 @@ def test_no_slurm_on_path_is_a_clear_error(home: Path, monkeypatch: pytest.Monke
         slurm.submit(add, 1, 2)
     assert str(err.value) == slurm.NO_SLURM
     assert "sbatch is not on PATH" in str(err.value) and ".ci/slurm.sh start" in str(err.value)
+    # Records made elsewhere still list, with states UNKNOWN and a hint.
+    record = {"job_id": "7", "name": "old", "run_dir": None, "submitted": "2026-01-01T00:00:00"}
+    (home / "jobs").mkdir(parents=True)
+    (home / "jobs" / "7.json").write_text(json.dumps(record))
+    listed = CliRunner().invoke(cli, ["jobs"], terminal_width=200)
+    assert listed.exit_code == 0, listed.output
+    assert "UNKNOWN" in listed.output and "SLURM is not answering" in listed.output
+    assert json.loads(CliRunner().invoke(cli, ["jobs", "--json"]).output)[0]["state"] == "UNKNOWN"
     result = CliRunner().invoke(cli, ["jobs", "cancel", "12"])
     assert result.exit_code == 1
     assert "SLURM not found" in result.output
@@ -225,6 +233,10 @@ def test_failing_job_shows_the_remote_traceback(home: Path) -> None:
 def test_cancelled_job_is_a_clear_error_without_hanging(home: Path) -> None:
     job = slurm.submit(nap, 120, name="sleeper")
     _until(lambda: job.state() == "RUNNING", 30, "the job to start")
+    with pytest.raises(
+        DeepLenseError, match=f"job {job.job_id} \\(sleeper\\) is still RUNNING after 1 s"
+    ):
+        slurm.wait(job, poll=0.2, timeout=1)
     t0 = time.monotonic()
     slurm.cancel(job.job_id)
     with pytest.raises(DeepLenseError) as err:

@@ -61,6 +61,10 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
             _metric_text(info.last_metric),
         )
     console().print(table)
+    if any(info.state == "UNKNOWN" for info in infos) and not slurm.slurm_available():
+        console().print(
+            f"SLURM is not answering here, so states are UNKNOWN; {slurm.NO_SLURM_HINT}."
+        )
 
 
 @jobs.command(name="logs")
