@@ -22,6 +22,8 @@ Every subprocess call here has a timeout; nothing blocks forever.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -319,9 +321,14 @@ def _executor(folder: str | os.PathLike[str] | None, name: str, options: SlurmOp
     return executor
 
 
+def _default_name(fn: Callable[..., Any]) -> str:
+    target = fn.fn if isinstance(fn, Resumable) else fn
+    return str(getattr(target, "__name__", None) or type(target).__name__ or "deeplense")
+
+
 def _sbatch_error(exc: BaseException) -> DeepLenseError:
-    text = str(exc).strip().splitlines()
-    detail = text[-1] if text else type(exc).__name__
+    lines = [ln.strip().removeprefix("sbatch: error:").strip() for ln in str(exc).splitlines()]
+    detail = "; ".join(dict.fromkeys(ln for ln in lines if ln)) or type(exc).__name__
     return DeepLenseError(f"sbatch refused the job: {detail}")
 
 
@@ -345,10 +352,12 @@ def submit(
     import submitit
 
     options = options or SlurmOptions()
-    name = name or getattr(fn, "__name__", None) or "deeplense"
+    name = name or _default_name(fn)
     executor = _executor(folder, name, options)
     try:
-        job = executor.submit(fn, *args, **kwargs)
+        # submitit also prints sbatch's stderr on failure; the error below says it once.
+        with contextlib.redirect_stderr(io.StringIO()):
+            job = executor.submit(fn, *args, **kwargs)
     except submitit.core.utils.FailedJobError as exc:
         raise _sbatch_error(exc) from None
     record = _write_record(job, name, run_dir, command or _describe(fn, args, kwargs))
@@ -379,12 +388,12 @@ def submit_array(
     if run_dirs is not None and len(run_dirs) != len(arg_lists):
         raise DeepLenseError("run_dirs must have one entry per set of arguments")
     options = options or SlurmOptions()
-    name = name or getattr(fn, "__name__", None) or "deeplense"
+    name = name or _default_name(fn)
     executor = _executor(folder, name, options)
     if parallelism is not None:
         executor.update_parameters(slurm_array_parallelism=int(parallelism))
     try:
-        with executor.batch():
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             jobs = [executor.submit(fn, *a) for a in arg_lists]
     except submitit.core.utils.FailedJobError as exc:
         raise _sbatch_error(exc) from None

@@ -261,6 +261,19 @@ def test_unknown_partition_is_refused_before_submitting(home: Path) -> None:
 
 @pytest.mark.slurm
 @needs_cluster
+def test_job_the_cluster_cannot_hold_is_refused_clearly(
+    home: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(DeepLenseError) as err:
+        slurm.submit(add, 1, 1, options=slurm.SlurmOptions(extra={"mem": "999999G"}))
+    assert str(err.value).startswith("sbatch refused the job: ")
+    assert "Memory specification can not be satisfied" in str(err.value)
+    assert "sbatch: error" not in capfd.readouterr().err  # said once, in the error
+    assert not (home / "jobs").exists()
+
+
+@pytest.mark.slurm
+@needs_cluster
 def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -311,7 +324,8 @@ def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -
 def test_requeued_job_resumes_and_finishes(home: Path, tmp_path: Path) -> None:
     progress = tmp_path / "progress.txt"
     t0 = time.monotonic()
-    job = slurm.submit(slurm.Resumable(count_to, str(progress), 30, 0.25), name="counter")
+    job = slurm.submit(slurm.Resumable(count_to, str(progress), 30, 0.25))
+    assert job.name == "count_to"
     _until(lambda: len(_lines(progress)) >= 4, 30, "progress before the requeue")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=20)
     _release_requeued(job.job_id)
