@@ -1,3 +1,314 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense tune``: an ASHA hyper-parameter search with Ray Tune (engine: deeplense_cli.tune)."""
 
-tune = unavailable("tune", "Tune hyper-parameters with Ray Tune (ASHA).")
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from deeplense_cli.commands.train import data_options, output_option
+from deeplense_cli.console import console, err_console
+from deeplense_cli.errors import DeepLenseError
+
+METRICS = ["val_macro_auc", "val_loss", "val_accuracy"]
+# Options that describe a new search; --resume takes them from the experiment instead.
+NEW_SEARCH_OPTIONS = (
+    "model",
+    "dataset",
+    "data_path",
+    "data_root",
+    "config_file",
+    "space_file",
+    "num_samples",
+    "max_epochs",
+    "grace_period",
+    "reduction_factor",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "time_budget",
+    "metric",
+    "seed",
+    "name",
+    "val_fraction",
+    "split_seed",
+    "max_train_per_class",
+    "max_test_per_class",
+    "skip_bad",
+    "overrides",
+)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("-m", "--model", help="Architecture name (see `deeplense models`).")
+@data_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Base config YAML.")
+@click.option(
+    "--space",
+    "space_file",
+    type=click.Path(dir_okay=False),
+    help="YAML search space overriding/extending the architecture's (null removes a key).",
+)
+@click.option("--num-samples", type=int, default=16, help="Number of trials.")
+@click.option("--max-epochs", type=int, help="Epochs of a full trial [default: train.epochs].")
+@click.option("--grace-period", type=int, default=1, help="Epochs before ASHA may stop a trial.")
+@click.option("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/N per rung.")
+@click.option("--cpus-per-trial", type=float, default=1.0, help="Also the trial's torch threads.")
+@click.option(
+    "--gpus-per-trial", type=float, help="GPUs per trial [default: 1 if the cluster has GPUs]."
+)
+@click.option("--time-budget", help="Stop starting/running trials after e.g. 30m, 2h, 5400s.")
+@click.option("--metric", type=click.Choice(METRICS), default="val_macro_auc")
+@click.option("--seed", type=int, default=0, help="Seed of the sampled configurations.")
+@click.option("--name", help="Experiment name [default: MODEL-DATASET-TIMESTAMP].")
+@click.option("--resume", "resume_name", metavar="NAME", help="Continue experiment NAME.")
+@click.option("--address", help="Use this running Ray cluster (e.g. ray://head:10001, auto).")
+@click.option("--num-cpus", type=int, help="CPUs of the local Ray runtime [default: all].")
+@click.option("--val-fraction", type=float)
+@click.option("--split-seed", type=int)
+@click.option("--max-train-per-class", type=int, help="Use at most N training images per class.")
+@click.option("--max-test-per-class", type=int, help="Use at most N test images per class.")
+@click.option("--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a base setting: model.<param>, train.<key>, data.<key>. Repeatable.",
+)
+@output_option
+@click.option("--slurm", is_flag=True, help="Run the whole search as one SLURM job.")
+@click.option("--partition")
+@click.option("--cpus", type=int, help="With --slurm: CPUs of the job (Ray uses them all).")
+@click.option("--gpus", type=int, help="With --slurm: GPUs of the job.")
+@click.option("--mem", help="With --slurm: memory, e.g. 16G.")
+@click.option("--time", "time_limit", help="With --slurm: time limit, e.g. 04:00:00.")
+@click.option("--account")
+@click.option("--qos")
+@click.option("--wait", is_flag=True, help="With --slurm: follow the job until it ends.")
+@click.pass_context
+def tune(ctx: click.Context, **kw: Any) -> None:
+    """Search hyper-parameters with Ray Tune and the ASHA scheduler.
+
+    Every trial is a `deeplense train` run; ASHA stops the trials that fall behind on the
+    validation metric. Results go to the run root under tune/NAME: a table of trials,
+    best_config.yaml (use it with `deeplense train --config`) and learning_curves.png.
+
+    \b
+    Examples:
+      deeplense tune --model cct --dataset Model_III --num-samples 16 --max-epochs 15
+      deeplense tune -m resnet18 --dataset Model_III --space space.yaml --time-budget 2h
+      deeplense tune --resume cct-Model_III-20261128-101500
+    """
+    from deeplense_cli import tune as engine
+
+    listener = _listener(kw["output"])
+    if kw["resume_name"]:
+        given = [
+            "--" + p.replace("_", "-")
+            for p in NEW_SEARCH_OPTIONS
+            if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise DeepLenseError(
+                f"--resume continues an experiment with its own settings; drop {', '.join(given)}"
+            )
+        if kw["slurm"]:
+            request = {"resume": kw["resume_name"]}
+            _submit(request, _slurm_section(kw), kw)
+            return
+        err_console().print(f"Resuming tune experiment {kw['resume_name']}")
+        outcome = engine.resume_tune(
+            kw["resume_name"], address=kw["address"], num_cpus=kw["num_cpus"], on_event=listener
+        )
+        _report(outcome, kw["output"])
+        return
+
+    config, space, settings = _new_search(kw)
+    name = kw["name"] or engine.default_name(config)
+    engine.experiment_dir(name)  # checks the name
+    if kw["slurm"]:
+        request = {"config": config, "space": space, "settings": settings.__dict__, "name": name}
+        _submit(request, config["slurm"], kw)
+        return
+    err_console().print(
+        f"Tune experiment {name}: {settings.num_samples} trials of {config['model']['name']}, "
+        f"up to {settings.max_epochs} epochs, ASHA on {settings.metric} ({settings.mode}); "
+        f"results in {engine.experiment_dir(name)}"
+    )
+    outcome = engine.run_tune(
+        config,
+        space,
+        settings,
+        name=name,
+        address=kw["address"],
+        num_cpus=kw["num_cpus"],
+        on_event=listener,
+    )
+    _report(outcome, kw["output"])
+
+
+def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
+    from deeplense_cli.config import SLURM_DEFAULTS
+
+    flags = {
+        "partition": kw["partition"],
+        "gpus": kw["gpus"],
+        "cpus": kw["cpus"],
+        "mem": kw["mem"],
+        "time": kw["time_limit"],
+        "account": kw["account"],
+        "qos": kw["qos"],
+    }
+    return {**SLURM_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    from deeplense_cli import tune as engine
+    from deeplense_cli.config import load_config_file, parse_overrides, resolve
+
+    file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
+    flags = {
+        "model": {"name": kw["model"]},
+        "data": {
+            "dataset": kw["dataset"],
+            "data": kw["data_path"],
+            "data_root": kw["data_root"],
+            "split_seed": kw["split_seed"],
+            "val_fraction": kw["val_fraction"],
+            "max_train_per_class": kw["max_train_per_class"],
+            "max_test_per_class": kw["max_test_per_class"],
+            "skip_bad": kw["skip_bad"],
+        },
+        "slurm": {k: v for k, v in _slurm_section(kw).items()},
+    }
+    config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
+    settings = engine.TuneSettings(
+        num_samples=kw["num_samples"],
+        max_epochs=int(kw["max_epochs"] or config["train"]["epochs"]),
+        grace_period=kw["grace_period"],
+        reduction_factor=kw["reduction_factor"],
+        cpus_per_trial=kw["cpus_per_trial"],
+        gpus_per_trial=kw["gpus_per_trial"],
+        time_budget_s=engine.parse_duration(kw["time_budget"]) if kw["time_budget"] else None,
+        metric=kw["metric"],
+        seed=kw["seed"],
+    )
+    settings.validate()
+    override = engine.load_space_file(kw["space_file"]) if kw["space_file"] else None
+    space = engine.build_space(config, override)
+    return config, space, settings
+
+
+def _submit(request: dict[str, Any], slurm_section: dict[str, Any], kw: dict[str, Any]) -> None:
+    from deeplense_cli import tune as engine
+    from deeplense_cli.commands.slurm_submit import options_from_config
+
+    job = engine.submit_tune_job(request, options_from_config(slurm_section))
+    name = request.get("name") or request.get("resume")
+    err_console().print(
+        f"Submitted SLURM job {job.job_id} (tune {name}); results in "
+        f"{engine.experiment_dir(str(name))}; follow with `deeplense jobs logs {job.job_id}`"
+    )
+    click.echo(job.job_id)
+    if kw["wait"]:
+        from deeplense_cli.slurm import wait
+
+        def on_update(state: str, lines: list[str]) -> None:
+            for line in lines:
+                if line.strip():
+                    err_console().print(line, markup=False, highlight=False)
+            if not lines:
+                err_console().print(f"job {job.job_id}: {state}")
+
+        wait(job, poll=2.0, on_update=on_update)
+        _report(engine.summarize(str(name)), kw["output"])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _listener(output: str) -> Any:
+    if output == "quiet":
+        return None
+    if output == "jsonl":
+
+        def emit(event: dict[str, Any]) -> None:
+            click.echo(json.dumps(event, default=str))
+
+        return emit
+
+    def show(event: dict[str, Any]) -> None:
+        if event["event"] == "result":
+            err_console().print(
+                f"trial {event['trial']}  epoch {event.get('epoch')}  "
+                f"val loss {_fmt(event.get('val_loss'))}  acc {_fmt(event.get('val_accuracy'))}  "
+                f"macro AUC {_fmt(event.get('val_macro_auc'))}"
+            )
+        elif event["event"] == "error":
+            err_console().print(f"[red]trial {event['trial']} failed[/red]")
+
+    return show
+
+
+def _report(outcome: Any, output: str) -> None:
+    from rich.table import Table
+
+    if output == "jsonl":
+        click.echo(
+            json.dumps(
+                {
+                    "event": "tune_end",
+                    "name": outcome.name,
+                    "path": str(outcome.path),
+                    "finished": outcome.finished,
+                    "best": outcome.best.__dict__ if outcome.best else None,
+                    "best_config": str(outcome.best_config_path or ""),
+                    "plot": str(outcome.plot_path or ""),
+                },
+                default=str,
+            )
+        )
+        return
+    keys = sorted({k for t in outcome.trials for k in t.params})
+    table = Table(title=f"Tune {outcome.name}: {outcome.metric} ({outcome.mode})")
+    table.add_column("trial")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_column(f"best {outcome.metric}", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("status")
+    for t in outcome.trials:
+        star = " *" if outcome.best is not None and t.trial_id == outcome.best.trial_id else ""
+        table.add_row(
+            t.trial_id + star,
+            *[_fmt(t.params.get(k)) for k in keys],
+            _fmt(t.best_value),
+            f"{t.epochs}/{outcome.max_epochs}",
+            t.status if not t.error else f"{t.status}: {t.error}",
+        )
+    console().print(table)
+    err = err_console()
+    if outcome.best is not None:
+        err.print(
+            f"Best trial {outcome.best.trial_id}: {outcome.metric} {_fmt(outcome.best.best_value)} "
+            f"at epoch {outcome.best.best_epoch}; config written to {outcome.best_config_path}"
+        )
+        err.print(f"Train it: deeplense train --config {outcome.best_config_path}")
+    if outcome.plot_path is not None:
+        err.print(f"Learning curves: {outcome.plot_path}")
+    errors = [t for t in outcome.trials if t.status == "error"]
+    if errors and len(errors) == len(outcome.trials):
+        raise DeepLenseError(
+            f"all {len(errors)} trials failed; first error: {errors[0].error or 'see ' + str(outcome.path)}"
+        )
+    if not outcome.finished:
+        err.print(
+            f"[yellow]The search did not finish; continue it with "
+            f"`deeplense tune --resume {outcome.name}`[/yellow]"
+        )
