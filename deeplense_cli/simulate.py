@@ -190,19 +190,21 @@ def finish_image(
     """Turn a noiseless model image into the saved image, as the original code did.
 
     Model_I: Gaussian (Poisson-approximation) noise sqrt(|model|/t) plus background noise, times
-    the exposure time t, then Poisson counts (integer values). Model_II/III: model + model.
+    the exposure time t, then Poisson counts (integer values, stored as float64).
+    Model_II/III: model + model.
+
+    The two independent Gaussian terms are drawn as one Gaussian with the summed variance:
+    t (m + N(0, |m|/t) + N(0, rms^2)) has exactly the distribution of t m + N(0, t|m| + (t rms)^2).
     """
     if not model_spec(model).noisy:
         return noiseless + noiseless
     t = params.exposure_time
-    normal = rng.standard_normal((2, *noiseless.shape))
-    poisson = np.sqrt(np.abs(noiseless) / t)
-    poisson *= normal[0]
-    background = normal[1]
-    background *= MODEL_I_BACKGROUND_RMS
-    expected = noiseless + poisson
-    expected += background
+    expected = np.abs(noiseless)
     expected *= t
+    expected += (t * MODEL_I_BACKGROUND_RMS) ** 2
+    np.sqrt(expected, out=expected)
+    expected *= rng.standard_normal(noiseless.shape)
+    expected += t * noiseless
     np.maximum(expected, 0.0, out=expected)
     return rng.poisson(expected).astype(np.float64)
 
@@ -418,9 +420,26 @@ class ReferenceSimulator:
             _, kwargs_source, _ = self._sim.magnitude2amplitude(None, kwargs_mag)
         return np.asarray(self.image_model.image(_lens_kwargs(params), kwargs_source))
 
+    def add_noise(self, noiseless: np.ndarray, params: LensParams) -> np.ndarray:
+        """The original scripts' noise step, with lenstronomy's helpers.
+
+        Uses NumPy's global random state (as lenstronomy's image_util does), so it is not
+        reproducible from a seed; :func:`finish_image` is the seeded equivalent.
+        """
+        if not model_spec(self.model).noisy:
+            return noiseless + noiseless
+        from lenstronomy.Util import image_util
+
+        t = params.exposure_time
+        poisson = image_util.add_poisson(noiseless, exp_time=t)
+        background = image_util.add_background(noiseless, sigma_bkd=MODEL_I_BACKGROUND_RMS)
+        counts = np.random.poisson((t * (noiseless + poisson + background)).clip(min=0))
+        return np.asarray(counts, dtype=np.float64)
+
     def simulate(self, rng: np.random.Generator) -> tuple[np.ndarray, LensParams]:
+        """Draw parameters from ``rng``, render with lenstronomy, add noise as the original did."""
         params = draw_params(self.model, self.cls, rng)
-        return finish_image(self.model, self.render(params), params, rng), params
+        return self.add_noise(self.render(params), params), params
 
 
 class FastSimulator:

@@ -64,6 +64,18 @@ def test_fast_path_equals_straightforward_lenstronomy(model: str, cls: str) -> N
         assert rel < 1e-10, f"{model}/{cls}: relative difference {rel:.1e}"
 
 
+def test_reference_noise_step_follows_the_original_scripts() -> None:
+    ref = S.ReferenceSimulator("Model_I", "no_sub")
+    image, params = ref.simulate(np.random.default_rng(1))
+    assert image.shape == (150, 150) and np.array_equal(image, np.round(image)) and image.min() >= 0
+    model = ref.render(params)
+    bright = model * params.exposure_time > 200  # where clipping at zero does not matter
+    assert abs(image[bright].sum() / (params.exposure_time * model[bright].sum()) - 1) < 0.02
+    ref2 = S.ReferenceSimulator("Model_II", "no_sub")
+    doubled, params2 = ref2.simulate(np.random.default_rng(1))
+    assert np.array_equal(doubled, 2 * ref2.render(params2))
+
+
 def test_substructure_changes_the_image() -> None:
     fast = S.fast_simulator("Model_II")
     params = S.draw_params("Model_II", "axion", np.random.default_rng(3))
