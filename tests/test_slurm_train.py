@@ -1,0 +1,163 @@
+"""`train --slurm` and `benchmark --slurm` on the real local SLURM cluster, including a
+requeue in the middle of training (the job resumes from its last checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.rundir import RunDir
+
+
+def _problem() -> str | None:
+    if not shutil.which("sinfo"):
+        return "SLURM not installed; run .ci/slurm.sh install && .ci/slurm.sh start"
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer; run .ci/slurm.sh start"
+    return None if proc.returncode == 0 else "SLURM cluster not answering; run .ci/slurm.sh start"
+
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(_problem() is not None, reason=str(_problem())),
+]
+
+SLURM = ["--slurm", "--partition", "debug", "--cpus", "1", "--time", "15"]
+
+
+def _train_args(sim_root: Path, run_dir: Path, epochs: int) -> list[str]:
+    return [
+        "train",
+        "-m",
+        "resnet18",
+        "--dataset",
+        "Model_III",
+        "--data-root",
+        str(sim_root),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "8",
+        "--num-threads",
+        "1",
+    ]
+
+
+def _cancel_all(home: Path) -> None:
+    ids = sorted({p.stem.split("_")[0] for p in (home / "jobs").glob("*.json")})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=20, check=False)
+
+
+def test_train_slurm_wait_runs_and_evaluates(
+    sim_root: Path, tmp_path: Path, deeplense_home: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    try:
+        result = CliRunner().invoke(cli, [*_train_args(sim_root, run_dir, 1), *SLURM, "--wait"])
+        assert result.exit_code == 0, result.output
+        assert "Submitted SLURM job" in " ".join(result.output.split())
+        run = RunDir.open(run_dir)
+        assert [r["epoch"] for r in run.read_metrics()] == [1]
+        assert json.loads((run.evaluation_dir / "metrics.json").read_text())["n"] == 24
+        jobs = CliRunner().invoke(cli, ["jobs", "--json"])
+        assert jobs.exit_code == 0, jobs.output
+        listed = json.loads(jobs.output)
+        assert any(str(run_dir) in json.dumps(j) for j in listed)
+    finally:
+        _cancel_all(deeplense_home)
+
+
+def test_requeued_training_job_resumes_without_losing_epochs(
+    sim_root: Path, tmp_path: Path, deeplense_home: Path
+) -> None:
+    run_dir = tmp_path / "requeue"
+    try:
+        result = CliRunner().invoke(cli, [*_train_args(sim_root, run_dir, 4), *SLURM])
+        assert result.exit_code == 0, result.output
+        job_id = result.stdout.strip().splitlines()[-1]
+        run = RunDir(run_dir)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(run.read_metrics()) < 2:
+            time.sleep(0.5)
+        before = run.read_metrics()
+        assert len(before) >= 2, "training did not reach epoch 2 in time"
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=20)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.split()
+            if (
+                out
+                and out[-1] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                and (run.evaluation_dir / "metrics.json").exists()
+            ):
+                break
+            time.sleep(2)
+        after = run.read_metrics()
+        assert [r["epoch"] for r in after] == [1, 2, 3, 4]
+        assert after[: len(before)] == before  # completed epochs survived the requeue
+        assert (run.evaluation_dir / "metrics.json").exists()
+        log = CliRunner().invoke(cli, ["jobs", "logs", job_id])
+        assert log.exit_code == 0
+    finally:
+        _cancel_all(deeplense_home)
+
+
+def test_benchmark_slurm_array_writes_table(
+    sim_root: Path, tmp_path: Path, deeplense_home: Path
+) -> None:
+    out = tmp_path / "bench"
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "benchmark",
+                "--models",
+                "resnet18,cct",
+                "--datasets",
+                "Model_III",
+                "--out",
+                str(out),
+                "--data-root",
+                str(sim_root),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                *SLURM,
+                "--parallelism",
+                "1",
+                "--wait",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        table = (out / "results.md").read_text()
+        assert "| ResNet18 |" in table and "| CCT |" in table
+    finally:
+        _cancel_all(deeplense_home)
+
+
+def test_slurm_errors_are_one_line(sim_root: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [*_train_args(sim_root, tmp_path / "x", 1), "--slurm", "--partition", "nosuchpartition"],
+    )
+    assert result.exit_code == 1
+    assert "nosuchpartition" in result.output and "Traceback" not in result.output
