@@ -622,6 +622,39 @@ class _Follower:
         return lines
 
 
+def follow(
+    job_id: str,
+    on_lines: Callable[[list[str]], None],
+    poll: float = 1.0,
+    timeout: float | None = None,
+) -> str:
+    """Stream a recorded job's new stdout lines to ``on_lines`` until it ends; its final state.
+
+    Unlike :func:`wait` this needs only the job record (any job listed by ``deeplense jobs``)
+    and returns the SLURM state instead of the result.
+    """
+    job_id = str(job_id)
+    record = read_record(job_id)
+    follower = _Follower(Path(record["stdout"]))
+    start = time.monotonic()
+    while True:
+        lines = follower.new_lines()
+        if lines:
+            on_lines(lines)
+        state = sacct_states([job_id]).get(job_id, ("PENDING", ""))[0]
+        if state in TERMINAL_STATES:
+            time.sleep(min(poll, 0.5))  # the last lines may land just after the state
+            rest = follower.new_lines()
+            if follower.partial:
+                rest.append(follower.partial)
+            if rest:
+                on_lines(rest)
+            return state
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise DeepLenseError(f"job {job_id} is still {state} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
 def wait(
     job: SubmittedJob,
     poll: float = 1.0,

@@ -306,6 +306,12 @@ def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -
     err = runner.invoke(cli, ["jobs", "logs", done.job_id, "--err"])
     assert err.exit_code == 0 and "stderr says 42" in err.output and "adding" not in err.output
 
+    short = slurm.submit(nap, 1.5, name="short")
+    followed = runner.invoke(cli, ["jobs", "logs", short.job_id, "--follow"])
+    assert followed.exit_code == 0, followed.output
+    assert "napping" in followed.output and "Job completed successfully" in followed.output
+    assert f"(job {short.job_id} ended: COMPLETED)" in followed.output
+
     cancelled = runner.invoke(cli, ["jobs", "cancel", sleeper.job_id])
     assert cancelled.exit_code == 0 and f"Cancelled SLURM job {sleeper.job_id}" in cancelled.output
     _until(lambda: sleeper.state() == "CANCELLED", 15, "sacct to show CANCELLED")

@@ -70,10 +70,19 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 @jobs.command(name="logs")
 @click.argument("job_id")
 @click.option("--err", is_flag=True, help="Show the job's stderr instead of its stdout.")
-def logs(job_id: str, err: bool) -> None:
+@click.option(
+    "-f", "--follow", "follow", is_flag=True, help="Keep printing new output until the job ends."
+)
+def logs(job_id: str, err: bool, follow: bool) -> None:
     """Print the output of job JOB_ID so far."""
     from deeplense_cli import slurm
 
+    if follow:
+        if err:
+            raise click.UsageError("--follow streams stdout; use --err without --follow")
+        state = slurm.follow(job_id, lambda lines: click.echo("\n".join(lines)))
+        click.echo(f"(job {job_id} ended: {state})", err=True)
+        return
     text = slurm.job_logs(job_id, err=err)
     if not text:
         which = "stderr" if err else "stdout"
