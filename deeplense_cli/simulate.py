@@ -9,11 +9,11 @@ Two renderers share one set of random draws (:func:`draw_params`):
 
 * :class:`ReferenceSimulator` is the straightforward lenstronomy implementation (an image
   model built once per class, ``image()`` called per image). It is the fidelity oracle.
-* :class:`FastSimulator` gives the same images (to ~1e-12 relative) several times faster:
-  the main lens never changes, so the SIE + shear ray-shooting is done once; per image only
-  the point masses' deflections (vectorised in NumPy, with the deflection rescaling that
-  lenstronomy's multi-plane mode applies for Model_II/III), lenstronomy's own Sersic profile
-  and lenstronomy's own PSF convolution are evaluated.
+* :class:`FastSimulator` gives the same images (~1e-14 relative) many times faster: the
+  main lens never changes, so lenstronomy's SIE + shear ray-shooting is done once; per image
+  numba kernels add the point masses' deflections (with the rescaling lenstronomy's
+  multi-plane mode applies for Model_II/III) and evaluate lenstronomy's SERSIC_ELLIPSE
+  formula and Gaussian PSF convolution operation by operation.
 
 Every image depends only on (seed, model, split, class, index), through a NumPy
 ``SeedSequence`` keyed by those values, so parallel workers, resuming and determinism need no
@@ -622,6 +622,8 @@ def simulate_images(
     spec = model_spec(model)
     _check_class(cls)
     _check_split(split)
+    if n < 0:
+        raise DeepLenseError(f"number of images must be >= 0, got {n}")
     sim = fast_simulator(spec.name)
     images = np.empty((n, spec.num_pix, spec.num_pix))
     masses = np.full(n, np.nan)
@@ -763,6 +765,19 @@ def parse_classes(classes: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(c for c in CLASSES if c in wanted)
 
 
+def check_request(train_per_class: int, test_per_class: int, seed: int, workers: int | None) -> int:
+    """Validate dataset sizes, seed and workers; returns the worker count (None -> all cores)."""
+    if train_per_class < 0 or test_per_class < 0:
+        raise DeepLenseError("image counts per class must be >= 0")
+    if seed < 0:
+        raise DeepLenseError(f"seed must be a non-negative integer, got {seed}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise DeepLenseError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
 def simulate_dataset(
     model: str,
     out: Path,
@@ -782,14 +797,7 @@ def simulate_dataset(
     """
     spec = model_spec(model)
     selected = parse_classes(classes)
-    if train_per_class < 0 or test_per_class < 0:
-        raise DeepLenseError("image counts must be >= 0")
-    if seed < 0:
-        raise DeepLenseError(f"seed must be a non-negative integer, got {seed}")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1:
-        raise DeepLenseError(f"workers must be >= 1, got {workers}")
+    workers = check_request(train_per_class, test_per_class, seed, workers)
     out = Path(out)
     counts = {"train": train_per_class, "test": test_per_class}
     chunks = list(_chunks(spec.name, out, seed, counts, selected, max(1, chunk_size)))

@@ -390,6 +390,8 @@ def test_cli_defaults_to_the_data_root(tmp_path: Path, monkeypatch: pytest.Monke
         (["Model_X"], "Model_I, Model_II, Model_III"),
         (["Model_II", "--classes", "wdm"], "axion, cdm, no_sub"),
         (["Model_II", "--train-per-class", "-1"], ">= 0"),
+        (["Model_II", "--workers", "0"], "workers must be >= 1"),
+        (["Model_II", "--seed", "-3"], "non-negative"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -397,3 +399,4 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], mess
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not list(tmp_path.rglob("*.npy"))

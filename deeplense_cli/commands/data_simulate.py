@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,7 @@ def simulate(
     spec = engine.model_spec(model)
     selected = engine.parse_classes(classes)
     root = paths.data_root(out)
-    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    n_workers = engine.check_request(train_per_class, test_per_class, seed, workers)
     total = (train_per_class + test_per_class) * len(selected)
     con = console()
     con.print(
