@@ -1,5 +1,155 @@
-from deeplense_cli.commands.unavailable import unavailable
+"""``deeplense predict MODEL INPUT...``: classes for image files, from an .onnx or a run."""
 
-predict = unavailable(
-    "predict", "Predict classes for image files with a trained or exported model."
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from deeplense_cli.console import console, err_console
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT, else CUDA, else CPU (the first that loads). An explicit cuda or "
+    "tensorrt that cannot load is an error, never a silent CPU fallback.",
 )
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write predictions to FILE: .csv, .jsonl (JSON Lines) or .json, by extension.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--resize",
+    is_flag=True,
+    help="Resize images whose size differs from the model's (bilinear interpolation, "
+    "stretching non-square images) and repeat one channel over the model's channels. "
+    "Without it a mismatch is an error.",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable files (listed at the end).")
+@click.option(
+    "--threads", type=click.IntRange(1), help="CPU threads [default: the available cores]."
+)
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="For a run directory MODEL.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
+def predict(
+    model: str,
+    inputs: tuple[str, ...],
+    device: str,
+    output: str | None,
+    batch_size: int,
+    resize: bool,
+    skip_bad: bool,
+    threads: int | None,
+    checkpoint: str,
+    as_json: bool,
+) -> None:
+    """Predict the class of each image file in INPUTS (files or folders, searched
+    recursively; .npy including the released axion [image, mass] arrays, .npz, FITS, PNG,
+    JPEG).
+
+    MODEL is an exported .onnx file (ONNX Runtime; torch is not needed) or a run directory
+    (PyTorch). Prints one row per file with every class probability, then the number of
+    files predicted as each class.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from deeplense_cli.predict import Prediction, Summary, prediction_record
+    from deeplense_cli.predict import predict as run_predict
+
+    rows: list[Prediction] = []
+    classes: list[str] = []
+    progress = Progress(
+        TextColumn("[bold]predicting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=True,
+    )
+    task: list[Any] = []
+
+    def on_start(summary: Summary, n_files: int) -> None:
+        classes.extend(summary.classes)
+        err_console().print(f"{summary.model}: {n_files} file(s)")
+        task.append(progress.add_task("predict", total=n_files, rate=""))
+        progress.start()
+
+    def on_progress(n: int) -> None:
+        t = progress.tasks[0]
+        rate = f"{t.completed / t.elapsed:.0f} img/s" if t.elapsed else ""
+        progress.update(task[0], advance=n, rate=rate)
+
+    def on_prediction(pred: Prediction) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(prediction_record(pred, classes)) + "\n")
+        else:
+            rows.append(pred)
+
+    try:
+        summary = run_predict(
+            model,
+            inputs,
+            output=output,
+            device=device,
+            batch_size=batch_size,
+            resize=resize,
+            skip_bad=skip_bad,
+            threads=threads,
+            checkpoint=checkpoint,
+            on_start=on_start,
+            progress=on_progress,
+            on_prediction=None if output else on_prediction,
+        )
+    finally:
+        progress.stop()
+
+    if not output and not as_json:
+        table = Table(title="Predictions")
+        table.add_column("file", overflow="fold")
+        table.add_column("predicted")
+        for c in classes:
+            table.add_column(f"p({c})", justify="right")
+        for pred in rows:
+            table.add_row(pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities])
+        console().print(table)
+
+    counts = Table(title=f"{summary.images} image(s), {summary.images_per_second:.0f} img/s")
+    counts.add_column("predicted class")
+    counts.add_column("files", justify="right")
+    counts.add_column("share", justify="right")
+    for c in summary.classes:
+        n = summary.counts.get(c, 0)
+        counts.add_row(c, str(n), f"{n / summary.images:.1%}" if summary.images else "-")
+    # With --json, stdout holds only the JSON Lines.
+    (err_console() if as_json else console()).print(counts)
+    for item in summary.skipped:
+        err_console().print(f"[yellow]Skipped[/] {item}")
+    if output:
+        err_console().print(f"Wrote {summary.images} prediction(s) to {output}")

@@ -1,0 +1,517 @@
+"""Export a trained run to one self-contained ONNX file, and prove that it is right.
+
+Every export is validated before it is written: ``onnx.checker``, then ONNX Runtime
+against the PyTorch model on real test images of the run (its test split; a synthetic
+batch when the run's data is not on this machine, and the result says so), at batch 1 and
+at a larger batch. A file that fails is never written: the model is built in a temporary
+file beside the target and renamed into place only after it passed.
+
+Precisions (measured on our CPUs, see benchmarks/bench_onnx.py):
+
+* ``fp32`` -- the default; matches PyTorch to ~1e-6.
+* ``fp16`` -- half the size, for GPUs (CUDA/TensorRT). On a CPU, ONNX Runtime casts back to
+  fp32 around most operators, so it is SLOWER there.
+* ``int8`` -- static QDQ quantisation, calibrated on training images: ~4x smaller, and on
+  CPUs with VNNI (AVX512-VNNI / AVX-VNNI) much faster for the convolutional models; it
+  changes predictions slightly, so the export reports the accuracy change on the test split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeplense_cli import __version__, atomic
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort
+from deeplense_cli.rundir import RunDir
+from deeplense_cli.transforms import apply_transform
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS: dict[str, str] = {
+    "fp32": "full precision; the reference, runs everywhere",
+    "fp16": "half the file size, for GPUs (CUDA/TensorRT); on a CPU it is slower than fp32",
+    "int8": (
+        "static int8 (QDQ, calibrated on training images): ~4x smaller; on CPUs with VNNI "
+        "much faster for convolutional models (ResNet18), little or no gain for some "
+        "transformers; predictions change slightly (accuracy change is reported)"
+    ),
+}
+EXPORTERS = ("auto", "legacy", "dynamo")
+DEFAULT_OPSET = 17
+# Elementwise logit tolerance: |onnx - torch| <= ABS + REL * max|torch logits|.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "fp32": (1e-4, 1e-3),
+    "fp16": (2e-2, 2e-2),
+}
+INT8_MIN_AGREEMENT = 0.9  # int8: share of images whose top class matches PyTorch
+
+
+@dataclass
+class Check:
+    """ONNX Runtime versus PyTorch at one batch size."""
+
+    batch_size: int
+    images: int
+    max_abs_error: float
+    max_rel_error: float  # max |error| / max |PyTorch logit|
+    argmax_agreement: float
+    passed: bool
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    architecture: str
+    precision: str
+    opset: int
+    exporter: str
+    size_bytes: int
+    data: str  # where the validation images came from
+    real_data: bool
+    checks: list[Check] = field(default_factory=list)
+    accuracy_torch: float | None = None
+    accuracy_onnx: float | None = None
+    tolerance: str = ""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _log(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress lines and deprecation warnings."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+# ---- data -----------------------------------------------------------------------------
+@dataclass
+class _Data:
+    test: np.ndarray  # transformed (N, C, S, S)
+    labels: np.ndarray | None
+    calibration: np.ndarray  # transformed training images
+    note: str
+    real: bool
+
+
+def _load_data(
+    run: RunDir, transform: dict[str, Any], n_test: int, n_calibration: int, seed: int = 0
+) -> _Data:
+    """Test and calibration images of the run; a synthetic batch when its data is missing."""
+    from deeplense_cli.train import load_splits
+
+    rng = np.random.default_rng(seed)
+    try:
+        splits = load_splits(run.read_config())
+        if list(splits.classes) != run.classes:
+            raise DeepLenseError(f"the run's data now has classes {splits.classes}")
+        if len(splits.test_idx) == 0:
+            raise DeepLenseError("the run's test split is empty")
+    except (DeepLenseError, KeyError) as exc:
+        size, channels = int(transform["image_size"]), int(transform.get("in_channels", 1))
+        # Smooth random blobs plus noise: images with structure, not a constant.
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        n = max(n_test, n_calibration)
+        cx, cy, w = rng.uniform(0.3, 0.7, (3, n, 1, 1))
+        blobs = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.02 + 0.05 * w))
+        raw = blobs[:, None] + 0.05 * rng.standard_normal((n, channels, size, size))
+        x = apply_transform(raw.astype(np.float32), transform)
+        return _Data(
+            test=x[:n_test],
+            labels=None,
+            calibration=x[:n_calibration],
+            note=f"a synthetic batch of {n_test} images (the run's data is not available: "
+            f"{_first_line(exc)})",
+            real=False,
+        )
+    test_idx = np.sort(rng.permutation(splits.test_idx)[:n_test])
+    calib_idx = np.sort(rng.permutation(splits.train_idx)[:n_calibration])
+    test = apply_transform(np.asarray(splits.test.images[test_idx]), transform)
+    calibration = apply_transform(np.asarray(splits.train.images[calib_idx]), transform)
+    labels = np.asarray(splits.test.labels)[test_idx]
+    return _Data(
+        test=test,
+        labels=labels,
+        calibration=calibration,
+        note=f"{len(test_idx)} images of the run's test split ({splits.test.root})",
+        real=True,
+    )
+
+
+# ---- steps ----------------------------------------------------------------------------
+def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """PyTorch logits for a transformed batch, in chunks of ``batch_size``."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))))
+    return torch.cat(out).float().numpy()
+
+
+def export_fp32(
+    model: torch.nn.Module,
+    example: np.ndarray,
+    path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+) -> tuple[str, int]:
+    """Export ``model`` with a dynamic batch axis to ONE file; returns (exporter, opset).
+
+    ``legacy`` (TorchScript tracing) exports all eleven built-in architectures in seconds
+    and its graphs run as fast as the dynamo exporter's once ONNX Runtime has optimised
+    them; ``auto`` uses it and falls back to ``dynamo`` (opset >= 18) if it fails.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise DeepLenseError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
+    if len(x) < 2:  # batch 2, so that no size-1 batch gets specialised
+        x = torch.cat([x, x])
+    errors = []
+    for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):
+        used_opset = max(opset, 18) if kind == "dynamo" else opset
+        try:
+            with _quiet(), torch.inference_mode(False), torch.no_grad():
+                if kind == "legacy":
+                    torch.onnx.export(
+                        model,
+                        (x,),
+                        os.fspath(path),
+                        dynamo=False,
+                        opset_version=used_opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                        do_constant_folding=True,
+                    )
+                else:
+                    # dynamic_shapes positionally: the forward argument is named `img`
+                    # in vit-pytorch, and a wrong name bakes the batch size in.
+                    torch.onnx.export(
+                        model,
+                        (x,),
+                        os.fspath(path),
+                        dynamo=True,
+                        opset_version=used_opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},),
+                        external_data=False,
+                    )
+        except Exception as exc:
+            errors.append(f"{kind}: {_first_line(exc)}")
+            continue
+        data_file = Path(f"{os.fspath(path)}.data")
+        if data_file.exists():  # never leave a side file; weights must be inside
+            data_file.unlink()
+            errors.append(f"{kind}: wrote external data")
+            continue
+        return kind, used_opset
+    raise DeepLenseError("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """fp16 weights and activations; the input and output stay float32."""
+    import onnx
+
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise DeepLenseError(
+            "fp16 conversion needs onnxruntime.transformers (part of onnxruntime >= 1.16)"
+        ) from None
+    model = onnx.load(os.fspath(src))
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    with _quiet():
+        half = convert_float_to_float16(model, keep_io_types=True)
+        # The converter appends the input/output casts at the end of the node list.
+        wrapper = OnnxModel(half)
+        wrapper.topological_sort()
+    onnx.save(wrapper.model, os.fspath(dst))
+
+
+class _Calibration:
+    """A CalibrationDataReader over transformed training images, 16 at a time."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 16) -> None:
+        self.batches = [
+            {INPUT_NAME: np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)}
+            for i in range(0, len(images), batch_size)
+        ]
+        self._it = iter(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def quantize_int8(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    calibration: np.ndarray,
+    workdir: str | os.PathLike[str],
+) -> None:
+    """Static QDQ int8: per-channel int8 weights, uint8 activations calibrated (min-max)
+    on training images. ONNX Runtime fuses the QDQ pairs into integer kernels."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
+    pre = Path(workdir) / "preprocessed.onnx"
+    with _quiet():
+        try:
+            quant_pre_process(os.fspath(src), os.fspath(pre))
+            source = pre
+        except Exception:  # symbolic shape inference fails on some graphs; it is optional
+            source = Path(src)
+        quantize_static(
+            os.fspath(source),
+            os.fspath(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def set_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> None:
+    """Replace the model's metadata_props with ``meta`` and save it as one file."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    model.producer_name = "deeplense"
+    model.producer_version = __version__
+    onnx.save(model, os.fspath(path))
+
+
+def compare(onnx_logits: np.ndarray, torch_logits_: np.ndarray) -> tuple[float, float, float]:
+    """(max abs error, max abs error / max |reference|, top-class agreement)."""
+    err = np.abs(onnx_logits.astype(np.float64) - torch_logits_.astype(np.float64))
+    scale = float(np.abs(torch_logits_).max()) if torch_logits_.size else 0.0
+    max_abs = float(err.max()) if err.size else 0.0
+    agree = float((onnx_logits.argmax(1) == torch_logits_.argmax(1)).mean()) if err.size else 1.0
+    return max_abs, max_abs / max(scale, 1e-12), agree
+
+
+def _ort_logits(session: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(x), batch_size):
+        chunk = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+        out.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0])
+    return np.concatenate(out).astype(np.float32)
+
+
+def validate(
+    path: str | os.PathLike[str],
+    reference: np.ndarray,
+    x: np.ndarray,
+    precision: str,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    batch1_images: int = 8,
+    min_agreement: float = INT8_MIN_AGREEMENT,
+) -> tuple[list[Check], np.ndarray]:
+    """Run the model file on ONNX Runtime (CPU) and compare with PyTorch ``reference``.
+
+    Returns the checks and ORT's logits at the largest batch size.
+    """
+    import onnx
+
+    from deeplense_cli.onnx_session import create_session
+
+    try:
+        onnx.checker.check_model(os.fspath(path))
+    except Exception as exc:
+        raise DeepLenseError(f"the exported model fails onnx.checker: {_first_line(exc)}") from None
+    session, _ = create_session(path, "cpu")
+    checks, last = [], reference
+    for bs in batch_sizes:
+        n = min(len(x), batch1_images) if bs == 1 else len(x)
+        got = _ort_logits(session, x[:n], bs)
+        max_abs, max_rel, agree = compare(got, reference[:n])
+        if precision in TOLERANCES:
+            atol, rtol = TOLERANCES[precision]
+            scale = float(np.abs(reference[:n]).max())
+            passed = max_abs <= atol + rtol * scale
+        else:
+            passed = agree >= min_agreement
+        checks.append(Check(bs, n, max_abs, max_rel, agree, bool(passed)))
+        last = got
+    return checks, last
+
+
+def _tolerance_text(precision: str, min_agreement: float) -> str:
+    if precision in TOLERANCES:
+        atol, rtol = TOLERANCES[precision]
+        return f"|error| <= {atol:g} + {rtol:g} x max|logit|"
+    return f"top class agrees with PyTorch on >= {min_agreement:.0%} of images"
+
+
+def default_output(run: RunDir, precision: str) -> Path:
+    return run.path / ("model.onnx" if precision == "fp32" else f"model-{precision}.onnx")
+
+
+def export_onnx(
+    run_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    checkpoint: str = "best",
+    exporter: str = "auto",
+    validation_images: int = 256,
+    calibration_images: int = 256,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    min_agreement: float = INT8_MIN_AGREEMENT,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
+
+    The default output is ``RUN/model.onnx`` (``RUN/model-fp16.onnx``, ``model-int8.onnx``
+    for the other precisions). Raises DeepLenseError, writing nothing, when validation fails.
+    """
+    import_ort()
+    start = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise DeepLenseError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if not 7 <= int(opset) <= 23:
+        raise DeepLenseError(f"opset {opset} is out of range; use 17 (default) to 23")
+    if validation_images < 1:
+        raise DeepLenseError("validation_images must be at least 1")
+    run = RunDir.open(run_path)
+    classes, transform = run.classes, run.transform
+    config = run.read_config()
+    arch_name = str(config["model"]["name"])
+    target = Path(output) if output is not None else default_output(run, precision)
+    if target.suffix != ".onnx":
+        raise DeepLenseError(f"{target}: the output file name must end in .onnx")
+    if target.is_dir():
+        raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
+
+    _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
+    from deeplense_cli.device import prepare_cpu_threads
+
+    prepare_cpu_threads()
+    model = run.build_model(checkpoint)
+    epoch = run.load_checkpoint(checkpoint).get("epoch")
+    _log(progress, "loading validation images")
+    data = _load_data(run, transform, validation_images, calibration_images)
+    reference = torch_logits(model, data.test)
+
+    with tempfile.TemporaryDirectory(prefix="deeplense-export-") as workdir:
+        fp32_path = Path(workdir) / "fp32.onnx"
+        _log(progress, f"exporting (opset {opset})")
+        used_exporter, used_opset = export_fp32(model, data.test, fp32_path, opset, exporter)
+        meta = {
+            "deeplense.format": FORMAT,
+            "deeplense.architecture": arch_name,
+            "deeplense.classes": json.dumps(classes),
+            "deeplense.image_size": str(int(transform["image_size"])),
+            "deeplense.in_channels": str(int(transform.get("in_channels", 1))),
+            "deeplense.transform": json.dumps(transform, sort_keys=True),
+            "deeplense.version": __version__,
+            "deeplense.source_run": str(run.path.resolve()),
+            "deeplense.checkpoint": f"{checkpoint} (epoch {epoch})",
+            "deeplense.opset": str(used_opset),
+            "deeplense.precision": precision,
+            "deeplense.exporter": used_exporter,
+        }
+        with atomic.atomic_path(target, suffix=".onnx") as tmp:
+            if precision == "fp32":
+                os.replace(fp32_path, tmp)
+            elif precision == "fp16":
+                _log(progress, "converting to fp16")
+                convert_fp16(fp32_path, tmp)
+            else:
+                _log(progress, f"calibrating int8 on {len(data.calibration)} images")
+                quantize_int8(fp32_path, tmp, data.calibration, workdir)
+            set_metadata(tmp, meta)
+            _log(progress, "validating with ONNX Runtime")
+            checks, onnx_logits = validate(
+                tmp, reference, data.test, precision, batch_sizes, min_agreement=min_agreement
+            )
+            result = ExportResult(
+                path=target,
+                architecture=arch_name,
+                precision=precision,
+                opset=used_opset,
+                exporter=used_exporter,
+                size_bytes=0,
+                data=data.note,
+                real_data=data.real,
+                checks=checks,
+                tolerance=_tolerance_text(precision, min_agreement),
+            )
+            if data.labels is not None:
+                result.accuracy_torch = float((reference.argmax(1) == data.labels).mean())
+                result.accuracy_onnx = float((onnx_logits.argmax(1) == data.labels).mean())
+            if not data.real:
+                result.notes.append("validated on synthetic images: " + data.note)
+            failed = [c for c in checks if not c.passed]
+            if failed:
+                c = failed[0]
+                raise DeepLenseError(
+                    f"the {precision} ONNX model does not match PyTorch at batch {c.batch_size}: "
+                    f"max abs error {c.max_abs_error:.3g}, max rel error {c.max_rel_error:.3g}, "
+                    f"top class agrees on {c.argmax_agreement:.1%} (needed: "
+                    f"{result.tolerance}); nothing was written"
+                )
+            meta["deeplense.validation"] = json.dumps(
+                {
+                    "data": data.note,
+                    "checks": [asdict(c) for c in checks],
+                    "accuracy_torch": result.accuracy_torch,
+                    "accuracy_onnx": result.accuracy_onnx,
+                }
+            )
+            set_metadata(tmp, meta)
+            result.size_bytes = tmp.stat().st_size
+    result.seconds = time.perf_counter() - start
+    return result

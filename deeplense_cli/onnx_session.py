@@ -1,0 +1,335 @@
+"""Exported deeplense models on ONNX Runtime: metadata, execution providers, sessions.
+
+Torch-free on purpose: ``deeplense predict model.onnx`` needs only ONNX Runtime and NumPy.
+
+An exported file carries everything prediction needs in its ``metadata_props`` (see
+:data:`METADATA_KEYS`): the class names, the input size and channels, and the exact
+transform the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeplense_cli.errors import DeepLenseError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+FORMAT = "deeplense-onnx/1"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+ORT_MISSING = (
+    "ONNX Runtime is not installed: pip install 'deeplense[cpu]' (or '[gpu]' on CUDA machines)"
+)
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+# metadata_props keys written by ``deeplense export onnx`` (all values are strings)
+METADATA_KEYS = (
+    "deeplense.format",
+    "deeplense.architecture",
+    "deeplense.classes",  # JSON list, in label order
+    "deeplense.image_size",
+    "deeplense.in_channels",
+    "deeplense.transform",  # JSON, deeplense_cli.transforms spec
+    "deeplense.version",
+    "deeplense.source_run",
+    "deeplense.checkpoint",
+    "deeplense.opset",
+    "deeplense.precision",
+)
+
+
+def import_ort() -> Any:
+    """``import onnxruntime`` or a DeepLenseError telling how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DeepLenseError(ORT_MISSING) from None
+    return onnxruntime
+
+
+@dataclass
+class ModelInfo:
+    """What an exported model says about itself (from its deeplense metadata)."""
+
+    path: Path
+    architecture: str
+    classes: list[str]
+    image_size: int
+    in_channels: int
+    transform: dict[str, Any]
+    precision: str = "fp32"
+    opset: int | None = None
+    version: str = ""
+    source_run: str = ""
+    checkpoint: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
+        if meta.get("deeplense.format") != FORMAT:
+            raise DeepLenseError(
+                f"{path} is an ONNX model but not a deeplense export (no deeplense metadata); "
+                "export one with `deeplense export onnx RUN`"
+            )
+        try:
+            classes = json.loads(meta["deeplense.classes"])
+            transform = json.loads(meta["deeplense.transform"])
+            image_size = int(meta["deeplense.image_size"])
+            in_channels = int(meta["deeplense.in_channels"])
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise ValueError("class names are not a list of strings")
+            if not isinstance(transform, dict):
+                raise ValueError("transform is not a mapping")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DeepLenseError(
+                f"{path} has broken deeplense metadata ({exc}); re-export it"
+            ) from None
+        opset = meta.get("deeplense.opset")
+        return cls(
+            path=path,
+            architecture=meta.get("deeplense.architecture", "?"),
+            classes=classes,
+            image_size=image_size,
+            in_channels=in_channels,
+            transform=transform,
+            precision=meta.get("deeplense.precision", "fp32"),
+            opset=int(opset) if opset and opset.isdigit() else None,
+            version=meta.get("deeplense.version", ""),
+            source_run=meta.get("deeplense.source_run", ""),
+            checkpoint=meta.get("deeplense.checkpoint", ""),
+            extra={k: v for k, v in meta.items() if k not in METADATA_KEYS},
+        )
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def session_options(
+    threads: int | None = None,
+    spinning: bool = False,
+    optimization: str = "all",
+    optimized_model_path: str | os.PathLike[str] | None = None,
+) -> onnxruntime.SessionOptions:
+    """The session options deeplense uses (measured in benchmarks/bench_onnx.py).
+
+    * ``intra_op_num_threads`` = the cores this process may use (``threads`` overrides);
+    * no spin-waiting between ops: on shared machines busy-waiting threads steal the cores
+      other processes need (``spinning=True`` restores ORT's default);
+    * every graph optimisation (``ORT_ENABLE_ALL``: constant folding, conv/BN and
+      attention/LayerNorm/GELU fusions, NCHWc layouts);
+    * ``optimized_model_path``: where to save the optimised graph (to inspect or cache it).
+    """
+    ort = import_ort()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads) if threads else available_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    so.graph_optimization_level = levels[optimization]
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = os.fspath(optimized_model_path)
+    so.log_severity_level = 3  # errors only; provider failures are checked explicitly
+    return so
+
+
+def _provider_config(name: str, cache_dir: Path | None) -> Any:
+    if name == "tensorrt":
+        opts: dict[str, Any] = {"trt_fp16_enable": True}
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            opts.update(
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": True,
+                }
+            )
+        return ("TensorrtExecutionProvider", opts)
+    if name == "cuda":
+        return ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    return "CPUExecutionProvider"
+
+
+def _provider_chain(device: str) -> list[str]:
+    # A GPU provider leaves the nodes it cannot run to the ones after it.
+    return {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"]}[
+        device
+    ]
+
+
+def _install_hint(device: str) -> str:
+    return (
+        "install onnxruntime-gpu instead of onnxruntime (pip install 'deeplense[gpu]', never "
+        "both) with matching CUDA/cuDNN"
+        + (" and TensorRT" if device == "tensorrt" else "")
+        + " libraries, or use --device cpu"
+    )
+
+
+def create_session(
+    path: str | os.PathLike[str],
+    device: str = "auto",
+    threads: int | None = None,
+    spinning: bool = False,
+    optimization: str = "all",
+    trt_cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[onnxruntime.InferenceSession, str]:
+    """An inference session on ``device``; returns ``(session, device actually used)``.
+
+    ``auto`` tries TensorRT, then CUDA, then CPU, taking the first whose provider loads. An
+    explicit ``cuda`` or ``tensorrt`` that cannot load is an error: ONNX Runtime may list a
+    provider and then silently run on the CPU, so the providers the session really got are
+    compared with the request.
+    """
+    ort = import_ort()
+    device = (device or "auto").lower()
+    if device not in DEVICES:
+        raise DeepLenseError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLenseError(f"{path}: no such file")
+    available = set(ort.get_available_providers())
+    cache = Path(trt_cache_dir) if trt_cache_dir else path.parent / ".trt-cache"
+    if device == "auto":
+        candidates = [d for d in ("tensorrt", "cuda") if PROVIDERS[d] in available] + ["cpu"]
+    else:
+        if PROVIDERS[device] not in available:
+            raise DeepLenseError(
+                f"--device {device}: ONNX Runtime here has no {PROVIDERS[device]} "
+                f"(available: {', '.join(sorted(available))}); {_install_hint(device)}"
+            )
+        candidates = [device]
+    so = session_options(threads, spinning, optimization)
+    last_error = ""
+    for candidate in candidates:
+        providers = [_provider_config(p, cache) for p in _provider_chain(candidate)]
+        try:
+            session = ort.InferenceSession(os.fspath(path), so, providers=providers)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            last_error = text[0] if text else type(exc).__name__
+            if candidate == "cpu" or device != "auto":
+                if _looks_corrupt(last_error):
+                    raise DeepLenseError(
+                        f"{path} is not a valid ONNX model ({last_error[:200]})"
+                    ) from None
+                raise DeepLenseError(
+                    f"cannot load {path} on {candidate}: {last_error[:300]}"
+                ) from None
+            continue
+        got = session.get_providers()
+        if got and got[0] == PROVIDERS[candidate]:
+            return session, candidate
+        if device != "auto":
+            raise DeepLenseError(
+                f"--device {device} was requested but {PROVIDERS[device]} failed to load "
+                f"(the session fell back to {', '.join(got)}); {_install_hint(device)}"
+            )
+    raise DeepLenseError(f"cannot create an ONNX Runtime session for {path}: {last_error}")
+
+
+def _looks_corrupt(message: str) -> bool:
+    lowered = message.lower()
+    return any(
+        s in lowered for s in ("protobuf", "invalid_protobuf", "failed to load model", "parse")
+    )
+
+
+class OnnxModel:
+    """An exported deeplense model on ONNX Runtime: ``logits(batch)`` for transformed input.
+
+    On a GPU the input and output are bound with IO binding (no extra host copies per
+    call; the output buffer stays on the device until it is read).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        threads: int | None = None,
+        spinning: bool = False,
+        optimization: str = "all",
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DeepLenseError(f"{self.path}: no such file")
+        self.session, self.device = create_session(
+            self.path, device, threads=threads, spinning=spinning, optimization=optimization
+        )
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = ModelInfo.from_metadata(self.path, meta)
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise DeepLenseError(
+                f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self._ort = import_ort()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def transform(self) -> dict[str, Any]:
+        return self.info.transform
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def describe(self) -> str:
+        return (
+            f"{self.info.architecture} ({self.info.precision}, ONNX Runtime on "
+            f"{self.device}: {self.providers[0]})"
+        )
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits ``(N, classes)`` for a transformed float32 batch ``(N, C, S, S)``."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.device == "cpu":
+            out = self.session.run([self.output_name], {self.input_name: x})[0]
+            return np.asarray(out, dtype=np.float32)
+        return self._run_bound(x)
+
+    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+        # GPU path (exercised by benchmarks/bench_gpu.py): copy the batch to the device
+        # once, let ORT allocate the output on the device, copy the logits back.
+        binding = self.session.io_binding()
+        value = self._ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(self.output_name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """The deeplense metadata of an exported model (loads it on the CPU provider)."""
+    model = OnnxModel(path, device="cpu", threads=1)
+    return model.info

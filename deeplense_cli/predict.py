@@ -1,0 +1,354 @@
+"""Predict classes for image files with an exported model (ONNX Runtime) or a run (PyTorch).
+
+Files are read in batches by a background thread while the previous batch runs, so a
+folder of any size streams through in constant memory. Predicting with an ``.onnx`` file
+never imports torch.
+
+Size rules: an image whose size or channel count differs from the model's is an error,
+unless ``resize=True``: then it is resized to the model's size by bilinear interpolation
+(half-pixel centres, as PIL and ``torch.nn.functional.interpolate(align_corners=False)``;
+no anti-aliasing; a non-square image is stretched), and a one-channel image is repeated
+over the model's channels. The run's normalisation is applied after resizing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from deeplense_cli import atomic
+from deeplense_cli.data.readers import BadImageError, find_images, read_image
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.metrics import softmax
+from deeplense_cli.transforms import apply_transform
+
+if TYPE_CHECKING:
+    import torch
+
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
+
+
+class Predictor(Protocol):
+    """What ``predict`` needs from a model: its classes, transform and batched logits."""
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def transform(self) -> dict[str, Any]: ...
+
+    @property
+    def device(self) -> str: ...
+
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+
+class TorchPredictor:
+    """A run directory's checkpoint on PyTorch (CPU or CUDA)."""
+
+    def __init__(
+        self, run_path: str | os.PathLike[str], device: str = "auto", checkpoint: str = "best"
+    ) -> None:
+        from deeplense_cli.device import prepare_cpu_threads, resolve_device
+        from deeplense_cli.rundir import RunDir
+
+        if device == "tensorrt":
+            raise DeepLenseError(
+                "--device tensorrt needs an exported model: run `deeplense export onnx RUN` "
+                "and predict with RUN/model.onnx"
+            )
+        run = RunDir.open(run_path)
+        self.classes = run.classes
+        self.transform = run.transform
+        self.dev = resolve_device(device)
+        if self.dev.type == "cpu":
+            prepare_cpu_threads()
+        self.device = self.dev.type
+        self.model: torch.nn.Module = run.build_model(checkpoint).to(self.dev)
+        self.architecture = str(run.read_config()["model"]["name"])
+
+    def describe(self) -> str:
+        return f"{self.architecture} (PyTorch on {self.dev})"
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dev))
+        return np.asarray(out.float().cpu().numpy())
+
+
+def load_predictor(
+    model: str | os.PathLike[str],
+    device: str = "auto",
+    threads: int | None = None,
+    checkpoint: str = "best",
+) -> Predictor:
+    """An exported ``.onnx`` file (ONNX Runtime) or a run directory (PyTorch)."""
+    path = Path(model)
+    if path.is_dir():
+        return TorchPredictor(path, device=device, checkpoint=checkpoint)
+    if not path.exists():
+        raise DeepLenseError(f"{path}: no such model file or run directory")
+    from deeplense_cli.onnx_session import OnnxModel
+
+    onnx_model: Predictor = OnnxModel(path, device=device, threads=threads)
+    return onnx_model
+
+
+# ---- images -------------------------------------------------------------------------
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a 2-D image with half-pixel centres (no anti-aliasing)."""
+    h, w = image.shape
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        pos = np.clip(pos, 0, n_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    if (h, w) == (height, width):
+        return image.astype(np.float32, copy=False)
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    img = image.astype(np.float32, copy=False)
+    rows = img[y0] * (1 - fy)[:, None] + img[y1] * fy[:, None]
+    return np.asarray(rows[:, x0] * (1 - fx) + rows[:, x1] * fx, dtype=np.float32)
+
+
+def fit_image(
+    image: np.ndarray, size: int, channels: int, resize: bool, path: str | os.PathLike[str] = ""
+) -> np.ndarray:
+    """A ``(H, W)`` image as the model's raw input ``(channels, size, size)``."""
+    if image.shape != (size, size) or channels != 1:
+        if not resize:
+            raise DeepLenseError(
+                f"{path}: image is 1x{image.shape[0]}x{image.shape[1]} (channels x height x "
+                f"width) but the model expects {channels}x{size}x{size}; pass --resize to "
+                "resize it (bilinear) and repeat its channel"
+            )
+        image = resize_bilinear(image, size, size)
+    return np.repeat(image[None], channels, axis=0) if channels != 1 else image[None]
+
+
+# ---- predictions --------------------------------------------------------------------
+@dataclass
+class Prediction:
+    path: str
+    predicted: str
+    probabilities: list[float]
+    axion_mass: float | None = None
+
+
+@dataclass
+class Summary:
+    model: str
+    device: str
+    classes: list[str]
+    images: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "path: reason"
+    seconds: float = 0.0
+    output: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "device": self.device,
+            "classes": self.classes,
+            "images": self.images,
+            "counts": self.counts,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "output": self.output,
+        }
+
+
+def _read_batch(
+    paths: list[Path], size: int, channels: int, resize: bool, skip_bad: bool
+) -> tuple[np.ndarray, list[Path], list[float | None], list[str]]:
+    images, kept, masses, skipped = [], [], [], []
+    for p in paths:
+        try:
+            image, mass = read_image(p)
+            images.append(fit_image(image, size, channels, resize, p))
+        except BadImageError as exc:
+            if not skip_bad:
+                raise DeepLenseError(f"{exc}; pass --skip-bad to skip unreadable files") from None
+            skipped.append(str(exc))
+            continue
+        kept.append(p)
+        masses.append(mass)
+    if not images:
+        return np.zeros((0, channels, size, size), np.float32), kept, masses, skipped
+    return np.stack(images), kept, masses, skipped
+
+
+def iter_predictions(
+    predictor: Predictor,
+    files: list[Path],
+    batch_size: int = 64,
+    resize: bool = False,
+    skip_bad: bool = False,
+    summary: Summary | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Prediction]:
+    """Predictions for ``files`` in order, reading the next batch while one runs."""
+    if batch_size < 1:
+        raise DeepLenseError("--batch-size must be at least 1")
+    transform = predictor.transform
+    size, channels = int(transform["image_size"]), int(transform.get("in_channels", 1))
+    classes = predictor.classes
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeplense-read") as pool:
+        pending: Future[Any] | None = None
+        if batches:
+            pending = pool.submit(_read_batch, batches[0], size, channels, resize, skip_bad)
+        for i in range(len(batches)):
+            assert pending is not None
+            raw, kept, masses, skipped = pending.result()
+            pending = (
+                pool.submit(_read_batch, batches[i + 1], size, channels, resize, skip_bad)
+                if i + 1 < len(batches)
+                else None
+            )
+            if summary is not None:
+                summary.skipped.extend(skipped)
+            if len(kept):
+                probs = softmax(
+                    predictor.logits(apply_transform(raw, transform)).astype(np.float64)
+                )
+                top = probs.argmax(1)
+                for path, p, k, mass in zip(kept, probs, top, masses, strict=True):
+                    pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], mass)
+                    if summary is not None:
+                        summary.images += 1
+                        summary.counts[pred.predicted] = summary.counts.get(pred.predicted, 0) + 1
+                    yield pred
+            if progress is not None:
+                progress(len(batches[i]))
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise DeepLenseError(
+            f"{path}: unknown output type {suffix or '(none)'}; use .csv, .jsonl or .json"
+        )
+    return OUTPUT_FORMATS[suffix]
+
+
+def prediction_record(pred: Prediction, classes: list[str]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "path": pred.path,
+        "predicted": pred.predicted,
+        "probabilities": dict(zip(classes, pred.probabilities, strict=True)),
+    }
+    if pred.axion_mass is not None:
+        record["axion_mass"] = pred.axion_mass
+    return record
+
+
+def write_predictions(
+    path: str | os.PathLike[str], classes: list[str], predictions: Iterable[Prediction]
+) -> int:
+    """Stream predictions to ``path`` (.csv, .jsonl or .json), atomically; returns the count.
+
+    CSV columns: ``path, predicted, p_<class>...``; JSON Lines / JSON: one object per file
+    with ``path``, ``predicted``, ``probabilities`` (and ``axion_mass`` when the file has one).
+    """
+    fmt = output_format(path)
+    n = 0
+    with atomic.atomic_open(path, "w") as fh:
+        if fmt == "csv":
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
+            for pred in predictions:
+                writer.writerow(
+                    [pred.path, pred.predicted, *[f"{p:.6g}" for p in pred.probabilities]]
+                )
+                n += 1
+        elif fmt == "jsonl":
+            for pred in predictions:
+                fh.write(json.dumps(prediction_record(pred, classes)) + "\n")
+                n += 1
+        else:
+            fh.write("[")
+            for pred in predictions:
+                fh.write(
+                    ("\n  " if n == 0 else ",\n  ") + json.dumps(prediction_record(pred, classes))
+                )
+                n += 1
+            fh.write("\n]\n" if n else "]\n")
+    return n
+
+
+def predict(
+    model: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]],
+    output: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    resize: bool = False,
+    skip_bad: bool = False,
+    threads: int | None = None,
+    checkpoint: str = "best",
+    on_start: Callable[[Summary, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_prediction: Callable[[Prediction], None] | None = None,
+) -> Summary:
+    """Predict every supported file among ``inputs``; write ``output`` if given.
+
+    ``on_start(summary, n_files)`` is called once the model is loaded; ``on_prediction``
+    receives each prediction (e.g. to print it) as it is made.
+    """
+    if output is not None:
+        output_format(output)  # fail before the model loads
+    files = find_images(inputs)
+    if not files:
+        raise DeepLenseError("no image files found in the inputs (.npy, .npz, FITS, PNG, JPEG)")
+    predictor = load_predictor(model, device=device, threads=threads, checkpoint=checkpoint)
+    summary = Summary(
+        model=predictor.describe(),
+        device=predictor.device,
+        classes=list(predictor.classes),
+        counts={c: 0 for c in predictor.classes},
+        output=str(output) if output is not None else None,
+    )
+    if on_start is not None:
+        on_start(summary, len(files))
+    start = time.perf_counter()
+    stream = iter_predictions(predictor, files, batch_size, resize, skip_bad, summary, progress)
+    if on_prediction is not None:
+        callback = on_prediction
+
+        def tapped(preds: Iterator[Prediction]) -> Iterator[Prediction]:
+            for pred in preds:
+                callback(pred)
+                yield pred
+
+        stream = tapped(stream)
+    if output is not None:
+        write_predictions(output, summary.classes, stream)
+    else:
+        for _ in stream:
+            pass
+    summary.seconds = time.perf_counter() - start
+    return summary
