@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import logging
 import math
 import os
 import re
@@ -73,6 +74,7 @@ class TuneSettings:
     time_budget_s: float | None = None
     metric: str = "val_macro_auc"
     seed: int = 0  # seed of the search (the sampled configurations)
+    default_trial: bool = True  # trial 1 tries the base config's values (those in the space)
 
     @property
     def mode(self) -> str:
@@ -248,6 +250,28 @@ def build_space(config: dict[str, Any], override: dict[str, Any] | None = None) 
     return check_space(space, config, "--space")
 
 
+def default_point(space: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The base config's value of each dimension that lies inside the space: the first trial,
+    so a search always weighs the defaults against what it samples."""
+    point: dict[str, Any] = {}
+    for key, spec in space.items():
+        if key.startswith("model."):
+            value = config["model"]["params"].get(key[6:])
+        else:
+            value = config["train"].get(key)
+        if spec["type"] == "choice":
+            if value in spec["values"]:
+                point[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if spec["type"] == "randint":
+                inside = float(value).is_integer() and spec["low"] <= value < spec["high"]
+            else:
+                inside = spec["low"] <= value <= spec["high"]
+            if inside:
+                point[key] = value
+    return point
+
+
 def to_ray_space(space: dict[str, Any]) -> dict[str, Any]:
     """Ray Tune sampling objects for a checked plain-data space."""
     from ray import tune
@@ -290,6 +314,9 @@ def ray_runtime(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # One small checkpoint per epoch is how deeplense trials work; Ray would warn each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's newer console output prints its own banner even at verbose=0; deeplense prints
+    # progress itself (on_event) and the final table.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
     if ray.is_initialized():
@@ -404,8 +431,12 @@ def _progress_callback() -> Any:
         """Forwards trial events to the listener of this process (kept out of the pickle)."""
 
         def _emit(self, event: dict[str, Any]) -> None:
-            if _listener is not None:
-                _listener(event)
+            # Looked up at call time: this class is pickled by value into tuner.pkl, and a
+            # restored experiment must reach the listener of the process that restores it.
+            import deeplense_cli.tune as engine
+
+            if engine._listener is not None:
+                engine._listener(event)
 
         def on_trial_result(
             self, iteration: int, trials: Any, trial: Any, result: Any, **info: Any
@@ -448,7 +479,7 @@ def default_name(config: dict[str, Any]) -> str:
 class TrialSummary:
     trial_id: str
     params: dict[str, Any]
-    status: str  # completed, stopped (ASHA), error, pending, interrupted
+    status: str  # completed, stopped (by ASHA), error, pending, interrupted
     epochs: int
     best_value: float | None
     best_epoch: int | None
@@ -583,6 +614,7 @@ def run_tune(
         exp.mkdir(parents=True, exist_ok=True)
         atomic.write_json(exp / STATE_FILE, state)
         tuner = _new_tuner(state, exp)
+        _start_event(on_event, state, exp, resumed=False)
         _fit(tuner, on_event)
         return summarize(name)
 
@@ -605,6 +637,7 @@ def _new_tuner(state: dict[str, Any], exp: Path) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     settings = TuneSettings(**state["settings"])
+    points = [default_point(state["space"], state["config"])] if settings.default_trial else []
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=int(settings.max_epochs),
@@ -618,7 +651,9 @@ def _new_tuner(state: dict[str, Any], exp: Path) -> Any:
             metric=settings.metric,
             mode=settings.mode,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=int(settings.seed)),
+            search_alg=BasicVariantGenerator(
+                random_state=int(settings.seed), points_to_evaluate=points or None
+            ),
             num_samples=int(settings.num_samples),
             time_budget_s=settings.time_budget_s,
             trial_dirname_creator=_trial_dirname,
@@ -684,14 +719,57 @@ def resume_tune(
         )
     prepare_data(state["config"])
     with ray_runtime(address, num_cpus=num_cpus):
-        tuner = tune.Tuner.restore(
-            str(exp), trainable=_trainable(state, exp), resume_unfinished=True, resume_errored=True
-        )
+        with _quiet_analysis():
+            tuner = tune.Tuner.restore(
+                str(exp),
+                trainable=_trainable(state, exp),
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        _start_event(on_event, state, exp, resumed=True)
         _fit(tuner, on_event)
         return summarize(name)
 
 
+def _start_event(
+    on_event: Callable[[dict[str, Any]], None] | None,
+    state: dict[str, Any],
+    exp: Path,
+    resumed: bool,
+) -> None:
+    if on_event is None:
+        return
+    settings = state["settings"]
+    on_event(
+        {
+            "event": "start",
+            "name": state["name"],
+            "path": str(exp),
+            "resumed": resumed,
+            "model": state["config"]["model"]["name"],
+            "num_samples": settings["num_samples"],
+            "max_epochs": settings["max_epochs"],
+            "metric": settings["metric"],
+            "mode": METRIC_MODES[settings["metric"]],
+            "gpus_per_trial": state["gpus_per_trial"],
+            "cpus_per_trial": settings["cpus_per_trial"],
+        }
+    )
+
+
 # --------------------------------------------------------------------------- results
+
+
+@contextlib.contextmanager
+def _quiet_analysis() -> Iterator[None]:
+    """Ray warns about trials without results (pending ones); deeplense reports them itself."""
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _trial_statuses(exp: Path) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
@@ -699,13 +777,16 @@ def _trial_statuses(exp: Path) -> dict[str, tuple[str, str | None, dict[str, Any
     from ray.tune import ExperimentAnalysis
 
     out: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
-    with contextlib.suppress(Exception):  # no state yet: nothing ran
-        analysis = ExperimentAnalysis(str(exp))
-        for trial in analysis.trials:
-            error = None
-            if trial.status == "ERROR":
-                error = _first_error_line(getattr(trial, "error_file", None) or "")
-            out[str(trial.trial_id)] = (str(trial.status), error, dict(trial.config))
+    try:
+        with _quiet_analysis():
+            analysis = ExperimentAnalysis(str(exp))
+    except Exception:  # no experiment state yet: nothing ran
+        return out
+    for trial in analysis.trials:
+        error = None
+        if trial.status == "ERROR":
+            error = _first_error_line(getattr(trial, "error_file", None) or "")
+        out[str(trial.trial_id)] = (str(trial.status), error, dict(trial.config))
     return out
 
 
@@ -747,7 +828,7 @@ def summarize(name: str) -> TuneOutcome:
             best_value, best_epoch = max(scored, key=lambda s: (sign * s[0], -s[1]))
         epochs = int(rows[-1]["epoch"]) if rows else 0
         if status == "TERMINATED":
-            label = "completed" if epochs >= settings.max_epochs else "stopped (ASHA)"
+            label = "completed" if epochs >= settings.max_epochs else "stopped"
         elif status == "ERROR":
             label = "error"
         elif status == "PENDING" and not rows:
@@ -801,12 +882,16 @@ def _best_loss(trial: TrialSummary) -> float:
 def _pick_best(
     trials: list[TrialSummary], sign: float, run_loss: Callable[[TrialSummary], float]
 ) -> TrialSummary | None:
-    """The trial with the best metric at any epoch; ties go to the trial that ran more
-    epochs (it survived more ASHA rungs), then to the lower validation loss."""
+    """The winner of ASHA's highest rung: among the trials that trained the most epochs, the
+    one with the best metric (at any of its epochs); ties go to the lower validation loss.
+
+    A trial stopped early was behind its peers at a rung; its early, noisy peak does not
+    outrank the trials that were promoted past it.
+    """
     scored = [t for t in trials if t.best_value is not None and t.status != "error"]
     if not scored:
         return None
-    return max(scored, key=lambda t: (sign * float(t.best_value or 0.0), t.epochs, -run_loss(t)))
+    return max(scored, key=lambda t: (t.epochs, sign * float(t.best_value or 0.0), -run_loss(t)))
 
 
 def write_best_config(

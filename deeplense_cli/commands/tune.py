@@ -29,6 +29,7 @@ NEW_SEARCH_OPTIONS = (
     "time_budget",
     "metric",
     "seed",
+    "no_default_trial",
     "name",
     "val_fraction",
     "split_seed",
@@ -58,8 +59,17 @@ NEW_SEARCH_OPTIONS = (
     "--gpus-per-trial", type=float, help="GPUs per trial [default: 1 if the cluster has GPUs]."
 )
 @click.option("--time-budget", help="Stop starting/running trials after e.g. 30m, 2h, 5400s.")
-@click.option("--metric", type=click.Choice(METRICS), default="val_macro_auc")
+@click.option(
+    "--metric",
+    default="val_macro_auc",
+    help=f"Validation metric ASHA compares: {', '.join(METRICS)} (min for loss, else max).",
+)
 @click.option("--seed", type=int, default=0, help="Seed of the sampled configurations.")
+@click.option(
+    "--no-default-trial",
+    is_flag=True,
+    help="Sample every trial (by default trial 1 uses the base config's values).",
+)
 @click.option("--name", help="Experiment name [default: MODEL-DATASET-TIMESTAMP].")
 @click.option("--resume", "resume_name", metavar="NAME", help="Continue experiment NAME.")
 @click.option("--address", help="Use this running Ray cluster (e.g. ray://head:10001, auto).")
@@ -117,7 +127,6 @@ def tune(ctx: click.Context, **kw: Any) -> None:
             request = {"resume": kw["resume_name"]}
             _submit(request, _slurm_section(kw), kw)
             return
-        err_console().print(f"Resuming tune experiment {kw['resume_name']}")
         outcome = engine.resume_tune(
             kw["resume_name"], address=kw["address"], num_cpus=kw["num_cpus"], on_event=listener
         )
@@ -131,11 +140,6 @@ def tune(ctx: click.Context, **kw: Any) -> None:
         request = {"config": config, "space": space, "settings": settings.__dict__, "name": name}
         _submit(request, config["slurm"], kw)
         return
-    err_console().print(
-        f"Tune experiment {name}: {settings.num_samples} trials of {config['model']['name']}, "
-        f"up to {settings.max_epochs} epochs, ASHA on {settings.metric} ({settings.mode}); "
-        f"results in {engine.experiment_dir(name)}"
-    )
     outcome = engine.run_tune(
         config,
         space,
@@ -193,6 +197,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
         time_budget_s=engine.parse_duration(kw["time_budget"]) if kw["time_budget"] else None,
         metric=kw["metric"],
         seed=kw["seed"],
+        default_trial=not kw["no_default_trial"],
     )
     settings.validate()
     override = engine.load_space_file(kw["space_file"]) if kw["space_file"] else None
@@ -229,7 +234,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -244,7 +249,15 @@ def _listener(output: str) -> Any:
         return emit
 
     def show(event: dict[str, Any]) -> None:
-        if event["event"] == "result":
+        if event["event"] == "start":
+            verb = "Resuming" if event["resumed"] else "Starting"
+            err_console().print(
+                f"{verb} tune experiment {event['name']}: {event['num_samples']} trials of "
+                f"{event['model']}, up to {event['max_epochs']} epochs, ASHA on "
+                f"{event['metric']} ({event['mode']}); {event['cpus_per_trial']:g} CPU and "
+                f"{event['gpus_per_trial']:g} GPU per trial; results in {event['path']}"
+            )
+        elif event["event"] == "result":
             err_console().print(
                 f"trial {event['trial']}  epoch {event.get('epoch')}  "
                 f"val loss {_fmt(event.get('val_loss'))}  acc {_fmt(event.get('val_accuracy'))}  "
@@ -276,17 +289,20 @@ def _report(outcome: Any, output: str) -> None:
         )
         return
     keys = sorted({k for t in outcome.trials for k in t.params})
-    table = Table(title=f"Tune {outcome.name}: {outcome.metric} ({outcome.mode})")
-    table.add_column("trial")
+    table = Table(
+        title=f"Tune {outcome.name}: {outcome.metric} ({outcome.mode})",
+        caption="* best trial; stopped = stopped early by ASHA",
+    )
+    table.add_column("trial", no_wrap=True)
     for key in keys:
-        table.add_column(key, justify="right")
-    table.add_column(f"best {outcome.metric}", justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("status")
+        table.add_column(key.removeprefix("model."), justify="right", overflow="fold")
+    table.add_column("best", justify="right", overflow="fold")
+    table.add_column("epochs", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
     for t in outcome.trials:
-        star = " *" if outcome.best is not None and t.trial_id == outcome.best.trial_id else ""
+        star = "*" if outcome.best is not None and t.trial_id == outcome.best.trial_id else ""
         table.add_row(
-            t.trial_id + star,
+            t.trial_id.rsplit("_", 1)[-1] + star,
             *[_fmt(t.params.get(k)) for k in keys],
             _fmt(t.best_value),
             f"{t.epochs}/{outcome.max_epochs}",
