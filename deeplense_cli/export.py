@@ -436,9 +436,6 @@ def export_onnx(
         raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
 
     _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
-    from deeplense_cli.device import prepare_cpu_threads
-
-    prepare_cpu_threads()
     model = run.build_model(checkpoint)
     epoch = run.load_checkpoint(checkpoint).get("epoch")
     _log(progress, "loading validation images")

@@ -113,7 +113,11 @@ class ModelInfo:
         )
 
 
-def available_cores() -> int:
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set, else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -128,7 +132,8 @@ def session_options(
 ) -> onnxruntime.SessionOptions:
     """The session options deeplense uses (measured in benchmarks/bench_onnx.py).
 
-    * ``intra_op_num_threads`` = the cores this process may use (``threads`` overrides);
+    * ``intra_op_num_threads`` = ``threads``, else ``OMP_NUM_THREADS``, else the cores this
+      process may use;
     * no spin-waiting between ops: on shared machines busy-waiting threads steal the cores
       other processes need (``spinning=True`` restores ORT's default);
     * every graph optimisation (``ORT_ENABLE_ALL``: constant folding, conv/BN and
@@ -137,7 +142,7 @@ def session_options(
     """
     ort = import_ort()
     so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads) if threads else available_cores()
+    so.intra_op_num_threads = int(threads) if threads else default_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     levels = {

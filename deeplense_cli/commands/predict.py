@@ -38,7 +38,9 @@ from deeplense_cli.console import console, err_console
 )
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable files (listed at the end).")
 @click.option(
-    "--threads", type=click.IntRange(1), help="CPU threads [default: the available cores]."
+    "--threads",
+    type=click.IntRange(1),
+    help="CPU threads [default: OMP_NUM_THREADS, else the available cores].",
 )
 @click.option(
     "--checkpoint",

@@ -1,0 +1,252 @@
+"""ONNX export: one validated self-contained file per run, every architecture, precisions,
+nothing written on failure, plugin export formats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.rundir import RunDir
+from deeplense_cli.transforms import default_transform
+
+CLASSES = ["axion", "cdm", "no_sub"]
+FAST_ARCHITECTURES = ["ResNet18", "CCT", "T2TViT"]
+SLOW_ARCHITECTURES = ["CaiT", "CrossFormer", "CrossViT", "CvT", "LeViT", "PiT", "Swin", "TwinsSVT"]
+
+
+def make_untrained_run(path: Path, model: str, image_size: int = 64, seed: int = 0) -> RunDir:
+    """A run directory with freshly initialised weights and no data (export falls back to
+    a synthetic validation batch)."""
+    import torch
+
+    from deeplense_cli.plugins import get_architecture
+
+    torch.manual_seed(seed)
+    arch = get_architecture(model)
+    run = RunDir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run.write_config({"model": {"name": arch.name, "params": {}}, "data": {"dataset": None}})
+    run.write_record("classes", CLASSES)
+    run.write_record("transform", default_transform(image_size))
+    net = arch.build(image_size=image_size, num_classes=len(CLASSES), in_channels=1)
+    run.save_checkpoint("best", {"model": net.state_dict(), "epoch": 0})
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("exportrun") / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "-m",
+            "resnet18",
+            "--dataset",
+            "Model_III",
+            "--data-root",
+            str(sim_root),
+            "--run-dir",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--output",
+            "quiet",
+            "--no-evaluate",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": x.astype(np.float32)})[0])
+
+
+def metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_export_command_writes_one_validated_file(trained_run: Path) -> None:
+    result = CliRunner().invoke(cli, ["export", "onnx", str(trained_run)])
+    assert result.exit_code == 0, result.output
+    out = trained_run / "model.onnx"
+    assert out.is_file() and not Path(f"{out}.data").exists()
+    assert sorted(p.name for p in trained_run.iterdir() if p.name.startswith(".")) == []
+    # the figures are printed, and the run's real test images were used
+    assert "max abs error" in result.output and "top class agrees" in result.output
+    assert "test split" in result.output and "synthetic" not in result.output
+    assert "Accuracy on these test images" in result.output
+
+    meta = metadata(out)
+    assert meta["deeplense.format"] == "deeplense-onnx/1"
+    assert meta["deeplense.architecture"] == "ResNet18"
+    assert json.loads(meta["deeplense.classes"]) == CLASSES
+    assert json.loads(meta["deeplense.transform"]) == RunDir(trained_run).transform
+    assert meta["deeplense.image_size"] == "64" and meta["deeplense.in_channels"] == "1"
+    assert meta["deeplense.opset"] == "17" and meta["deeplense.precision"] == "fp32"
+    assert meta["deeplense.source_run"] == str(trained_run.resolve())
+    validation = json.loads(meta["deeplense.validation"])
+    assert [c["batch_size"] for c in validation["checks"]] == [1, 32]
+    assert all(c["passed"] and c["max_abs_error"] < 1e-3 for c in validation["checks"])
+
+
+def test_exported_model_has_a_dynamic_batch_and_matches_pytorch(trained_run: Path) -> None:
+    import torch
+
+    from deeplense_cli.export import export_onnx
+
+    out = trained_run / "dyn.onnx"
+    result = export_onnx(trained_run, output=out, validation_images=16)
+    assert result.real_data and result.accuracy_onnx == result.accuracy_torch
+    model = RunDir(trained_run).build_model("best")
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 7):
+        x = rng.random((n, 1, 64, 64), dtype=np.float32)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(ort_logits(out, x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "model",
+    FAST_ARCHITECTURES + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_ARCHITECTURES],
+)
+def test_every_architecture_exports(model: str, tmp_path: Path) -> None:
+    from deeplense_cli.export import export_onnx
+
+    run = make_untrained_run(tmp_path / model, model)
+    result = export_onnx(run.path, validation_images=8)
+    assert result.path == run.path / "model.onnx" and result.path.is_file()
+    assert not result.real_data and "synthetic" in result.notes[0]
+    assert [c.batch_size for c in result.checks] == [1, 32]
+    assert all(c.passed and c.max_abs_error < 1e-3 for c in result.checks)
+    assert metadata(result.path)["deeplense.architecture"].lower() == model.lower()
+    x = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
+    assert ort_logits(result.path, x).shape == (5, 3)
+
+
+def test_fp16_export_is_half_the_size_with_float32_io(trained_run: Path) -> None:
+    import onnxruntime as ort
+
+    result = CliRunner().invoke(
+        cli, ["export", "onnx", str(trained_run), "--precision", "fp16", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    half = Path(info["path"])
+    assert half == trained_run / "model-fp16.onnx"
+    assert all(c["passed"] for c in info["checks"])
+    fp32 = trained_run / "model.onnx"
+    if not fp32.exists():
+        CliRunner().invoke(cli, ["export", "onnx", str(trained_run)])
+    assert 0.4 < half.stat().st_size / fp32.stat().st_size < 0.6
+    session = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    assert metadata(half)["deeplense.precision"] == "fp16"
+
+
+def test_int8_export_is_smaller_and_reports_the_accuracy_change(trained_run: Path) -> None:
+    result = CliRunner().invoke(cli, ["export", "onnx", str(trained_run), "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "Accuracy on these test images" in result.output and "points" in result.output
+    int8 = trained_run / "model-int8.onnx"
+    size = int8.stat().st_size
+    assert size < 0.35 * 44_000_000  # ResNet-18 fp32 is ~44.7 MB
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ, not dynamic
+
+
+def test_failed_validation_writes_nothing(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deeplense_cli import export
+
+    target = tmp_path / "out" / "model.onnx"
+    target.parent.mkdir()
+    target.write_text("the previous export")
+    # a tolerance no real export can meet: the fp32 graph differs from PyTorch by ~1e-7
+    monkeypatch.setitem(export.TOLERANCES, "fp32", (0.0, 0.0))
+    with pytest.raises(DeepLenseError, match=r"does not match PyTorch.*nothing was written"):
+        export.export_onnx(trained_run, output=target, validation_images=4)
+    assert target.read_text() == "the previous export"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]
+    # int8 is judged by top-class agreement; demanding more than 100% must fail too
+    with pytest.raises(DeepLenseError, match="does not match PyTorch"):
+        export.export_onnx(
+            trained_run, output=tmp_path / "q.onnx", precision="int8", min_agreement=1.01
+        )
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_export_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    not_run = runner.invoke(cli, ["export", "onnx", str(tmp_path)])
+    assert not_run.exit_code == 1 and "not a deeplense run directory" in not_run.output
+    bad_name = runner.invoke(cli, ["export", "onnx", str(trained_run), "-o", str(tmp_path / "m")])
+    assert bad_name.exit_code == 1 and "must end in .onnx" in bad_name.output
+    bad_opset = runner.invoke(cli, ["export", "onnx", str(trained_run), "--opset", "3"])
+    assert bad_opset.exit_code == 1 and "opset 3" in bad_opset.output
+    for r in (not_run, bad_name, bad_opset):
+        assert "Traceback" not in r.output
+
+
+def test_missing_onnxruntime_says_how_to_install(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    result = CliRunner().invoke(cli, ["export", "onnx", str(trained_run)])
+    assert result.exit_code == 1
+    assert "ONNX Runtime is not installed: pip install 'deeplense[cpu]'" in result.output
+    assert "'[gpu]' on CUDA machines" in result.output
+
+
+PLUGIN = """
+    import click
+    from deeplense_cli import hookimpl
+
+    @hookimpl
+    def register_export_formats(register):
+        @click.command()
+        @click.argument("run_dir")
+        def fake(run_dir):
+            "Export to the fake format."
+            click.echo(f"fake export of {run_dir}")
+
+        register("fakefmt", fake)
+        register("onnx", fake)  # may not replace the built-in format
+        register("Bad Name!", fake)
+"""
+
+
+def test_plugins_register_export_formats(fake_plugin, tmp_path: Path) -> None:
+    fake_plugin("exporter", PLUGIN)
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["export", "--help"])
+    assert listing.exit_code == 0, listing.output
+    assert "onnx" in listing.output and "fakefmt" in listing.output
+    result = runner.invoke(cli, ["export", "fakefmt", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"fake export of {tmp_path}" in result.output
+    # the built-in onnx command was not replaced by the plugin's
+    onnx_help = runner.invoke(cli, ["export", "onnx", "--help"])
+    assert "--precision" in onnx_help.output
+    unknown = runner.invoke(cli, ["export", "nope", str(tmp_path)])
+    assert unknown.exit_code != 0 and "No such command" in unknown.output
