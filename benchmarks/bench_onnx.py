@@ -1,0 +1,351 @@
+"""ONNX Runtime (the session deeplense builds) vs PyTorch eager (and torch.compile), per
+architecture, at batch 1 and 64, on this machine, in one run.
+
+Models are built with untrained weights (speed does not depend on the values) at 64 px, one
+channel, three classes, exported the way ``deeplense export onnx`` exports them. Eager and
+ORT are timed alternately, call by call, so a busy machine slows both alike; the table
+gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_onnx.py                    # all, fp32 + int8
+    python benchmarks/bench_onnx.py --models ResNet18,CCT --variants     # what options buy
+    python benchmarks/bench_onnx.py --models CCT --compile --compile-timeout 300
+
+``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
+spinning, optimisation levels, one thread, the transformers optimizer). ``--compile``
+adds torch.compile (inductor), each model and batch size compiled in a child process that
+is killed after ``--compile-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch: no busy-waiting on shared cores
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine() -> str:
+    flags = cpu_flags()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags]
+    amx = sorted(f for f in flags if f.startswith("amx"))
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    import onnxruntime
+    import torch
+
+    return (
+        f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available, "
+        f"{' '.join(isa)}; AMX: {' '.join(amx) or 'no'}; load average {load:.1f} at start; "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds."""
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def build(name: str) -> Any:
+    import torch
+
+    from deeplense_cli.plugins import get_architecture
+
+    torch.manual_seed(0)
+    return get_architecture(name).build(image_size=64, num_classes=3, in_channels=1).eval()
+
+
+def export_model(model: Any, workdir: Path, precision: str, exporter: str = "auto") -> Path:
+    from deeplense_cli.export import export_fp32, quantize_int8
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 1, 64, 64), dtype=np.float32)
+    fp32 = workdir / "fp32.onnx"
+    if not fp32.exists():
+        export_fp32(model, x, fp32, exporter=exporter)
+    if precision == "fp32":
+        return fp32
+    out = workdir / f"{precision}.onnx"
+    if precision == "int8":
+        quantize_int8(fp32, out, x, workdir)
+    else:
+        from deeplense_cli.export import convert_fp16
+
+        convert_fp16(fp32, out)
+    return out
+
+
+def repeats_for(batch: int, base: int) -> int:
+    return base if batch == 1 else max(3, base // 4)
+
+
+def compile_worker(name: str, batch: int, threads: int, repeats: int) -> None:
+    """Child process: torch.compile one model at one batch size, print its median."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model = build(name)
+    x = torch.rand(batch, 1, 64, 64)
+    compiled = torch.compile(model)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        compiled(x)
+        compile_s = time.perf_counter() - t0
+        med = interleaved({"c": lambda: compiled(x)}, repeats)["c"]
+    print(json.dumps({"median": med, "compile_s": compile_s}))
+
+
+def compile_median(
+    name: str, batch: int, threads: int, repeats: int, timeout: float
+) -> tuple[float | None, str]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--compile-worker",
+        f"{name}:{batch}",
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(repeats),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"> {timeout:.0f} s to compile"
+    if proc.returncode != 0:
+        return None, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:80]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(out["median"]), f"compiled in {out['compile_s']:.0f} s"
+
+
+def session(path: Path, threads: int, **kwargs: Any) -> Any:
+    import onnxruntime as ort
+
+    from deeplense_cli.onnx_session import session_options
+
+    return ort.InferenceSession(
+        str(path), session_options(threads, **kwargs), providers=["CPUExecutionProvider"]
+    )
+
+
+def bench_model(
+    name: str, batches: list[int], threads: int, base_repeats: int, precisions: list[str]
+) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = build(name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {p: session(export_model(model, Path(tmp), p), threads) for p in precisions}
+        for batch in batches:
+            x = np.random.default_rng(1).random((batch, 1, 64, 64), dtype=np.float32)
+            xt = torch.from_numpy(x)
+            fns: dict[str, Callable[[], Any]] = {}
+            with torch.inference_mode():
+                fns["eager"] = lambda xt=xt: model(xt)
+                for p, s in sessions.items():
+                    fns[p] = lambda s=s, x=x: s.run(None, {"input": x})
+                med = interleaved(fns, repeats_for(batch, base_repeats))
+            rows.append({"model": name, "batch": batch, **med})
+            print(
+                f"  {name} bs{batch}: "
+                + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in med.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def bench_variants(
+    name: str, batches: list[int], threads: int, base_repeats: int
+) -> list[dict[str, Any]]:
+    """What each session setting buys: ORT variants timed against each other."""
+    import onnxruntime as ort
+
+    model = build(name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(model, Path(tmp), "fp32")
+        variants: dict[str, Any] = {
+            "deeplense": session(path, threads),
+            "ORT defaults": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
+            "spinning on": session(path, threads, spinning=True),
+            "basic opt": session(path, threads, optimization="basic"),
+            "no opt": session(path, threads, optimization="none"),
+            "1 thread": session(path, 1),
+        }
+        try:
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            opt = optimize_model(str(path), model_type="vit", opt_level=0)
+            opt_path = Path(tmp) / "vit-opt.onnx"
+            opt.save_model_to_file(str(opt_path))
+            variants["+transformers optimizer"] = session(opt_path, threads)
+        except Exception as exc:  # not every graph has the patterns it fuses
+            print(f"  transformers optimizer failed on {name}: {exc}", file=sys.stderr)
+        for batch in batches:
+            x = np.random.default_rng(1).random((batch, 1, 64, 64), dtype=np.float32)
+            fns = {k: (lambda s=s, x=x: s.run(None, {"input": x})) for k, s in variants.items()}
+            med = interleaved(fns, repeats_for(batch, base_repeats))
+            rows.append({"model": name, "batch": batch, **med})
+            print(
+                f"  {name} bs{batch}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in med.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 1e3:.1f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.1f}x"
+
+
+def main() -> None:
+    from deeplense_cli.plugins import architectures
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", help="comma-separated architecture names [default: all]")
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1")
+    ap.add_argument("--precisions", default="fp32,int8", help="ONNX precisions to time")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument("--compile-timeout", type=float, default=300.0)
+    ap.add_argument("--variants", action="store_true", help="time ORT session settings")
+    ap.add_argument("--out", help="also write the markdown to this file")
+    ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.compile_worker:
+        name, batch = args.compile_worker.split(":")
+        compile_worker(name, int(batch), args.threads, args.repeats)
+        return
+
+    names = (
+        [a.name for a in architectures().values()]
+        if not args.models
+        else [architectures()[m.strip().lower()].name for m in args.models.split(",")]
+    )
+    batches = [int(b) for b in args.batches.split(",")]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    lines = [f"Machine: {machine()}; {args.threads} threads for torch and ORT.", ""]
+    print(lines[0], file=sys.stderr)
+    if args.variants:
+        all_rows = [
+            r for n in names for r in bench_variants(n, batches, args.threads, args.repeats)
+        ]
+        keys = [k for k in all_rows[0] if k not in ("model", "batch")]
+        lines += [
+            "Median ms per call, ONNX Runtime session settings (fp32):",
+            "",
+            "| model | batch | " + " | ".join(keys) + " |",
+            "|---|---|" + "---|" * len(keys),
+        ]
+        for r in all_rows:
+            lines.append(
+                f"| {r['model']} | {r['batch']} | " + " | ".join(ms(r.get(k)) for k in keys) + " |"
+            )
+    else:
+        rows = [
+            r
+            for n in names
+            for r in bench_model(n, batches, args.threads, args.repeats, precisions)
+        ]
+        if args.compile:
+            for r in rows:
+                med, note = compile_median(
+                    r["model"],
+                    r["batch"],
+                    args.threads,
+                    repeats_for(r["batch"], args.repeats),
+                    args.compile_timeout,
+                )
+                r["compile"], r["compile_note"] = med, note
+                print(f"  {r['model']} bs{r['batch']}: compile {ms(med)} ({note})", file=sys.stderr)
+        head = ["model", "batch", "eager ms", "fp32 ORT ms", "eager/ORT"]
+        if args.compile:
+            head += ["compile ms", "compile/ORT"]
+        for p in precisions:
+            if p != "fp32":
+                head += [f"{p} ORT ms", f"eager/{p}"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [
+                r["model"],
+                str(r["batch"]),
+                ms(r["eager"]),
+                ms(r.get("fp32")),
+                ratio(r["eager"], r.get("fp32")),
+            ]
+            if args.compile:
+                cells += [ms(r.get("compile")), ratio(r.get("compile"), r.get("fp32"))]
+            for p in precisions:
+                if p != "fp32":
+                    cells += [ms(r.get(p)), ratio(r["eager"], r.get(p))]
+            lines.append("| " + " | ".join(cells) + " |")
+        for b in batches:
+            ratios = [r["eager"] / r["fp32"] for r in rows if r["batch"] == b and r.get("fp32")]
+            if ratios:
+                lines.append(
+                    f"\nBatch {b}: median eager/ORT fp32 {statistics.median(ratios):.2f}x "
+                    f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
+                )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
