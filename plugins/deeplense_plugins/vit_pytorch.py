@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import deeplense_cli
+from deeplense_cli.errors import DeepLenseError
 from deeplense_cli.registry import Architecture
 from deeplense_plugins._common import (
     as_tuple,
@@ -127,8 +128,6 @@ def build_cct(
     from vit_pytorch.cct import CCT
 
     if embedding_dim % num_heads:
-        from deeplense_cli.errors import DeepLenseError
-
         raise DeepLenseError(
             f"CCT embedding_dim {embedding_dim} must be divisible by num_heads {num_heads}"
         )
@@ -276,16 +275,27 @@ def build_levit(
     dim_key: int,
     dim_value: int,
     dropout: float,
+    stem_stride: int,
 ) -> Any:
-    """LeViT (conv stem /16, then 3 attention stages with attention-bias downsampling)."""
+    """LeViT: a stride-2 conv stem, then 3 attention stages with attention downsampling.
+
+    ``stem_stride`` 16 is upstream's four-conv stem (64 px -> 4x4, 2x2, 1x1 maps);
+    8 drops the last stem conv (64 px -> 8x8, 4x4, 2x2), keeping BatchNorm statistics
+    over more than one position per image in the last stage.
+    """
     import torch.nn as nn
     from vit_pytorch.levit import LeViT
 
+    if stem_stride not in (8, 16):
+        raise DeepLenseError(f"LeViT stem_stride must be 8 or 16, got {stem_stride}")
     dims = as_tuple(dim, "dim", 3)
-    # The four stride-2 stem convolutions must give image_size // 16 exactly.
-    target = fitting_size(image_size, lambda s: s % 16 == 0, "LeViT's /16 convolutional stem")
+    # The stride-2 stem convolutions must give image_size // stem_stride exactly.
+    target = fitting_size(
+        image_size, lambda s: s % stem_stride == 0, f"LeViT's /{stem_stride} conv stem"
+    )
     model = LeViT(
-        image_size=target,
+        # upstream sizes its attention-bias tables for image_size // 16
+        image_size=target * 16 // stem_stride,
         num_classes=num_classes,
         dim=dims,
         depth=depth,
@@ -298,6 +308,9 @@ def build_levit(
     )
     # Upstream hard-codes 3 input channels in the first stem convolution.
     model.conv_embedding[0] = nn.Conv2d(in_channels, 32, 3, stride=2, padding=1)
+    if stem_stride == 8:
+        model.conv_embedding[2] = nn.Conv2d(64, dims[0], 3, stride=2, padding=1)
+        model.conv_embedding = model.conv_embedding[:3]
     return pad_to(model, image_size, target)
 
 
@@ -312,6 +325,7 @@ LEVIT = Architecture(
         "dim_key": 32,
         "dim_value": 64,
         "dropout": 0.0,
+        "stem_stride": 16,
     },
     description="LeViT: convolutional stem and attention stages with downsampling attention",
     train_defaults=train_defaults(5e-4),
@@ -319,6 +333,7 @@ LEVIT = Architecture(
         **training_space((1e-5, 2e-3)),
         "model.depth": choice([2, 3, 5]),
         "model.mlp_mult": choice([2, 4]),
+        "model.stem_stride": choice([8, 16]),
         "model.dropout": choice([0.0, 0.1]),
     },
 )
