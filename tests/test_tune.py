@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -451,3 +452,36 @@ def test_interrupted_search_resumes_from_checkpoints(
     # epoch 1 of the interrupted trial came from its checkpoint: the same row, timings and all
     assert after[second][0] == before[second][0]
     assert [json.loads(r)["epoch"] for r in after[second]] == list(range(1, MAX_EPOCHS + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM not installed (.ci/slurm.sh)")
+def test_slurm_runs_the_whole_search_as_one_job(
+    sim_root: Path, deeplense_home: Path, tmp_path: Path
+) -> None:
+    """`--slurm --wait`: one job starts Ray on its CPUs and runs the search; the results land
+    in the same experiment folder as a local search."""
+    from deeplense_cli import slurm
+
+    if not slurm.slurm_available():
+        pytest.skip("the local SLURM cluster is not running (.ci/slurm.sh start)")
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE))
+    args = _tune_args(sim_root, space_file, "onslurm", samples=2)
+    args[args.index("--max-epochs") + 1] = "2"
+    result = _invoke(*args, "--slurm", "--cpus", "2", "--time", "00:10:00", "--wait")
+    try:
+        assert result.exit_code == 0, result.output
+    finally:
+        ids = [p.stem for p in (deeplense_home / "jobs").glob("*.json")]
+        if ids and shutil.which("scancel"):
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=20, check=False)
+    exp = deeplense_home / "runs" / "tune" / "onslurm"
+    trials = json.loads((exp / "trials.json").read_text())
+    assert len(trials) == 2 and trials[0]["status"] == "completed"  # trial 1 runs alone
+    assert trials[1]["status"] in ("completed", "stopped")
+    jobs = [p.name for p in (exp / "slurm").iterdir() if p.is_dir()]
+    assert len(jobs) == 1 and jobs[0].isdigit()  # submitit's folder of the one job
+    assert (exp / "best_config.yaml").is_file()
+    assert "Best trial" in result.output
