@@ -322,21 +322,48 @@ def ray_runtime(
     if ray.is_initialized():
         yield
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=ray_temp_dir(), **kwargs)
-    except ConnectionError as exc:
-        raise DeepLenseError(
-            f"cannot connect to the Ray cluster at {address}: {exc}; is `ray start --head` "
-            "running there?"
-        ) from None
+    if address:
+        _check_reachable(address)
+        # A cluster's own settings stand; trials' checkpoints and deeplense runs are written
+        # under the run root, which every node must share (Ray no longer syncs trial files).
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DeepLenseError(
+                f"cannot connect to the Ray cluster at {address}: {first}; is "
+                "`ray start --head` running there?"
+            ) from None
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            _temp_dir=ray_temp_dir(),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on an address nobody listens at (Ray itself retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise DeepLenseError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DeepLenseError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is "
+            "`ray start --head` running there?"
+        ) from None
 
 
 # --------------------------------------------------------------------------- trials

@@ -209,6 +209,16 @@ def test_missing_data_is_an_error_before_ray_starts(tmp_path: Path) -> None:
     _one_line_error(result, "dataset Model_III is not in")
 
 
+def test_unreachable_ray_address_is_a_quick_error(sim_root: Path) -> None:
+    started = time.monotonic()
+    result = _invoke(
+        "tune", "-m", "cvt", "--dataset", "Model_III", "--data-root", str(sim_root),
+        "--address", "127.0.0.1:1",
+    )  # fmt: skip
+    _one_line_error(result, "cannot reach the Ray cluster at 127.0.0.1:1")
+    assert time.monotonic() - started < 30
+
+
 # ---- real Ray Tune runs -----------------------------------------------------------------
 
 
