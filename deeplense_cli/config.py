@@ -35,6 +35,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
+    "max_minutes": None,  # time budget: plan at most as many epochs as fit (measured on epoch 1)
     "batch_size": 64,
     "lr": 5e-4,
     "min_lr_ratio": 0.01,  # cosine decays to lr * min_lr_ratio

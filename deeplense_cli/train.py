@@ -214,11 +214,15 @@ class Trainer:
             )
         self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
         self.epochs = int(t["epochs"])
-        total = self.steps_per_epoch * self.epochs
-        warmup = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
+        self.max_minutes = float(t["max_minutes"]) if t.get("max_minutes") else None
+        self.warmup_steps = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
         min_ratio = float(t["min_lr_ratio"])
+        # The lambda reads self.epochs, so a time budget can re-plan the schedule.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, warmup, min_ratio)
+            self.optimizer,
+            lambda s: lr_factor(
+                s, self.steps_per_epoch * self.epochs, self.warmup_steps, min_ratio
+            ),
         )
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -254,6 +258,7 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "planned_epochs": self.epochs,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "arch": self.config["model"]["name"],
@@ -272,6 +277,8 @@ class Trainer:
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.bad_epochs = int(state.get("bad_epochs", 0))
+        if self.max_minutes and state.get("planned_epochs"):
+            self.epochs = min(self.epochs, int(state["planned_epochs"]))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -338,6 +345,13 @@ class Trainer:
             "train_seconds": elapsed,
         }
 
+    def plan_for_budget(self, epoch_seconds: float) -> None:
+        """Fit the run into ``max_minutes`` of training: after the first epoch, plan as many
+        epochs as fit (at most ``epochs``, at least 1) and stretch the cosine over them."""
+        assert self.max_minutes is not None
+        fit = int(self.max_minutes * 60 // max(epoch_seconds, 1e-9))
+        self.epochs = max(1, min(self.epochs, fit))
+
     def validate(self) -> dict[str, Any]:
         from deeplense_cli.inference import predict_logits
         from deeplense_cli.metrics import classification_metrics, softmax
@@ -371,8 +385,11 @@ class Trainer:
         stopped_early = False
         while self.epoch < self.epochs:
             row = self.train_epoch(reporter)
+            if self.max_minutes and row["epoch"] == 1:
+                self.plan_for_budget(row["train_seconds"])
             row.update(self.validate())
             self.epoch = row["epoch"]
+            row["planned_epochs"] = self.epochs
             is_best = improved(row, self.best, self.metric)
             if is_best:
                 self.best = {k: v for k, v in row.items() if k.startswith("val_")}

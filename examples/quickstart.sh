@@ -24,7 +24,7 @@ RUN="$DEEPLENSE_HOME/runs/quickstart-$MODEL"
 rm -rf "$RUN"
 
 $DL data simulate Model_III --train-per-class "$TRAIN" --test-per-class "$TEST" --seed 1
-$DL train --model "$MODEL" --dataset Model_III --epochs "$EPOCHS" --run-dir "$RUN"
+$DL train --model "$MODEL" --dataset Model_III --epochs "$EPOCHS" --run-dir "$RUN" --no-evaluate
 $DL evaluate "$RUN"
 $DL export onnx "$RUN" -o "$RUN/model.onnx"
 $DL predict "$RUN/model.onnx" "$SAMPLES" -o "$RUN/real_samples.csv"

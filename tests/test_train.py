@@ -336,3 +336,11 @@ def test_resume_after_sigkill_keeps_completed_epochs(sim_root: Path, tmp_path: P
     for got, want in zip(after, reference, strict=True):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+
+
+def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path) -> None:
+    run = _train(
+        sim_root, tmp_path / "budget", "--epochs", "5", "--max-minutes", "0.0001", "--no-evaluate"
+    )
+    rows = run.read_metrics()
+    assert len(rows) == 1 and rows[0]["planned_epochs"] == 1

@@ -27,6 +27,7 @@ from deeplense_cli.console import console, err_console
     help="YAML config applied to every cell.",
 )
 @click.option("--epochs", type=int)
+@click.option("--max-minutes", type=float, help="Time budget per cell (see train --max-minutes).")
 @click.option("--batch-size", type=int)
 @click.option(
     "--max-train-per-class", type=int, help="CPU-budget runs: cap training images per class."

@@ -47,6 +47,11 @@ def output_option(fn: Any) -> Any:
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("--epochs", type=int)
+@click.option(
+    "--max-minutes",
+    type=float,
+    help="Time budget: plan at most as many epochs as fit (after epoch 1).",
+)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float, help="Peak learning rate (default: per architecture).")
 @click.option("--weight-decay", type=float)
@@ -137,6 +142,7 @@ def train(**kw: Any) -> None:
             key: kw[key]
             for key in (
                 "epochs",
+                "max_minutes",
                 "batch_size",
                 "lr",
                 "weight_decay",
