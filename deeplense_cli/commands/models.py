@@ -44,8 +44,11 @@ def models(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="Registered architectures")
-    for col in ("name", "plugin", "parameters", "input sizes", "description"):
-        table.add_column(col, justify="right" if col == "parameters" else "left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    table.add_column("input sizes", no_wrap=True)
+    table.add_column("description", overflow="fold", ratio=1)
     for row in rows:
         params = "broken" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f} M"
         sizes = ", ".join(f"{s}x{s}" for s in row["image_sizes"])
