@@ -176,7 +176,12 @@ def session(path: Path, threads: int, **kwargs: Any) -> Any:
 
 
 def bench_model(
-    name: str, batches: list[int], threads: int, base_repeats: int, precisions: list[str]
+    name: str,
+    batches: list[int],
+    threads: int,
+    base_repeats: int,
+    precisions: list[str],
+    exporter: str = "auto",
 ) -> list[dict[str, Any]]:
     import torch
 
@@ -184,7 +189,9 @@ def bench_model(
     model = build(name)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {p: session(export_model(model, Path(tmp), p), threads) for p in precisions}
+        sessions = {
+            p: session(export_model(model, Path(tmp), p, exporter), threads) for p in precisions
+        }
         for batch in batches:
             x = np.random.default_rng(1).random((batch, 1, 64, 64), dtype=np.float32)
             xt = torch.from_numpy(x)
@@ -263,6 +270,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,int8", help="ONNX precisions to time")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--compile-timeout", type=float, default=300.0)
+    ap.add_argument("--exporter", default="auto", choices=["auto", "legacy", "dynamo"])
     ap.add_argument("--variants", action="store_true", help="time ORT session settings")
     ap.add_argument("--out", help="also write the markdown to this file")
     ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
@@ -279,7 +287,11 @@ def main() -> None:
     )
     batches = [int(b) for b in args.batches.split(",")]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    lines = [f"Machine: {machine()}; {args.threads} threads for torch and ORT.", ""]
+    lines = [
+        f"Machine: {machine()}; {args.threads} threads for torch and ORT; "
+        f"{args.exporter} exporter.",
+        "",
+    ]
     print(lines[0], file=sys.stderr)
     if args.variants:
         all_rows = [
@@ -300,7 +312,7 @@ def main() -> None:
         rows = [
             r
             for n in names
-            for r in bench_model(n, batches, args.threads, args.repeats, precisions)
+            for r in bench_model(n, batches, args.threads, args.repeats, precisions, args.exporter)
         ]
         if args.compile:
             for r in rows:
