@@ -399,53 +399,27 @@ def default_output(run: RunDir, precision: str) -> Path:
     return run.path / ("model.onnx" if precision == "fp32" else f"model-{precision}.onnx")
 
 
-def export_onnx(
-    run_path: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
-    opset: int = DEFAULT_OPSET,
-    precision: str = "fp32",
-    checkpoint: str = "best",
-    exporter: str = "auto",
-    validation_images: int = 256,
-    calibration_images: int = 256,
-    batch_sizes: tuple[int, ...] = (1, 32),
-    min_agreement: float = INT8_MIN_AGREEMENT,
-    progress: Callable[[str], None] | None = None,
+def _export_validated(
+    kind: str,
+    model: torch.nn.Module,
+    data: _Data,
+    reference: np.ndarray,
+    target: Path,
+    run: RunDir,
+    arch_name: str,
+    checkpoint: str,
+    epoch: Any,
+    precision: str,
+    opset: int,
+    batch_sizes: tuple[int, ...],
+    min_agreement: float,
+    progress: Callable[[str], None] | None,
 ) -> ExportResult:
-    """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
-
-    The default output is ``RUN/model.onnx`` (``RUN/model-fp16.onnx``, ``model-int8.onnx``
-    for the other precisions). Raises DeepLenseError, writing nothing, when validation fails.
-    """
-    import_ort()
-    start = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise DeepLenseError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if not 7 <= int(opset) <= 23:
-        raise DeepLenseError(f"opset {opset} is out of range; use 17 (default) to 23")
-    if validation_images < 1:
-        raise DeepLenseError("validation_images must be at least 1")
-    run = RunDir.open(run_path)
     classes, transform = run.classes, run.transform
-    config = run.read_config()
-    arch_name = str(config["model"]["name"])
-    target = Path(output) if output is not None else default_output(run, precision)
-    if target.suffix != ".onnx":
-        raise DeepLenseError(f"{target}: the output file name must end in .onnx")
-    if target.is_dir():
-        raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
-
-    _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
-    model = run.build_model(checkpoint)
-    epoch = run.load_checkpoint(checkpoint).get("epoch")
-    _log(progress, "loading validation images")
-    data = _load_data(run, transform, validation_images, calibration_images)
-    reference = torch_logits(model, data.test)
-
     with tempfile.TemporaryDirectory(prefix="deeplense-export-") as workdir:
         fp32_path = Path(workdir) / "fp32.onnx"
-        _log(progress, f"exporting (opset {opset})")
-        used_exporter, used_opset = export_fp32(model, data.test, fp32_path, opset, exporter)
+        _log(progress, f"exporting ({kind} exporter)")
+        used_exporter, used_opset = export_fp32(model, data.test, fp32_path, opset, kind)
         meta = {
             "deeplense.format": FORMAT,
             "deeplense.architecture": arch_name,
@@ -510,5 +484,80 @@ def export_onnx(
             )
             set_metadata(tmp, meta)
             result.size_bytes = tmp.stat().st_size
-    result.seconds = time.perf_counter() - start
     return result
+
+
+def export_onnx(
+    run_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    checkpoint: str = "best",
+    exporter: str = "auto",
+    validation_images: int = 256,
+    calibration_images: int = 256,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    min_agreement: float = INT8_MIN_AGREEMENT,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
+
+    The default output is ``RUN/model.onnx`` (``RUN/model-fp16.onnx``, ``model-int8.onnx``
+    for the other precisions). Raises DeepLenseError, writing nothing, when validation fails.
+    """
+    import_ort()
+    start = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise DeepLenseError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if not 7 <= int(opset) <= 23:
+        raise DeepLenseError(f"opset {opset} is out of range; use 17 (default) to 23")
+    if validation_images < 1:
+        raise DeepLenseError("validation_images must be at least 1")
+    if exporter not in EXPORTERS:
+        raise DeepLenseError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    run = RunDir.open(run_path)
+    transform = run.transform
+    config = run.read_config()
+    arch_name = str(config["model"]["name"])
+    target = Path(output) if output is not None else default_output(run, precision)
+    if target.suffix != ".onnx":
+        raise DeepLenseError(f"{target}: the output file name must end in .onnx")
+    if target.is_dir():
+        raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
+
+    _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
+    model = run.build_model(checkpoint)
+    epoch = run.load_checkpoint(checkpoint).get("epoch")
+    _log(progress, "loading validation images")
+    data = _load_data(run, transform, validation_images, calibration_images)
+    reference = torch_logits(model, data.test)
+
+    kinds = ("legacy", "dynamo") if exporter == "auto" else (exporter,)
+    failures: list[str] = []
+    for kind in kinds:
+        try:
+            result = _export_validated(
+                kind,
+                model,
+                data,
+                reference,
+                target,
+                run,
+                arch_name,
+                checkpoint,
+                epoch,
+                precision,
+                opset,
+                batch_sizes,
+                min_agreement,
+                progress,
+            )
+        except DeepLenseError as exc:
+            failures.append(f"{kind} exporter: {exc}")
+            continue
+        result.notes.extend(f"first attempt failed, {f}" for f in failures)
+        result.seconds = time.perf_counter() - start
+        return result
+    raise DeepLenseError(
+        "; ".join(failures) if len(failures) > 1 else failures[0].split(": ", 1)[1]
+    )

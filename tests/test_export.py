@@ -184,14 +184,20 @@ def test_failed_validation_writes_nothing(
     target.write_text("the previous export")
     # a tolerance no real export can meet: the fp32 graph differs from PyTorch by ~1e-7
     monkeypatch.setitem(export.TOLERANCES, "fp32", (0.0, 0.0))
-    with pytest.raises(DeepLenseError, match=r"does not match PyTorch.*nothing was written"):
+    with pytest.raises(DeepLenseError, match=r"does not match PyTorch.*nothing was written") as err:
         export.export_onnx(trained_run, output=target, validation_images=4)
+    # auto tried both exporters before giving up
+    assert "legacy exporter:" in str(err.value) and "dynamo exporter:" in str(err.value)
     assert target.read_text() == "the previous export"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]
     # int8 is judged by top-class agreement; demanding more than 100% must fail too
     with pytest.raises(DeepLenseError, match="does not match PyTorch"):
         export.export_onnx(
-            trained_run, output=tmp_path / "q.onnx", precision="int8", min_agreement=1.01
+            trained_run,
+            output=tmp_path / "q.onnx",
+            precision="int8",
+            min_agreement=1.01,
+            exporter="legacy",
         )
     assert not (tmp_path / "q.onnx").exists()
 
