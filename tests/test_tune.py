@@ -434,7 +434,7 @@ def test_interrupted_search_resumes_from_checkpoints(
         while time.monotonic() < deadline and proc.poll() is None:
             # trials run one at a time: two trials with checkpoints = trial 1 ended and
             # trial 2 reported its first epoch
-            if len({p.parent for p in exp.glob("trial_*/checkpoint_*/last.pt")}) >= 2:
+            if len({p.parent.parent for p in exp.glob("trial_*/checkpoint_*/last.pt")}) >= 2:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[0]
