@@ -50,7 +50,14 @@ METRIC_MODES = {"val_macro_auc": "max", "val_accuracy": "max", "val_loss": "min"
 SPACE_TYPES = ("loguniform", "uniform", "randint", "choice")
 # Training settings a search may not vary: the epoch budget is --max-epochs (ASHA's max_t);
 # the others describe where and how a trial runs, not what it learns.
-FIXED_TRAIN_KEYS = ("epochs", "device", "num_threads", "eval_batch_size", "early_stopping_metric")
+FIXED_TRAIN_KEYS = (
+    "epochs",
+    "max_minutes",
+    "device",
+    "num_threads",
+    "eval_batch_size",
+    "early_stopping_metric",
+)
 STATE_FILE = "tune.json"
 BEST_CONFIG = "best_config.yaml"
 PLOT_FILE = "learning_curves.png"
@@ -622,6 +629,11 @@ def run_tune(
     base = copy.deepcopy(config)
     base.pop("deeplense_version", None)
     base["train"]["epochs"] = int(settings.max_epochs)
+    if base["train"].get("max_minutes"):
+        # it would re-plan each trial's epochs, and ASHA compares trials epoch by epoch
+        raise DeepLenseError(
+            "train.max_minutes does not apply to a search; limit it with --time-budget"
+        )
     space = check_space(space, base)
     for params in _corner_points(space):
         trial_config(base, params)  # a bad value fails here, not in every trial

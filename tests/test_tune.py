@@ -204,6 +204,11 @@ def test_resume_errors_are_one_line() -> None:
     _one_line_error(_invoke("tune", "-m", "cvt", "--name", "../up"), "invalid experiment name")
 
 
+def test_a_per_run_time_budget_is_refused_for_a_search() -> None:
+    result = _invoke("tune", "-m", "cvt", "--dataset", "Model_III", "--set", "train.max_minutes=5")
+    _one_line_error(result, "limit it with --time-budget")
+
+
 def test_missing_data_is_an_error_before_ray_starts(tmp_path: Path) -> None:
     result = _invoke("tune", "-m", "cvt", "--dataset", "Model_III", "--data-root", str(tmp_path))
     _one_line_error(result, "dataset Model_III is not in")
