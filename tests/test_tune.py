@@ -236,6 +236,7 @@ def ray_runtime() -> Iterator[None]:
     ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _tune_args(
