@@ -371,7 +371,7 @@ def validate(
         onnx.checker.check_model(os.fspath(path))
     except Exception as exc:
         raise DeepLenseError(f"the exported model fails onnx.checker: {_first_line(exc)}") from None
-    session, _ = create_session(path, "cpu")
+    session, _ = create_session(path, "cpu", cache_optimized=False)
     checks, last = [], reference
     for bs in batch_sizes:
         n = min(len(x), batch1_images) if bs == 1 else len(x)

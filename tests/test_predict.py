@@ -312,3 +312,22 @@ def test_missing_onnxruntime_says_how_to_install(
         "Error: ONNX Runtime is not installed: pip install 'deeplense[cpu]' "
         "(or '[gpu]' on CUDA machines)"
     )
+
+
+def test_optimized_graph_cache(exported: tuple[Path, Path], deeplense_home: Path) -> None:
+    import onnxruntime as ort
+
+    from deeplense_cli.onnx_session import OnnxModel, optimized_cache_path
+
+    _, model = exported
+    x = np.random.default_rng(0).random((4, 1, 64, 64), dtype=np.float32)
+    cached = optimized_cache_path(ort, model)
+    assert cached.parent == deeplense_home / "cache" / "onnx" and not cached.exists()
+    first = OnnxModel(model, device="cpu").logits(x)  # builds the cache entry
+    assert cached.is_file()
+    again = OnnxModel(model, device="cpu")  # loads the cached optimised graph
+    np.testing.assert_array_equal(again.logits(x), first)
+    assert again.classes == CLASSES
+    cached.write_bytes(b"damaged")  # a damaged entry is rebuilt, not an error
+    np.testing.assert_array_equal(OnnxModel(model, device="cpu").logits(x), first)
+    assert cached.stat().st_size > 1000
