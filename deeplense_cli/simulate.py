@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import signal
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -634,44 +633,15 @@ def simulate_images(
 
 
 # --- files ------------------------------------------------------------------------------------
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and scalars only: no arbitrary code runs."""
-
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-
-
 def load_sample(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
-    """Read one dataset file safely: (image, axion mass or None).
+    """Read one dataset file safely: (image, axion mass or None), keeping its dtype.
 
-    Plain arrays load without pickle; axion files (a 2-element object array [image, mass])
-    are parsed with an unpickler that only rebuilds numpy arrays and scalars.
+    Axion files (a 2-element object array [image, mass]) go through the data package's
+    restricted unpickler: no pickled code can run.
     """
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            _, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            _, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        if not dtype.hasobject:
-            fh.seek(0)
-            return np.load(fh, allow_pickle=False), None
-        obj = _NumpyOnlyUnpickler(fh).load()
-    if not (isinstance(obj, np.ndarray) and obj.shape == (2,)):
-        raise ValueError(f"{path}: expected a 2-element [image, axion_mass] array")
-    image, mass = np.asarray(obj[0]), float(obj[1])
-    return image, mass
+    from deeplense_cli.data.readers import read_npy
+
+    return read_npy(path)
 
 
 def _file_ok(path: Path, cls: str, shape: tuple[int, int]) -> bool:

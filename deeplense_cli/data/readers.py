@@ -122,6 +122,19 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
         raise BadImageError(path, f"cannot read ({type(exc).__name__}: {exc})") from None
 
 
+def read_npy(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
+    """Read a ``.npy`` file (a plain array or the axion ``[image, mass]`` object array)
+    safely, keeping its dtype and shape: (array, axion mass or None)."""
+    try:
+        with open(path, "rb") as fh:
+            raw, mass = _read_npy(fh, allow_object=True)
+    except _Bad as exc:
+        raise BadImageError(path, str(exc)) from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read ({exc.strerror})") from None
+    return np.asarray(raw), mass
+
+
 def _as_image(raw: Any) -> np.ndarray:
     if not isinstance(raw, np.ndarray):
         raise _Bad(f"holds a {type(raw).__name__}, not an image array")
