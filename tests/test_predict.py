@@ -236,7 +236,11 @@ def test_bad_models_are_one_line_errors(
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
-    _, model = exported
+    run_dir, model = exported
+    trt_run = runner.invoke(
+        cli, ["predict", str(run_dir), str(test_folder), "--device", "tensorrt"]
+    )
+    assert trt_run.exit_code == 1 and "needs an exported model" in trt_run.output
     bad_out = runner.invoke(cli, ["predict", str(model), str(test_folder), "-o", "x.txt"])
     assert bad_out.exit_code == 1 and ".csv, .jsonl or .json" in bad_out.output
     no_input = runner.invoke(cli, ["predict", str(model), str(tmp_path / "nothing")])
