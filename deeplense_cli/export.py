@@ -34,7 +34,7 @@ import numpy as np
 
 from deeplense_cli import __version__, atomic
 from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort
+from deeplense_cli.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
 from deeplense_cli.rundir import RunDir
 from deeplense_cli.transforms import apply_transform
 
@@ -301,8 +301,11 @@ def quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
-    pre = Path(workdir) / "preprocessed.onnx"
-    with _quiet():
+    src, dst = Path(src).resolve(), Path(dst).resolve()  # the block below changes directory
+    pre = Path(workdir).resolve() / "preprocessed.onnx"
+    # ORT's symbolic shape inference saves a debugging copy of the model into the current
+    # directory when it cannot infer every shape: run it inside the temporary folder.
+    with _quiet(), contextlib.chdir(workdir):
         try:
             quant_pre_process(os.fspath(src), os.fspath(pre))
             source = pre
@@ -483,6 +486,7 @@ def _export_validated(
                 }
             )
             set_metadata(tmp, meta)
+            shareable(tmp)
             result.size_bytes = tmp.stat().st_size
     return result
 

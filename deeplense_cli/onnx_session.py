@@ -51,6 +51,14 @@ METADATA_KEYS = (
 )
 
 
+def shareable(path: str | os.PathLike[str]) -> None:
+    """Give a finished output file the usual permissions (0666 less the umask); the
+    atomic writer's temporary files are private (0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def import_ort() -> Any:
     """``import onnxruntime`` or a DeepLenseError telling how to install it."""
     try:

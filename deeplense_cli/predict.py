@@ -29,6 +29,7 @@ from deeplense_cli import atomic
 from deeplense_cli.data.readers import BadImageError, find_images, read_image
 from deeplense_cli.errors import DeepLenseError
 from deeplense_cli.metrics import softmax
+from deeplense_cli.onnx_session import shareable
 from deeplense_cli.transforms import apply_transform
 
 if TYPE_CHECKING:
@@ -276,7 +277,8 @@ def write_predictions(
     """
     fmt = output_format(path)
     n = 0
-    with atomic.atomic_open(path, "w") as fh:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        shareable(tmp)
         if fmt == "csv":
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])

@@ -4,6 +4,7 @@ nothing written on failure, plugin export formats."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def test_export_command_writes_one_validated_file(trained_run: Path) -> None:
     assert result.exit_code == 0, result.output
     out = trained_run / "model.onnx"
     assert out.is_file() and not Path(f"{out}.data").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's 0600
     assert sorted(p.name for p in trained_run.iterdir() if p.name.startswith(".")) == []
     # the figures are printed, and the run's real test images were used
     assert "max abs error" in result.output and "top class agrees" in result.output
@@ -162,9 +166,17 @@ def test_fp16_export_is_half_the_size_with_float32_io(trained_run: Path) -> None
     assert metadata(half)["deeplense.precision"] == "fp16"
 
 
-def test_int8_export_is_smaller_and_reports_the_accuracy_change(trained_run: Path) -> None:
-    result = CliRunner().invoke(cli, ["export", "onnx", str(trained_run), "--precision", "int8"])
+def test_int8_export_is_smaller_and_reports_the_accuracy_change(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(trained_run)  # a relative -o, and nothing stray left in the cwd
+    before = sorted(p.name for p in trained_run.iterdir())
+    result = CliRunner().invoke(
+        cli, ["export", "onnx", str(trained_run), "--precision", "int8", "-o", "model-int8.onnx"]
+    )
     assert result.exit_code == 0, result.output
+    after = sorted(p.name for p in trained_run.iterdir())
+    assert sorted({*before, "model-int8.onnx"}) == after
     assert "Accuracy on these test images" in result.output and "points" in result.output
     int8 = trained_run / "model-int8.onnx"
     size = int8.stat().st_size

@@ -89,6 +89,9 @@ def test_predict_csv_matches_pytorch_and_counts(
         n = sum(r["predicted"] == c for r in onnx_rows)
         assert re.search(rf"\b{c}\W+{n}\W+[0-9.]+%", r1.output), r1.output
     assert "Wrote 24 prediction(s)" in r1.output
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_onnx.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_jsonl_json_and_stdout_outputs(
