@@ -38,7 +38,9 @@ def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_p
         "--data-root",
         str(sim_root),
         "--epochs",
-        "1",
+        "3",
+        "--max-minutes",
+        "0.0001",
         "--batch-size",
         "16",
     ]

@@ -85,6 +85,7 @@ def benchmark(**kw: Any) -> None:
             k: v
             for k, v in {
                 "epochs": kw["epochs"],
+                "max_minutes": kw["max_minutes"],
                 "batch_size": kw["batch_size"],
                 "device": kw["device"],
             }.items()
