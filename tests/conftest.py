@@ -82,3 +82,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trained_run_template(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ResNet-18 trained for one epoch on ``sim_root`` (once per session; copy before use)."""
+    from click.testing import CliRunner
+
+    from deeplense_cli.cli import cli
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "16", "--output", "quiet",
+            "--no-evaluate"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(trained_run_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the trained run for one test module (tests write into it)."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    shutil.copytree(trained_run_template, run_dir)
+    return run_dir

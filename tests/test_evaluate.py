@@ -48,34 +48,6 @@ def test_perfect_and_missing_class_cases() -> None:
     assert "no_sub" not in curves and {"axion", "cdm", "micro", "macro"} <= set(curves)
 
 
-@pytest.fixture(scope="module")
-def trained_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "-m",
-            "resnet18",
-            "--dataset",
-            "Model_III",
-            "--data-root",
-            str(sim_root),
-            "--run-dir",
-            str(run_dir),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--output",
-            "quiet",
-            "--no-evaluate",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return run_dir
-
-
 def test_evaluate_command_writes_metrics_and_plots(trained_run: Path) -> None:
     result = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--json"])
     assert result.exit_code == 0, result.output

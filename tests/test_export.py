@@ -42,34 +42,6 @@ def make_untrained_run(path: Path, model: str, image_size: int = 64, seed: int =
     return run
 
 
-@pytest.fixture(scope="module")
-def trained_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("exportrun") / "run"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "-m",
-            "resnet18",
-            "--dataset",
-            "Model_III",
-            "--data-root",
-            str(sim_root),
-            "--run-dir",
-            str(run_dir),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--output",
-            "quiet",
-            "--no-evaluate",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return run_dir
-
-
 def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 

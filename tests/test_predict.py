@@ -22,34 +22,11 @@ REAL_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 @pytest.fixture(scope="module")
-def exported(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def exported(trained_run: Path) -> tuple[Path, Path]:
     """(run directory, its model.onnx): ResNet-18 trained for one epoch on simulated data."""
     from deeplense_cli.export import export_onnx
 
-    run_dir = tmp_path_factory.mktemp("predictrun") / "run"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "-m",
-            "resnet18",
-            "--dataset",
-            "Model_III",
-            "--data-root",
-            str(sim_root),
-            "--run-dir",
-            str(run_dir),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--output",
-            "quiet",
-            "--no-evaluate",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return run_dir, export_onnx(run_dir, validation_images=8).path
+    return trained_run, export_onnx(trained_run, validation_images=8).path
 
 
 @pytest.fixture
