@@ -134,25 +134,13 @@ class JsonlReporter:
         self._emit("end", summary)
 
 
-class QuietReporter:
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
-        pass
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def end(self, summary: dict[str, Any]) -> None:
-        pass
-
-
 def make_reporter(mode: str) -> Any:
     if mode == "jsonl":
         return JsonlReporter()
     if mode == "quiet":
-        return QuietReporter()
+        from deeplense_cli.train import SilentReporter
+
+        return SilentReporter()
     return RichReporter()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.console import console, err_console
 
 
@@ -38,19 +39,12 @@ from deeplense_cli.console import console, err_console
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting."
 )
 @click.option("--table-only", is_flag=True, help="Only rebuild results.md from finished cells.")
-@click.option("--slurm", is_flag=True, help="Submit the sweep as one SLURM job array.")
 @click.option(
     "--parallelism", type=int, default=4, help="With --slurm: array tasks running at once."
 )
-@click.option("--partition")
-@click.option("--gpus", type=int)
-@click.option("--cpus", type=int)
-@click.option("--mem")
-@click.option("--time", "time_limit")
-@click.option("--account")
-@click.option("--qos")
-@click.option(
-    "--wait", is_flag=True, help="With --slurm: wait for every job, then print the table."
+@slurm_options(
+    "Submit the sweep as one SLURM job array.",
+    "With --slurm: wait for every job, then print the table.",
 )
 def benchmark(**kw: Any) -> None:
     """Train and test every architecture on every dataset and write a results table.
@@ -119,15 +113,7 @@ def _submit(todo: list[Any], bench_dir: Path, settings: dict[str, Any], kw: dict
     require_slurm()
     section = dict(SLURM_DEFAULTS)
     section.update((settings["file_config"] or {}).get("slurm") or {})
-    flags = {
-        "partition": kw["partition"],
-        "gpus": kw["gpus"],
-        "cpus": kw["cpus"],
-        "mem": kw["mem"],
-        "time": kw["time_limit"],
-        "account": kw["account"],
-        "qos": kw["qos"],
-    }
+    flags = slurm_flags(kw)
     section.update({k: v for k, v in flags.items() if v is not None})
     options = options_from_config(section)
     check_partition(options.partition)

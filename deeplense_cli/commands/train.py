@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.console import err_console
 
 
@@ -96,15 +97,9 @@ def output_option(fn: Any) -> Any:
 )
 @click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
 @output_option
-@click.option("--slurm", is_flag=True, help="Submit to SLURM instead of running here.")
-@click.option("--partition")
-@click.option("--gpus", type=int)
-@click.option("--cpus", type=int)
-@click.option("--mem", help="Memory per job, e.g. 16G.")
-@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
-@click.option("--account")
-@click.option("--qos")
-@click.option("--wait", is_flag=True, help="With --slurm: follow the job until it ends.")
+@slurm_options(
+    "Submit to SLURM instead of running here.", "With --slurm: follow the job until it ends."
+)
 def train(**kw: Any) -> None:
     """Train an architecture on a dataset.
 
@@ -158,15 +153,7 @@ def train(**kw: Any) -> None:
                 "num_threads",
             )
         },
-        "slurm": {
-            "partition": kw["partition"],
-            "gpus": kw["gpus"],
-            "cpus": kw["cpus"],
-            "mem": kw["mem"],
-            "time": kw["time_limit"],
-            "account": kw["account"],
-            "qos": kw["qos"],
-        },
+        "slurm": slurm_flags(kw),
     }
     if kw["no_augment"]:
         flags["train"]["augment"] = False

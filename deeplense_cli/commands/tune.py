@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.commands.train import data_options, output_option
 from deeplense_cli.console import console, err_console
 from deeplense_cli.errors import DeepLenseError
@@ -87,15 +88,10 @@ NEW_SEARCH_OPTIONS = (
     help="Override a base setting: model.<param>, train.<key>, data.<key>. Repeatable.",
 )
 @output_option
-@click.option("--slurm", is_flag=True, help="Run the whole search as one SLURM job.")
-@click.option("--partition")
-@click.option("--cpus", type=int, help="With --slurm: CPUs of the job (Ray uses them all).")
-@click.option("--gpus", type=int, help="With --slurm: GPUs of the job.")
-@click.option("--mem", help="With --slurm: memory, e.g. 16G.")
-@click.option("--time", "time_limit", help="With --slurm: time limit, e.g. 04:00:00.")
-@click.option("--account")
-@click.option("--qos")
-@click.option("--wait", is_flag=True, help="With --slurm: follow the job until it ends.")
+@slurm_options(
+    "Run the whole search as one SLURM job (Ray uses all its CPUs).",
+    "With --slurm: follow the job until it ends.",
+)
 @click.pass_context
 def tune(ctx: click.Context, **kw: Any) -> None:
     """Search hyper-parameters with Ray Tune and the ASHA scheduler.
@@ -155,15 +151,7 @@ def tune(ctx: click.Context, **kw: Any) -> None:
 def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
     from deeplense_cli.config import SLURM_DEFAULTS
 
-    flags = {
-        "partition": kw["partition"],
-        "gpus": kw["gpus"],
-        "cpus": kw["cpus"],
-        "mem": kw["mem"],
-        "time": kw["time_limit"],
-        "account": kw["account"],
-        "qos": kw["qos"],
-    }
+    flags = slurm_flags(kw)
     return {**SLURM_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
 
 
@@ -184,7 +172,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
             "max_test_per_class": kw["max_test_per_class"],
             "skip_bad": kw["skip_bad"],
         },
-        "slurm": {k: v for k, v in _slurm_section(kw).items()},
+        "slurm": _slurm_section(kw),
     }
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
     settings = engine.TuneSettings(
