@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import textwrap
@@ -108,3 +109,20 @@ def trained_run(trained_run_template: Path, tmp_path_factory: pytest.TempPathFac
     run_dir = tmp_path_factory.mktemp("run") / "run"
     shutil.copytree(trained_run_template, run_dir)
     return run_dir
+
+
+@functools.cache
+def slurm_cluster_problem() -> str | None:
+    """Why the local SLURM cluster cannot be used (None when it answers)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return "SLURM not installed (no sinfo); run .ci/slurm.sh install && .ci/slurm.sh start"
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 10 s; start the cluster with .ci/slurm.sh start"
+    if proc.returncode != 0:
+        return f"SLURM cluster not answering ({proc.stderr.strip()}); run .ci/slurm.sh start"
+    return None

@@ -18,6 +18,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 from click.testing import CliRunner
+from conftest import slurm_cluster_problem
 
 from deeplense_cli import slurm
 from deeplense_cli.cli import cli
@@ -26,19 +27,7 @@ from deeplense_cli.errors import DeepLenseError
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _cluster_problem() -> str | None:
-    if not shutil.which("sinfo"):
-        return "SLURM not installed (no sinfo); run .ci/slurm.sh install && .ci/slurm.sh start"
-    try:
-        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer in 10 s; start the cluster with .ci/slurm.sh start"
-    if proc.returncode != 0:
-        return f"SLURM cluster not answering ({proc.stderr.strip()}); run .ci/slurm.sh start"
-    return None
-
-
-_PROBLEM = _cluster_problem()
+_PROBLEM = slurm_cluster_problem()
 needs_cluster = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 
 

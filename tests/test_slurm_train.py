@@ -4,32 +4,21 @@ requeue in the middle of training (the job resumes from its last checkpoint)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import slurm_cluster_problem
 
 from deeplense_cli.cli import cli
 from deeplense_cli.rundir import RunDir
 
-
-def _problem() -> str | None:
-    if not shutil.which("sinfo"):
-        return "SLURM not installed; run .ci/slurm.sh install && .ci/slurm.sh start"
-    try:
-        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer; run .ci/slurm.sh start"
-    return None if proc.returncode == 0 else "SLURM cluster not answering; run .ci/slurm.sh start"
-
-
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
-    pytest.mark.skipif(_problem() is not None, reason=str(_problem())),
+    pytest.mark.skipif(slurm_cluster_problem() is not None, reason=str(slurm_cluster_problem())),
 ]
 
 SLURM = ["--slurm", "--partition", "debug", "--cpus", "1", "--time", "15"]
