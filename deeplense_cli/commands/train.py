@@ -27,6 +27,20 @@ def data_options(fn: Any) -> Any:
     return fn
 
 
+def data_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    """The data settings given as flags, as a config ``data`` section."""
+    return {
+        "dataset": kw["dataset"],
+        "data": kw["data_path"],
+        "data_root": kw["data_root"],
+        "split_seed": kw["split_seed"],
+        "val_fraction": kw["val_fraction"],
+        "max_train_per_class": kw["max_train_per_class"],
+        "max_test_per_class": kw["max_test_per_class"],
+        "skip_bad": kw["skip_bad"],
+    }
+
+
 def output_option(fn: Any) -> Any:
     return click.option(
         "--output",
@@ -123,16 +137,7 @@ def train(**kw: Any) -> None:
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
     flags = {
         "model": {"name": kw["model"]},
-        "data": {
-            "dataset": kw["dataset"],
-            "data": kw["data_path"],
-            "data_root": kw["data_root"],
-            "split_seed": kw["split_seed"],
-            "val_fraction": kw["val_fraction"],
-            "max_train_per_class": kw["max_train_per_class"],
-            "max_test_per_class": kw["max_test_per_class"],
-            "skip_bad": kw["skip_bad"],
-        },
+        "data": data_flags(kw),
         "train": {
             key: kw[key]
             for key in (

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
-from deeplense_cli.commands.train import data_options, output_option
+from deeplense_cli.commands.train import data_flags, data_options, output_option
 from deeplense_cli.console import console, err_console
 from deeplense_cli.errors import DeepLenseError
 
@@ -162,16 +162,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
     flags = {
         "model": {"name": kw["model"]},
-        "data": {
-            "dataset": kw["dataset"],
-            "data": kw["data_path"],
-            "data_root": kw["data_root"],
-            "split_seed": kw["split_seed"],
-            "val_fraction": kw["val_fraction"],
-            "max_train_per_class": kw["max_train_per_class"],
-            "max_test_per_class": kw["max_test_per_class"],
-            "skip_bad": kw["skip_bad"],
-        },
+        "data": data_flags(kw),
         "slurm": _slurm_section(kw),
     }
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
