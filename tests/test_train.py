@@ -344,3 +344,9 @@ def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path
     )
     rows = run.read_metrics()
     assert len(rows) == 1 and rows[0]["planned_epochs"] == 1
+
+
+def test_failed_start_leaves_no_run_directory(tmp_path: Path, deeplense_home: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "-m", "cct", "--data", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "is not a folder" in result.output
+    assert not list((deeplense_home / "runs").glob("*"))

@@ -186,7 +186,16 @@ def train(**kw: Any) -> None:
             dataset = Path(config["data"]["data"]).name or "data"
         run = RunDir.create(paths.run_root(kw["run_root"]), config["model"]["name"], dataset)
     err_console().print(f"Run directory: {run.path}")
-    _run(config, run, kw, resume=False)
+    try:
+        _run(config, run, kw, resume=False)
+    except BaseException:
+        # Failed before the run was initialised (bad data, bad model settings...): leave
+        # nothing half-made behind. A run with a config.yaml can be resumed, so it stays.
+        if not run.config_path.exists():
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
