@@ -19,25 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
 from deeplense_cli import simulate as S
+from deeplense_cli.machine import cpu_model
 
 FULL_MODEL_II = 3 * 30000 + 3 * 5000
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_engine(

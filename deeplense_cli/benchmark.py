@@ -7,7 +7,6 @@ resumes interrupted ones. ``results.md`` is rebuilt from the result files.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +56,9 @@ def hardware() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:  # pragma: no cover
         pass
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from deeplense_cli.machine import cpu_model
+
+    cpu = cpu_model()
     from deeplense_cli.device import available_cores
 
     return f"{cpu} ({available_cores()} cores)"

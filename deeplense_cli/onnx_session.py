@@ -290,16 +290,9 @@ def optimized_cache_path(ort: Any, path: Path) -> Path:
 
 
 def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    import platform
+    from deeplense_cli.machine import cpu_flags
 
-    return platform.machine() + platform.processor()
+    return " ".join(sorted(cpu_flags())) or "unknown"
 
 
 def _cached_cpu_session(ort: Any, path: Path, threads: int | None, spinning: bool) -> Any | None:
