@@ -12,6 +12,7 @@ from deeplense_cli.console import err_console
 
 
 def data_options(fn: Any) -> Any:
+    """Where the data is and how it is split: the flags that :func:`data_flags` reads."""
     for opt in reversed(
         [
             click.option("--dataset", help="Model_I, Model_II or Model_III under the data root."),
@@ -20,6 +21,19 @@ def data_options(fn: Any) -> Any:
             ),
             click.option(
                 "--data-root", type=click.Path(), help="Data root (default $DEEPLENSE_HOME/data)."
+            ),
+            click.option("--split-seed", type=int, help="Seed of the train/validation split."),
+            click.option(
+                "--val-fraction", type=float, help="Share of the training folder for validation."
+            ),
+            click.option(
+                "--max-train-per-class", type=int, help="Use at most N training images per class."
+            ),
+            click.option(
+                "--max-test-per-class", type=int, help="Use at most N test images per class."
+            ),
+            click.option(
+                "--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files."
             ),
         ]
     ):
@@ -79,11 +93,6 @@ def output_option(fn: Any) -> Any:
     "--early-stopping-metric", type=click.Choice(["val_macro_auc", "val_loss", "val_accuracy"])
 )
 @click.option("--seed", type=int, help="Seed for initialisation, data order and augmentation.")
-@click.option("--split-seed", type=int, help="Seed of the train/validation split.")
-@click.option("--val-fraction", type=float)
-@click.option("--max-train-per-class", type=int, help="Use at most N training images per class.")
-@click.option("--max-test-per-class", type=int, help="Use at most N test images per class.")
-@click.option("--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]))
 @click.option("--num-threads", type=int, help="CPU threads (default: available cores).")

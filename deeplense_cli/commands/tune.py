@@ -75,11 +75,6 @@ NEW_SEARCH_OPTIONS = (
 @click.option("--resume", "resume_name", metavar="NAME", help="Continue experiment NAME.")
 @click.option("--address", help="Use this running Ray cluster (e.g. ray://head:10001, auto).")
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray runtime [default: all].")
-@click.option("--val-fraction", type=float)
-@click.option("--split-seed", type=int)
-@click.option("--max-train-per-class", type=int, help="Use at most N training images per class.")
-@click.option("--max-test-per-class", type=int, help="Use at most N test images per class.")
-@click.option("--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files.")
 @click.option(
     "--set",
     "overrides",
