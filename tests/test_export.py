@@ -49,6 +49,18 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"input": x.astype(np.float32)})[0])
 
 
+def op_types(path: Path) -> tuple[list[str], int]:
+    """The graph's op types, and how many Gathers take computed (not constant) indices:
+    the legacy exporter's lowering of nn.Unfold."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    gathers = sum(1 for n in graph.node if n.op_type == "Gather" and n.input[1] not in constants)
+    return [n.op_type for n in graph.node], gathers
+
+
 def metadata(path: Path) -> dict[str, str]:
     import onnx
 
@@ -113,6 +125,12 @@ def test_every_architecture_exports(model: str, tmp_path: Path) -> None:
     assert [c.batch_size for c in result.checks] == [1, 32]
     assert all(c.passed and c.max_abs_error < 1e-3 for c in result.checks)
     assert metadata(result.path)["deeplense.architecture"].lower() == model.lower()
+    ops, index_gathers = op_types(result.path)
+    # einsums become MatMuls (onnx_graph), nn.Unfold a convolution (export_modules);
+    # CCT's sequence pooling 'b n, b n d -> b d' is the one einsum left as it is
+    assert ops.count("Einsum") <= (1 if model == "CCT" else 0)
+    if model in ("T2TViT", "PiT"):  # the nn.Unfold users
+        assert index_gathers == 0, "nn.Unfold was exported as gathers of computed indices"
     x = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
     assert ort_logits(result.path, x).shape == (5, 3)
 
