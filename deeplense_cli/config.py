@@ -49,7 +49,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "patience": 0,  # epochs without improvement before stopping; 0 disables
     "seed": 0,
     "device": "auto",  # auto, cpu, cuda, cuda:N
-    "amp": "auto",  # auto (bf16/fp16 on CUDA), bf16, fp16, off
+    "amp": "auto",  # auto (bf16/fp16 on CUDA, bf16 on CPUs with bf16 instructions), bf16, fp16, off
     "channels_last": "auto",
     "num_threads": None,  # CPU threads; default: the cores this process may use
     "eval_batch_size": 256,

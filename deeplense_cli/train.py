@@ -81,6 +81,9 @@ def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> b
     return float(row.get("val_loss", math.inf)) < float(best.get("val_loss", math.inf))
 
 
+PLAN_PROBE_STEPS = 10  # steps timed to plan a time budget (after one untimed step)
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` (per optimiser step)."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -213,16 +216,17 @@ class Trainer:
                 "the training split is empty; use more data or a smaller val_fraction"
             )
         self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
-        self.epochs = int(t["epochs"])
+        self.max_epochs = self.epochs = int(t["epochs"])
+        self.total_steps = self.steps_per_epoch * self.epochs
         self.max_minutes = float(t["max_minutes"]) if t.get("max_minutes") else None
+        self.budget_planned = False
+        self.spent_seconds = 0.0  # training + validation time so far (the budget's clock)
         self.warmup_steps = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
         min_ratio = float(t["min_lr_ratio"])
-        # The lambda reads self.epochs, so a time budget can re-plan the schedule.
+        # The lambda reads self.total_steps/warmup_steps: a time budget re-plans them.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(
-                s, self.steps_per_epoch * self.epochs, self.warmup_steps, min_ratio
-            ),
+            lambda s: lr_factor(s, self.total_steps, self.warmup_steps, min_ratio),
         )
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -259,6 +263,9 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "planned_epochs": self.epochs,
+            "planned_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "spent_seconds": self.spent_seconds,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "arch": self.config["model"]["name"],
@@ -279,6 +286,10 @@ class Trainer:
         self.bad_epochs = int(state.get("bad_epochs", 0))
         if self.max_minutes and state.get("planned_epochs"):
             self.epochs = min(self.epochs, int(state["planned_epochs"]))
+            self.total_steps = int(state.get("planned_steps", self.steps_per_epoch * self.epochs))
+            self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
+            self.spent_seconds = float(state.get("spent_seconds", 0.0))
+            self.budget_planned = True
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -307,7 +318,15 @@ class Trainer:
         self.model.train()
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
+        probe = min(PLAN_PROBE_STEPS, max(1, self.steps_per_epoch // 4))
+        probe_start = start
         for step in range(self.steps_per_epoch):
+            if self.scheduler.last_epoch >= self.total_steps:
+                break  # a time budget shorter than one epoch
+            if step == 1:
+                probe_start = time.perf_counter()  # the first step pays one-off costs
+            if self.max_minutes and not self.budget_planned and step == probe + 1:
+                self.plan_early((time.perf_counter() - probe_start) / probe)
             idx = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
             x = self._batch(idx, aug_rng)
             y = torch.from_numpy(labels_all[idx].astype(np.int64)).to(self.device)
@@ -345,12 +364,44 @@ class Trainer:
             "train_seconds": elapsed,
         }
 
-    def plan_for_budget(self, epoch_seconds: float) -> None:
-        """Fit the run into ``max_minutes`` of training: after the first epoch, plan as many
-        epochs as fit (at most ``epochs``, at least 1) and stretch the cosine over them."""
+    def plan_early(self, per_step: float) -> None:
+        """Fit the run into ``max_minutes`` (training plus validation), planned from the
+        speed of the first steps: as many whole epochs as fit (at most ``epochs``), or, when
+        not even one does, a truncated first epoch; the cosine is stretched over the plan
+        and the warm-up shortened to at most a tenth of it."""
         assert self.max_minutes is not None
-        fit = int(self.max_minutes * 60 // max(epoch_seconds, 1e-9))
-        self.epochs = max(1, min(self.epochs, fit))
+        budget = self.max_minutes * 60 - self.spent_seconds
+        val_batches = math.ceil(len(self.splits.val_idx) / int(self.t["eval_batch_size"]))
+        # a forward pass over an evaluation batch costs about a third of a training step
+        val_seconds = val_batches * per_step * int(self.t["eval_batch_size"]) / self.batch_size / 3
+        epoch_seconds = self.steps_per_epoch * per_step + val_seconds
+        fit = int(budget / max(epoch_seconds, 1e-9) + 1e-9)
+        if fit >= 1:
+            self.epochs = min(self.max_epochs, fit)
+            self.total_steps = self.epochs * self.steps_per_epoch
+        else:
+            self.epochs = 1
+            steps = int((budget - val_seconds) / max(per_step, 1e-9) + 1e-9)
+            done = self.scheduler.last_epoch
+            self.total_steps = max(done + 1, min(self.steps_per_epoch, steps))
+        self._cap_warmup()
+
+    def _cap_warmup(self) -> None:
+        self.warmup_steps = min(self.warmup_steps, max(1, round(0.1 * self.total_steps)))
+        self.budget_planned = True
+
+    def replan(self, epoch_seconds: float) -> None:
+        """After an epoch: with the measured epoch time (training + validation), plan as many
+        further epochs as the rest of the budget holds (never beyond ``epochs``)."""
+        assert self.max_minutes is not None
+        if self.total_steps < self.steps_per_epoch:
+            return  # a truncated single epoch: nothing more fits
+        left = self.max_minutes * 60 - self.spent_seconds
+        more = int(max(0.0, left) // max(epoch_seconds, 1e-9))
+        self.epochs = max(self.epoch, min(self.max_epochs, self.epoch + more))
+        self.total_steps = self.epochs * self.steps_per_epoch
+        if not self.budget_planned:  # epochs too short to probe
+            self._cap_warmup()
 
     def validate(self) -> dict[str, Any]:
         from deeplense_cli.inference import predict_logits
@@ -384,11 +435,14 @@ class Trainer:
         patience = int(self.t.get("patience") or 0)
         stopped_early = False
         while self.epoch < self.epochs:
+            epoch_start = time.perf_counter()
             row = self.train_epoch(reporter)
-            if self.max_minutes and row["epoch"] == 1:
-                self.plan_for_budget(row["train_seconds"])
             row.update(self.validate())
             self.epoch = row["epoch"]
+            epoch_seconds = time.perf_counter() - epoch_start
+            self.spent_seconds += epoch_seconds
+            if self.max_minutes:
+                self.replan(epoch_seconds)
             row["planned_epochs"] = self.epochs
             is_best = improved(row, self.best, self.metric)
             if is_best:

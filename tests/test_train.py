@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -344,6 +345,90 @@ def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path
     )
     rows = run.read_metrics()
     assert len(rows) == 1 and rows[0]["planned_epochs"] == 1
+
+
+def test_cpu_mixed_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from deeplense_cli import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
+    assert dev.autocast_dtype(cpu, "auto") is torch.bfloat16
+    assert dev.autocast_dtype(cpu, "off") is None
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: False)
+    assert dev.autocast_dtype(cpu, "auto") is None  # emulated bf16 would only be slower
+    assert dev.autocast_dtype(cpu, "bf16") is torch.bfloat16  # asked for: honoured
+    with pytest.raises(DeepLenseError, match="fp16 needs a CUDA device"):
+        dev.autocast_dtype(cpu, "fp16")
+
+
+def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(sim_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    run = _train(sim_root, tmp_path / "bf16", "--amp", "bf16", "--epochs", "1", "--no-evaluate")
+    (row,) = run.read_metrics()
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def _budget_trainer(steps_per_epoch: int, epochs: int, minutes: float, warmup: int) -> Any:
+    """A Trainer with only what the budget planner reads (no model, no data)."""
+    from types import SimpleNamespace
+
+    from deeplense_cli.train import Trainer
+
+    t = Trainer.__new__(Trainer)
+    t.steps_per_epoch, t.batch_size = steps_per_epoch, 32
+    t.max_epochs = t.epochs = epochs
+    t.total_steps = steps_per_epoch * epochs
+    t.max_minutes, t.spent_seconds, t.budget_planned = minutes, 0.0, False
+    t.warmup_steps, t.epoch = warmup, 0
+    t.t = {"eval_batch_size": 96}
+    t.splits = SimpleNamespace(val_idx=np.arange(960))  # 10 eval batches
+    t.scheduler = SimpleNamespace(last_epoch=11)
+    return t
+
+
+def test_time_budget_plan_arithmetic() -> None:
+    # 100 steps of 0.1 s + 10 eval batches (each 3 x 32 images at a third of a step): 11 s
+    t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=200)
+    t.plan_early(0.1)
+    assert (t.epochs, t.total_steps) == (5, 500)  # 60 s // 11 s
+    assert t.warmup_steps == 50  # a tenth of the plan, not the configured 2 epochs
+    t.epoch, t.spent_seconds = 1, 30.0  # the first epoch was slow: re-plan from its time
+    t.replan(30.0)
+    assert (t.epochs, t.total_steps) == (2, 200)
+    t.epoch, t.spent_seconds = 2, 70.0  # over budget: stop after this epoch
+    t.replan(40.0)
+    assert t.epochs == 2
+    assert _budget_trainer(100, epochs=3, minutes=10.0, warmup=0).epochs == 3
+    long = _budget_trainer(100, epochs=3, minutes=10.0, warmup=100)
+    long.plan_early(0.1)
+    assert (long.epochs, long.warmup_steps) == (3, 30)  # never more than --epochs
+
+    short = _budget_trainer(100, epochs=50, minutes=0.1, warmup=200)
+    short.plan_early(0.1)  # 6 s: less than one epoch (11 s) -> a truncated epoch
+    assert short.epochs == 1 and short.total_steps == 50  # (6 s - 1 s of validation) / 0.1 s
+    assert short.warmup_steps == 5
+    tiny = _budget_trainer(100, epochs=50, minutes=0.001, warmup=200)
+    tiny.plan_early(0.1)
+    assert tiny.total_steps == 12  # at least one step past those already taken
+
+
+def test_time_budget_shorter_than_an_epoch_truncates_it(sim_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    # batch 4: ~16 steps an epoch; the plan is made after a few, and stops right there
+    args = ["--epochs", "5", "--max-minutes", "1e-6", "--batch-size", "4", "--no-evaluate"]
+    run = _train(sim_root, tmp_path / "short", *args)
+    (row,) = run.read_metrics()
+    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
+    assert row["planned_epochs"] == 1
+    assert state["scheduler"]["last_epoch"] == state["planned_steps"] < 10
+    config = run.read_config()["train"]
+    assert row["lr"] == pytest.approx(config["lr"] * config["min_lr_ratio"], rel=1e-6)
 
 
 def test_failed_start_leaves_no_run_directory(tmp_path: Path, deeplense_home: Path) -> None:

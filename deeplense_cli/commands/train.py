@@ -94,7 +94,12 @@ def output_option(fn: Any) -> Any:
 )
 @click.option("--seed", type=int, help="Seed for initialisation, data order and augmentation.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option(
+    "--amp",
+    type=click.Choice(["auto", "bf16", "fp16", "off"]),
+    help="Mixed precision. auto: bf16 (or fp16) on CUDA, bf16 on CPUs with bf16 "
+    "instructions; off: float32.",
+)
 @click.option("--num-threads", type=int, help="CPU threads (default: available cores).")
 @click.option("--no-augment", is_flag=True, default=None, help="Disable flips/rotations.")
 @click.option(
