@@ -103,6 +103,27 @@ def export_model(model: Any, workdir: Path, precision: str, exporter: str = "aut
     return out
 
 
+def gflop_per_image(model: Any) -> float:
+    """Forward-pass GFLOP for one 64x64 image (torch's FLOP counter: matmuls, convs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 1, 64, 64))
+    return counter.get_total_flops() / 1e9
+
+
+def sgemm_peak(threads: int) -> float:
+    """GFLOP/s of a large float32 matrix product: what this CPU practically sustains."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(5))
+    return 2 * 2048**3 / best / 1e9
+
+
 def repeats_for(batch: int, base: int) -> int:
     return base if batch == 1 else max(3, base // 4)
 
@@ -168,6 +189,7 @@ def bench_model(
 
     torch.set_num_threads(threads)
     model = build(name)
+    gflop = gflop_per_image(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {
@@ -182,7 +204,7 @@ def bench_model(
                 for p, s in sessions.items():
                     fns[p] = lambda s=s, x=x: s.run(None, {"input": x})
                 med = interleaved(fns, repeats_for(batch, base_repeats))
-            rows.append({"model": name, "batch": batch, **med})
+            rows.append({"model": name, "batch": batch, "gflop": gflop * batch, **med})
             print(
                 f"  {name} bs{batch}: "
                 + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in med.items()),
@@ -306,7 +328,9 @@ def main() -> None:
                 )
                 r["compile"], r["compile_note"] = med, note
                 print(f"  {r['model']} bs{r['batch']}: compile {ms(med)} ({note})", file=sys.stderr)
-        head = ["model", "batch", "eager ms", "fp32 ORT ms", "eager/ORT"]
+        peak = sgemm_peak(args.threads)
+        lines[0] += f" float32 GEMM peak (2048^3 torch.mm): {peak:.0f} GFLOP/s."
+        head = ["model", "batch", "eager ms", "fp32 ORT ms", "eager/ORT", "ORT % of peak"]
         if args.compile:
             head += ["compile ms", "compile/ORT"]
         for p in precisions:
@@ -320,6 +344,7 @@ def main() -> None:
                 ms(r["eager"]),
                 ms(r.get("fp32")),
                 ratio(r["eager"], r.get("fp32")),
+                f"{100 * r['gflop'] / r['fp32'] / peak:.0f}%" if r.get("fp32") else "n/a",
             ]
             if args.compile:
                 cells += [ms(r.get("compile")), ratio(r.get("compile"), r.get("fp32"))]
