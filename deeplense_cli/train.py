@@ -366,40 +366,40 @@ class Trainer:
 
     def plan_early(self, per_step: float) -> None:
         """Fit the run into ``max_minutes`` (training plus validation), planned from the
-        speed of the first steps: as many whole epochs as fit (at most ``epochs``), or, when
-        not even one does, a truncated first epoch; the cosine is stretched over the plan
-        and the warm-up shortened to at most a tenth of it."""
+        speed of the first steps: as many steps as fit (at most ``epochs`` epochs), the last
+        epoch cut short where the budget ends; the cosine is stretched over the plan and the
+        warm-up shortened to at most a tenth of it."""
         assert self.max_minutes is not None
-        budget = self.max_minutes * 60 - self.spent_seconds
         val_batches = math.ceil(len(self.splits.val_idx) / int(self.t["eval_batch_size"]))
         # a forward pass over an evaluation batch costs about a third of a training step
         val_seconds = val_batches * per_step * int(self.t["eval_batch_size"]) / self.batch_size / 3
-        epoch_seconds = self.steps_per_epoch * per_step + val_seconds
-        fit = int(budget / max(epoch_seconds, 1e-9) + 1e-9)
-        if fit >= 1:
-            self.epochs = min(self.max_epochs, fit)
-            self.total_steps = self.epochs * self.steps_per_epoch
-        else:
-            self.epochs = 1
-            steps = int((budget - val_seconds) / max(per_step, 1e-9) + 1e-9)
-            done = self.scheduler.last_epoch
-            self.total_steps = max(done + 1, min(self.steps_per_epoch, steps))
+        per_step_all_in = per_step + val_seconds / self.steps_per_epoch
+        budget = self.max_minutes * 60 - self.spent_seconds
+        steps = int(budget / max(per_step_all_in, 1e-12) + 1e-9)
+        self._set_plan(steps, least=self.scheduler.last_epoch + 1)  # mid-epoch: one more
         self._cap_warmup()
+
+    def _set_plan(self, steps: int, least: int) -> None:
+        cap = self.max_epochs * self.steps_per_epoch
+        self.total_steps = max(least, min(cap, steps), 1)
+        self.epochs = max(self.epoch, math.ceil(self.total_steps / self.steps_per_epoch))
 
     def _cap_warmup(self) -> None:
         self.warmup_steps = min(self.warmup_steps, max(1, round(0.1 * self.total_steps)))
         self.budget_planned = True
 
-    def replan(self, epoch_seconds: float) -> None:
-        """After an epoch: with the measured epoch time (training + validation), plan as many
-        further epochs as the rest of the budget holds (never beyond ``epochs``)."""
+    def replan(self, epoch_seconds: float, epoch_steps: int) -> None:
+        """After an epoch, from its measured time (training + validation): after the first,
+        plan as many steps as the rest of the budget holds (more or fewer); after later ones
+        only ever shorten the plan, when the budget can no longer hold it, so that the
+        learning rate keeps decaying smoothly."""
         assert self.max_minutes is not None
-        if self.total_steps < self.steps_per_epoch:
-            return  # a truncated single epoch: nothing more fits
-        left = self.max_minutes * 60 - self.spent_seconds
-        more = int(max(0.0, left) // max(epoch_seconds, 1e-9))
-        self.epochs = max(self.epoch, min(self.max_epochs, self.epoch + more))
-        self.total_steps = self.epochs * self.steps_per_epoch
+        left = max(0.0, self.max_minutes * 60 - self.spent_seconds)
+        per_step = epoch_seconds / max(1, epoch_steps)
+        affordable = self.scheduler.last_epoch + int(left / max(per_step, 1e-12) + 1e-9)
+        if self.epoch > 1 or self.total_steps < self.steps_per_epoch:
+            affordable = min(affordable, self.total_steps)
+        self._set_plan(affordable, least=self.scheduler.last_epoch)
         if not self.budget_planned:  # epochs too short to probe
             self._cap_warmup()
 
@@ -435,14 +435,14 @@ class Trainer:
         patience = int(self.t.get("patience") or 0)
         stopped_early = False
         while self.epoch < self.epochs:
-            epoch_start = time.perf_counter()
+            epoch_start, steps_before = time.perf_counter(), self.scheduler.last_epoch
             row = self.train_epoch(reporter)
             row.update(self.validate())
             self.epoch = row["epoch"]
             epoch_seconds = time.perf_counter() - epoch_start
             self.spent_seconds += epoch_seconds
             if self.max_minutes:
-                self.replan(epoch_seconds)
+                self.replan(epoch_seconds, self.scheduler.last_epoch - steps_before)
             row["planned_epochs"] = self.epochs
             is_best = improved(row, self.best, self.metric)
             if is_best:

@@ -373,8 +373,11 @@ def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(sim_root: Path, tmp_
     assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
 
 
-def _budget_trainer(steps_per_epoch: int, epochs: int, minutes: float, warmup: int) -> Any:
-    """A Trainer with only what the budget planner reads (no model, no data)."""
+def _budget_trainer(
+    steps_per_epoch: int, epochs: int, minutes: float, warmup: int, val_images: int = 0
+) -> Any:
+    """A Trainer with only what the budget planner reads (no model, no data), 11 steps
+    into its first epoch."""
     from types import SimpleNamespace
 
     from deeplense_cli.train import Trainer
@@ -386,35 +389,51 @@ def _budget_trainer(steps_per_epoch: int, epochs: int, minutes: float, warmup: i
     t.max_minutes, t.spent_seconds, t.budget_planned = minutes, 0.0, False
     t.warmup_steps, t.epoch = warmup, 0
     t.t = {"eval_batch_size": 96}
-    t.splits = SimpleNamespace(val_idx=np.arange(960))  # 10 eval batches
+    t.splits = SimpleNamespace(val_idx=np.arange(val_images))
     t.scheduler = SimpleNamespace(last_epoch=11)
     return t
 
 
 def test_time_budget_plan_arithmetic() -> None:
-    # 100 steps of 0.1 s + 10 eval batches (each 3 x 32 images at a third of a step): 11 s
+    # 100 steps an epoch at 0.1 s, no validation: 60 s hold 600 steps = 6 epochs
     t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=200)
     t.plan_early(0.1)
-    assert (t.epochs, t.total_steps) == (5, 500)  # 60 s // 11 s
-    assert t.warmup_steps == 50  # a tenth of the plan, not the configured 2 epochs
-    t.epoch, t.spent_seconds = 1, 30.0  # the first epoch was slow: re-plan from its time
-    t.replan(30.0)
+    assert (t.epochs, t.total_steps, t.warmup_steps) == (6, 600, 60)  # warm-up: a tenth
+    # the first epoch took 30 s in all: the rest (30 s) holds 100 more steps
+    t.epoch, t.scheduler.last_epoch, t.spent_seconds = 1, 100, 30.0
+    t.replan(30.0, 100)
     assert (t.epochs, t.total_steps) == (2, 200)
-    t.epoch, t.spent_seconds = 2, 70.0  # over budget: stop after this epoch
-    t.replan(40.0)
-    assert t.epochs == 2
-    assert _budget_trainer(100, epochs=3, minutes=10.0, warmup=0).epochs == 3
-    long = _budget_trainer(100, epochs=3, minutes=10.0, warmup=100)
-    long.plan_early(0.1)
-    assert (long.epochs, long.warmup_steps) == (3, 30)  # never more than --epochs
+    # later epochs never lengthen the plan (the learning rate keeps decaying smoothly) ...
+    t.epoch, t.scheduler.last_epoch, t.spent_seconds = 2, 200, 35.0
+    t.replan(5.0, 100)
+    assert (t.epochs, t.total_steps) == (2, 200)
+    # ... but shorten it when the budget cannot hold it
+    t2 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
+    t2.plan_early(0.1)
+    t2.epoch, t2.scheduler.last_epoch, t2.spent_seconds = 2, 200, 50.0
+    t2.replan(25.0, 100)  # 10 s left at 0.25 s a step: 40 steps, the third epoch cut short
+    assert (t2.epochs, t2.total_steps) == (3, 240)
+    # a faster first epoch than the probe: the plan grows, up to --epochs
+    t3 = _budget_trainer(100, epochs=8, minutes=1.0, warmup=0)
+    t3.plan_early(0.2)
+    assert (t3.epochs, t3.total_steps) == (3, 300)
+    t3.epoch, t3.scheduler.last_epoch, t3.spent_seconds = 1, 100, 5.0
+    t3.replan(5.0, 100)
+    assert (t3.epochs, t3.total_steps) == (8, 800)
 
-    short = _budget_trainer(100, epochs=50, minutes=0.1, warmup=200)
-    short.plan_early(0.1)  # 6 s: less than one epoch (11 s) -> a truncated epoch
-    assert short.epochs == 1 and short.total_steps == 50  # (6 s - 1 s of validation) / 0.1 s
-    assert short.warmup_steps == 5
+    # less than one epoch: the first is cut short where the budget ends
+    short = _budget_trainer(100, epochs=50, minutes=0.125, warmup=200)
+    short.plan_early(0.1)
+    assert (short.epochs, short.total_steps, short.warmup_steps) == (1, 75, 8)
     tiny = _budget_trainer(100, epochs=50, minutes=0.001, warmup=200)
     tiny.plan_early(0.1)
-    assert tiny.total_steps == 12  # at least one step past those already taken
+    assert tiny.total_steps == 12  # one step past those already taken
+
+    # validation counts against the budget: 960 images in 96-image batches at a third of
+    # a 32-image step each = 1 s an epoch, i.e. 0.01 s a step on top of 0.1 s
+    val = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0, val_images=960)
+    val.plan_early(0.1)
+    assert val.epochs == 6 and 540 <= val.total_steps <= 546
 
 
 def test_time_budget_shorter_than_an_epoch_truncates_it(sim_root: Path, tmp_path: Path) -> None:
