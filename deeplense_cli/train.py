@@ -381,7 +381,11 @@ class Trainer:
 
     def _set_plan(self, steps: int, least: int) -> None:
         cap = self.max_epochs * self.steps_per_epoch
-        self.total_steps = max(least, min(cap, steps), 1)
+        steps = min(cap, steps)
+        sliver = steps % self.steps_per_epoch
+        if steps > self.steps_per_epoch and sliver < self.steps_per_epoch / 4:
+            steps -= sliver  # no epoch of a few steps at the final learning rate
+        self.total_steps = max(least, steps, 1)
         self.epochs = max(self.epoch, math.ceil(self.total_steps / self.steps_per_epoch))
 
     def _cap_warmup(self) -> None:

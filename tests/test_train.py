@@ -413,6 +413,10 @@ def test_time_budget_plan_arithmetic() -> None:
     t2.epoch, t2.scheduler.last_epoch, t2.spent_seconds = 2, 200, 50.0
     t2.replan(25.0, 100)  # 10 s left at 0.25 s a step: 40 steps, the third epoch cut short
     assert (t2.epochs, t2.total_steps) == (3, 240)
+    # a last epoch of under a quarter is dropped rather than run at the final learning rate
+    t4 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
+    t4.plan_early(0.0984)  # 609 steps: 6 epochs and 9 steps
+    assert (t4.epochs, t4.total_steps) == (6, 600)
     # a faster first epoch than the probe: the plan grows, up to --epochs
     t3 = _budget_trainer(100, epochs=8, minutes=1.0, warmup=0)
     t3.plan_early(0.2)
