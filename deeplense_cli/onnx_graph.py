@@ -167,6 +167,7 @@ def rewrite_einsum(model: Any) -> int:
     graph = model.graph
     new_nodes: list[Any] = []
     rewritten = 0
+    replaced_inputs: set[str] = set()
     for index, node in enumerate(graph.node):
         if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx"):
             new_nodes.append(node)
@@ -176,10 +177,22 @@ def rewrite_einsum(model: Any) -> int:
         builder = _Builder(graph, node.name or f"einsum{index}")
         if eq is not None and (_bmm(node, eq, builder) or _mix(node, eq, builder)):
             new_nodes.extend(builder.nodes)
+            replaced_inputs.update(node.input)
             rewritten += 1
         else:
             new_nodes.append(node)
     if rewritten:
         del graph.node[:]
         graph.node.extend(new_nodes)
+        _drop_unused_initializers(graph, replaced_inputs)
     return rewritten
+
+
+def _drop_unused_initializers(graph: Any, candidates: set[str]) -> None:
+    """Weights only the rewritten einsums read (their transposed copies replace them)."""
+    used = {name for node in graph.node for name in node.input}
+    used |= {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used or i.name not in candidates]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)

@@ -63,6 +63,8 @@ def test_einsum_rewrite_matches_numpy(equation, shape_a, shape_b, weight) -> Non
     assert rewrite_einsum(model) == 1
     onnx.checker.check_model(model)
     assert "Einsum" not in [n.op_type for n in model.graph.node]
+    used = {name for node in model.graph.node for name in node.input}
+    assert all(init.name in used for init in model.graph.initializer), "unused weights left"
     np.testing.assert_allclose(_run(model, feeds), expected, rtol=1e-5, atol=1e-5)
     # the batch axis stays dynamic
     a3 = np.random.default_rng(2).standard_normal((3, *shape_a[1:])).astype(np.float32)
