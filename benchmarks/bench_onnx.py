@@ -11,7 +11,8 @@ gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
     python benchmarks/bench_onnx.py --models CCT --compile --compile-timeout 300
 
 ``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
-spinning, optimisation levels, one thread, the transformers optimizer). ``--compile``
+spinning, optimisation levels, one thread, the transformers optimizer) and the export
+without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--compile``
 adds torch.compile (inductor), each model and batch size compiled in a child process that
 is killed after ``--compile-timeout`` seconds.
 """
@@ -224,8 +225,14 @@ def bench_variants(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_model(model, Path(tmp), "fp32")
+        from deeplense_cli.export import export_fp32
+
+        plain = Path(tmp) / "no-rewrites.onnx"
+        x64 = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+        export_fp32(model, x64, plain, rewrite=False)
         variants: dict[str, Any] = {
             "deeplense": session(path, threads),
+            "no graph rewrites": session(plain, threads),
             "ORT defaults": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
             "spinning on": session(path, threads, spinning=True),
             "basic opt": session(path, threads, optimization="basic"),

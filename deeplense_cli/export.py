@@ -189,8 +189,13 @@ def export_fp32(
     path: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
+    rewrite: bool = True,
 ) -> tuple[str, int]:
     """Export ``model`` with a dynamic batch axis to ONE file; returns (exporter, opset).
+
+    ``rewrite`` (default) applies the exact speed rewrites: nn.Unfold as a convolution
+    (:mod:`deeplense_cli.export_modules`) and einsums as MatMuls
+    (:mod:`deeplense_cli.onnx_graph`); ``False`` is for measuring what they buy.
 
     ``legacy`` (TorchScript tracing) exports all eleven built-in architectures in seconds
     and its graphs run as fast as the dynamo exporter's once ONNX Runtime has optimised
@@ -205,7 +210,8 @@ def export_fp32(
         x = torch.cat([x, x])
     from deeplense_cli.export_modules import export_copy
 
-    model, _ = export_copy(model)  # nn.Unfold as a convolution: same numbers, faster graph
+    if rewrite:
+        model, _ = export_copy(model)  # nn.Unfold as a convolution: same numbers, faster graph
     errors = []
     for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):
         used_opset = max(opset, 18) if kind == "dynamo" else opset
@@ -245,7 +251,8 @@ def export_fp32(
             data_file.unlink()
             errors.append(f"{kind}: wrote external data")
             continue
-        _rewrite_graph(path)
+        if rewrite:
+            _rewrite_graph(path)
         return kind, used_opset
     raise DeepLenseError("ONNX export failed (" + "; ".join(errors) + ")")
 
