@@ -208,9 +208,9 @@ def export_fp32(
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
     if len(x) < 2:  # batch 2, so that no size-1 batch gets specialised
         x = torch.cat([x, x])
-    from deeplense_cli.export_modules import export_copy
-
     if rewrite:
+        from deeplense_cli.export_modules import export_copy
+
         model, _ = export_copy(model)  # nn.Unfold as a convolution: same numbers, faster graph
     errors = []
     for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):

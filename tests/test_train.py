@@ -394,25 +394,28 @@ def _budget_trainer(
     return t
 
 
+def _end_epoch(t: Any, epoch: int, spent: float, epoch_seconds: float) -> None:
+    """The planner after whole epoch ``epoch`` (100 steps each) with ``spent`` s used."""
+    t.epoch, t.scheduler.last_epoch, t.spent_seconds = epoch, epoch * 100, spent
+    t.replan(epoch_seconds, 100)
+
+
 def test_time_budget_plan_arithmetic() -> None:
     # 100 steps an epoch at 0.1 s, no validation: 60 s hold 600 steps = 6 epochs
     t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=200)
     t.plan_early(0.1)
     assert (t.epochs, t.total_steps, t.warmup_steps) == (6, 600, 60)  # warm-up: a tenth
     # the first epoch took 30 s in all: the rest (30 s) holds 100 more steps
-    t.epoch, t.scheduler.last_epoch, t.spent_seconds = 1, 100, 30.0
-    t.replan(30.0, 100)
+    _end_epoch(t, 1, spent=30.0, epoch_seconds=30.0)
     assert (t.epochs, t.total_steps) == (2, 200)
     # later epochs never lengthen the plan (the learning rate keeps decaying smoothly) ...
-    t.epoch, t.scheduler.last_epoch, t.spent_seconds = 2, 200, 35.0
-    t.replan(5.0, 100)
+    _end_epoch(t, 2, spent=35.0, epoch_seconds=5.0)
     assert (t.epochs, t.total_steps) == (2, 200)
     # ... but shorten it when the budget cannot hold it
     t2 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
     t2.plan_early(0.1)
-    t2.epoch, t2.scheduler.last_epoch, t2.spent_seconds = 2, 200, 50.0
-    t2.replan(25.0, 100)  # 10 s left at 0.25 s a step: 40 steps, the third epoch cut short
-    assert (t2.epochs, t2.total_steps) == (3, 240)
+    _end_epoch(t2, 2, spent=50.0, epoch_seconds=25.0)  # 10 s left at 0.25 s a step: 40 steps
+    assert (t2.epochs, t2.total_steps) == (3, 240)  # the third epoch cut short
     # a last epoch of under a quarter is dropped rather than run at the final learning rate
     t4 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
     t4.plan_early(0.0984)  # 609 steps: 6 epochs and 9 steps
@@ -421,8 +424,7 @@ def test_time_budget_plan_arithmetic() -> None:
     t3 = _budget_trainer(100, epochs=8, minutes=1.0, warmup=0)
     t3.plan_early(0.2)
     assert (t3.epochs, t3.total_steps) == (3, 300)
-    t3.epoch, t3.scheduler.last_epoch, t3.spent_seconds = 1, 100, 5.0
-    t3.replan(5.0, 100)
+    _end_epoch(t3, 1, spent=5.0, epoch_seconds=5.0)
     assert (t3.epochs, t3.total_steps) == (8, 800)
 
     # less than one epoch: the first is cut short where the budget ends

@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.options import option_group
+
 
 def slurm_options(submit_help: str, wait_help: str) -> Callable[[Any], Any]:
     """``--slurm`` plus the resource flags; ``kw`` then holds them for :func:`slurm_flags`."""
-    options = [
+    return option_group(
         click.option("--slurm", is_flag=True, help=submit_help),
         click.option("--partition", help="SLURM partition (see `sinfo`)."),
         click.option("--gpus", type=int, help="GPUs per node."),
@@ -20,14 +22,7 @@ def slurm_options(submit_help: str, wait_help: str) -> Callable[[Any], Any]:
         click.option("--account"),
         click.option("--qos"),
         click.option("--wait", is_flag=True, help=wait_help),
-    ]
-
-    def decorate(fn: Any) -> Any:
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return decorate
+    )
 
 
 def slurm_flags(kw: dict[str, Any]) -> dict[str, Any]:

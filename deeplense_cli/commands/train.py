@@ -7,38 +7,27 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.options import option_group
 from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.console import err_console
 
-
-def data_options(fn: Any) -> Any:
-    """Where the data is and how it is split: the flags that :func:`data_flags` reads."""
-    for opt in reversed(
-        [
-            click.option("--dataset", help="Model_I, Model_II or Model_III under the data root."),
-            click.option(
-                "--data", "data_path", type=click.Path(), help="Any class-per-folder tree."
-            ),
-            click.option(
-                "--data-root", type=click.Path(), help="Data root (default $DEEPLENSE_HOME/data)."
-            ),
-            click.option("--split-seed", type=int, help="Seed of the train/validation split."),
-            click.option(
-                "--val-fraction", type=float, help="Share of the training folder for validation."
-            ),
-            click.option(
-                "--max-train-per-class", type=int, help="Use at most N training images per class."
-            ),
-            click.option(
-                "--max-test-per-class", type=int, help="Use at most N test images per class."
-            ),
-            click.option(
-                "--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files."
-            ),
-        ]
-    ):
-        fn = opt(fn)
-    return fn
+# Where the data is and how it is split: the flags that :func:`data_flags` reads.
+data_options = option_group(
+    click.option("--dataset", help="Model_I, Model_II or Model_III under the data root."),
+    click.option("--data", "data_path", type=click.Path(), help="Any class-per-folder tree."),
+    click.option(
+        "--data-root", type=click.Path(), help="Data root (default $DEEPLENSE_HOME/data)."
+    ),
+    click.option("--split-seed", type=int, help="Seed of the train/validation split."),
+    click.option("--val-fraction", type=float, help="Share of the training folder for validation."),
+    click.option(
+        "--max-train-per-class", type=int, help="Use at most N training images per class."
+    ),
+    click.option("--max-test-per-class", type=int, help="Use at most N test images per class."),
+    click.option(
+        "--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files."
+    ),
+)
 
 
 def data_flags(kw: dict[str, Any]) -> dict[str, Any]:
