@@ -111,6 +111,10 @@ ReturnToService=2
 # 'scontrol requeue'. Jobs must be requeueable, and a killed step should go quickly.
 JobRequeue=1
 KillWait=5
+# A requeued job may start again only once its old step credentials expire (the same job id
+# on the same node is refused with "Job credential revoked" before that); SLURM holds it for
+# cred_expire seconds (default 120). 10 s keeps the requeue tests short.
+AuthInfo=cred_expire=10
 # On preemption, also send the job's --signal (USR2), as clusters that preempt do.
 SlurmctldParameters=preempt_send_user_signal
 MinJobAge=300

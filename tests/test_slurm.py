@@ -99,17 +99,19 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _release_requeued(job_id: str) -> None:
-    """A requeued job waits ~2 minutes (Reason=BeginTime); let it start now."""
+def _wait_requeued(job_id: str) -> None:
+    """Wait until the requeue has put the job back in the queue.
+
+    It is not released by hand (``scontrol update StartTime=now``): a requeued job that starts
+    again before its old step credentials expire is killed by slurmd ("Job credential
+    revoked") and ends FAILED. The test cluster keeps that hold short (cred_expire=10).
+    """
     state = _until(
         lambda: (s := slurm.sacct_states([job_id]).get(job_id, ("", ""))[0]) in ("PENDING",) and s,
         30,
         f"job {job_id} back in PENDING after the requeue",
     )
     assert state == "PENDING"
-    subprocess.run(
-        ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=20
-    )
 
 
 # ---- no SLURM --------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def test_requeued_job_resumes_and_finishes(home: Path, tmp_path: Path) -> None:
     assert job.name == "count_to"
     _until(lambda: len(_lines(progress)) >= 4, 30, "progress before the requeue")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=20)
-    _release_requeued(job.job_id)
+    _wait_requeued(job.job_id)
     result = slurm.wait(job, poll=0.3, timeout=90)
     print(f"requeue roundtrip: {time.monotonic() - t0:.1f} s")
     assert result["restarts"] == 1
@@ -343,7 +345,7 @@ def test_preemption_signal_checkpoints_and_requeues(home: Path, tmp_path: Path) 
     job = slurm.submit(slurm.Resumable(count_to, str(progress), 30, 0.25), name="preempted")
     _until(lambda: len(_lines(progress)) >= 4, 30, "progress before the signal")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=20)
-    _release_requeued(job.job_id)
+    _wait_requeued(job.job_id)
     result = slurm.wait(job, poll=0.3, timeout=90)
     assert result["restarts"] == 1 and result["started_at"] >= 4
     assert _lines(progress) == [str(i) for i in range(1, 31)]
