@@ -444,6 +444,12 @@ def _run_trial(
         ):
             shutil.copyfile(Path(folder) / "last.pt", tmp)
         resume = True
+    elif run.checkpoint_path("last").exists():
+        # Ray registers a reported checkpoint in a separate step after the result: a search
+        # interrupted in between (Ctrl+C, preemption) restores the trial without one. The
+        # run's own last checkpoint (written atomically before the report) is as good.
+        init_run(config, run, splits)
+        resume = True
     else:
         shutil.rmtree(run.path, ignore_errors=True)  # a restart without checkpoint starts over
         run.path.mkdir(parents=True)

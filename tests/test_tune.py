@@ -420,7 +420,8 @@ def test_interrupted_search_resumes_from_checkpoints(
 ) -> None:
     """Ctrl+C a `deeplense tune` process once its second trial has a Ray checkpoint, then
     `--resume`: the finished trial is not run again, the interrupted one continues from its
-    checkpoint (its first epoch is not retrained), the trial not yet started runs."""
+    checkpoint (its first epoch is not retrained, whether or not Ray had registered that
+    checkpoint), the trial not yet started runs."""
     home = tmp_path_factory.mktemp("inthome")
     space_file = home / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
@@ -438,9 +439,10 @@ def test_interrupted_search_resumes_from_checkpoints(
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            # trials run one at a time: two trials with checkpoints = trial 1 ended and
-            # trial 2 reported its first epoch
-            if len({p.parent.parent for p in exp.glob("trial_*/checkpoint_*/last.pt")}) >= 2:
+            # trials run one at a time: two runs with a last checkpoint = trial 1 ended and
+            # trial 2 finished its first epoch; interrupted now, Ray has usually not yet
+            # registered that epoch's checkpoint, and the trial resumes from its own run
+            if len(list(exp.glob("runs/*/checkpoints/last.pt"))) >= 2:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[0]
@@ -501,3 +503,51 @@ def test_slurm_runs_the_whole_search_as_one_job(
     assert len(jobs) == 1 and jobs[0].isdigit()  # submitit's folder of the one job
     assert (exp / "best_config.yaml").is_file()
     assert "Best trial" in result.output
+
+
+def test_trial_restored_without_a_ray_checkpoint_resumes_from_its_run(
+    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray registers a reported checkpoint in a step after the result, so a search interrupted
+    in between restores the trial with no checkpoint: it must continue from its run's own last
+    checkpoint, not train its epochs again. A real search cannot be stopped in that window on
+    purpose (test_interrupted_search_resumes_from_checkpoints runs the real path), so Ray's
+    session calls are replaced here; the training is real."""
+    from ray import tune
+
+    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.tune import _run_trial
+
+    reported: list[dict[str, Any]] = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(
+        tune, "get_context", lambda: type("Ctx", (), {"get_trial_id": lambda self: "t1"})()
+    )
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    base = resolve(
+        {},
+        {
+            "model": {"name": "cvt"},
+            "data": {"dataset": "Model_III", "data_root": str(sim_root), "val_fraction": 0.3},
+            "train": {"epochs": 2, "batch_size": 16},
+        },
+    )
+    params = {"model.s1_depth": 1, "model.s2_depth": 1, "model.s2_heads": 2}
+    run = RunDir(tmp_path / "t1")
+
+    def trial(epochs: int) -> None:
+        base["train"]["epochs"] = epochs
+        _run_trial(params, base=base, runs_dir=str(tmp_path), env={}, threads=1)
+
+    trial(1)  # epoch 1, reported; its checkpoint then "lost" by Ray
+    first = run.metrics_path.read_text().splitlines()
+    trial(2)  # restored without a Ray checkpoint
+    rows = run.metrics_path.read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    assert rows[0] == first[0]  # epoch 1 was not trained again: the same row, timings and all
+    assert [m["epoch"] for m in reported] == [1, 2]
+
+    shutil.rmtree(run.path / "checkpoints")  # no checkpoint anywhere: the trial starts over
+    trial(1)
+    again = run.metrics_path.read_text().splitlines()
+    assert len(again) == 1 and again[0] != first[0]
