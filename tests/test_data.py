@@ -657,3 +657,35 @@ def test_read_image_never_calls_allow_pickle(
         zf.writestr("image.npy", (tmp_path / "a.npy").read_bytes())
     (tmp_path / "c.npz").write_bytes(buf.getvalue())
     assert read_image(tmp_path / "c.npz")[1] == pytest.approx(1e-23)
+
+
+def test_npy_headers_are_parsed_one_thread_at_a_time(tmp_path: Path) -> None:
+    """numpy parses .npy headers with ast.literal_eval; on CPython 3.11 before 3.11.8 two
+    threads doing that at once can fail ("AST constructor recursion depth mismatch", seen in
+    CI while the cache build's reader threads ran), so every header parse takes one lock."""
+    import threading
+
+    from deeplense_cli.data import readers
+
+    buf = io.BytesIO()
+    np.save(buf, np.ones((8, 8), np.float32))
+    done: list[object] = []
+    with readers._NPY_HEADER_LOCK:
+        thread = threading.Thread(
+            target=lambda: done.append(readers.read_npy_header(io.BytesIO(buf.getvalue())))
+        )
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and not done  # waits for the lock
+    thread.join(5)
+    assert done == [((8, 8), False, np.dtype("<f4"))]
+    # both readers go through it: the image reader and the dtype summary
+    path = tmp_path / "a.npy"
+    np.save(path, np.ones((8, 8), np.float32))
+    with readers._NPY_HEADER_LOCK:
+        thread = threading.Thread(target=lambda: done.append(readers.read_image(path)))
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()
+    thread.join(5)
+    assert not thread.is_alive() and len(done) == 2

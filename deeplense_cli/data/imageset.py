@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 
 from deeplense_cli import paths
-from deeplense_cli.data.readers import BadImageError, has_supported_extension, read_image
+from deeplense_cli.data.readers import (
+    BadImageError,
+    has_supported_extension,
+    read_image,
+    read_npy_header,
+)
 from deeplense_cli.errors import DeepLenseError
 
 CACHE_VERSION = 1
@@ -292,11 +297,7 @@ def _source_dtype(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".npy"):
         with contextlib.suppress(Exception), open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                _, _, dt = np.lib.format.read_array_header_1_0(fh)
-            else:
-                _, _, dt = np.lib.format.read_array_header_2_0(fh)
+            _, _, dt = read_npy_header(fh)
             return "object [image, axion_mass]" if dt.hasobject else str(dt)
         return "npy"
     for suffix, label in ((".npz", "npz"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpeg")):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -163,16 +164,29 @@ def _as_image(raw: Any) -> np.ndarray:
     return img
 
 
-def _read_npy(fh: IO[bytes], allow_object: bool) -> tuple[Any, float | None]:
+# numpy parses .npy headers with ast.literal_eval, and CPython 3.11 (before 3.11.8) keeps the
+# AST converter's recursion depth in a global: two threads parsing at once (the cache build and
+# prediction read files in threads) fail with "SystemError: AST constructor recursion depth
+# mismatch". Header parses are microseconds, so one lock costs nothing.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` of the .npy file at ``fh``'s position (any version);
+    leaves ``fh`` at the start of the data. Raises what numpy raises on a malformed header."""
     fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
+    version = fmt.read_magic(fh)
+    with _NPY_HEADER_LOCK:
         if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:
-            shape, fortran, dtype = fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
+            return fmt.read_array_header_1_0(fh)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(fh)
+        return fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
+
+
+def _read_npy(fh: IO[bytes], allow_object: bool) -> tuple[Any, float | None]:
+    try:
+        shape, fortran, dtype = read_npy_header(fh)
     except (ValueError, OSError, SyntaxError, TypeError) as exc:
         raise _Bad(f"not a valid .npy file ({exc})") from None
     if dtype.hasobject:
