@@ -145,6 +145,43 @@ def test_cait_is_deterministic_in_eval_but_drops_layers_in_training() -> None:
     assert any(not torch.equal(train_outs[0], o) for o in train_outs[1:])
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "model", model)  # the zero-padding wrapper holds the model
+
+
+def test_twins_svt_embeds_raw_pixels_without_normalising_each_patch() -> None:
+    """Upstream's LayerNorm over each 4x4 pixel patch makes a faint patch look like a bright
+    one; the default embedding keeps brightness, the upstream one (first_patch_norm) loses it."""
+    images = torch.rand(1, 1, 64, 64)
+    for norm, scale_invariant in ((False, False), (True, True)):
+        embed = _unwrap(get_architecture("TwinsSVT").build(image_size=64, first_patch_norm=norm))
+        embed = embed.layers[0][0].eval()
+        with torch.no_grad():
+            same = torch.allclose(embed(images), embed(images * 10), atol=1e-4)
+        assert same is scale_invariant
+
+
+def test_twins_svt_attention_heads_follow_the_stage_width() -> None:
+    """head_dim channels per head, emb_dim // head_dim heads (upstream: 8 x 64 everywhere)."""
+    model = _unwrap(get_architecture("TwinsSVT").build(image_size=64))
+    dims = get_architecture("TwinsSVT").defaults["emb_dims"]
+    for stage, dim in enumerate(dims):
+        for module in model.layers[stage].modules():
+            if hasattr(module, "to_q"):
+                assert module.to_q.out_channels == dim and module.heads == max(1, dim // 32)
+
+
+def test_pit_embeddings_start_small() -> None:
+    """vit-pytorch draws PiT's position embedding and class token from N(0, 1); they start at
+    std 0.02 (truncated at 2 std), as in PiT's own code."""
+    torch.manual_seed(0)
+    model = _unwrap(get_architecture("PiT").build(image_size=64))
+    for param in (model.pos_embedding, model.cls_token):
+        assert param.abs().max() <= 0.04 and param.std() > 0.005
+    upstream = _unwrap(get_architecture("PiT").build(image_size=64, embedding_init_std=1.0))
+    assert upstream.pos_embedding.std() > 0.5
+
+
 # --- the contract check must catch broken architectures --------------------------------
 
 
