@@ -171,6 +171,18 @@ def test_twins_svt_attention_heads_follow_the_stage_width() -> None:
                 assert module.to_q.out_channels == dim and module.heads == max(1, dim // 32)
 
 
+def test_levit_output_depends_on_the_image_at_initialisation() -> None:
+    """vit-pytorch zero-initialises the output BatchNorm of LeViT's downsampling attention
+    blocks, which have no residual: every image then gave the same logits until those weights
+    moved, and under bf16 autocast they never did (training loss stuck at ln 3)."""
+    torch.manual_seed(0)
+    for stem_stride in (16, 8):
+        model = get_architecture("LeViT").build(image_size=64, stem_stride=stem_stride).eval()
+        with torch.no_grad():
+            a, b = model(torch.zeros(1, 1, 64, 64)), model(torch.rand(1, 1, 64, 64))
+        assert (a - b).abs().max() > 1e-4  # upstream's initialisation: exactly equal
+
+
 def test_pit_embeddings_start_small() -> None:
     """vit-pytorch draws PiT's position embedding and class token from N(0, 1); they start at
     std 0.02 (truncated at 2 std), as in PiT's own code."""

@@ -340,6 +340,15 @@ def build_levit(
     if stem_stride == 8:
         model.conv_embedding[2] = nn.Conv2d(64, dims[0], 3, stride=2, padding=1)
         model.conv_embedding = model.conv_embedding[:3]
+    # Upstream zero-initialises the output BatchNorm of every attention block. In a residual
+    # block that starts the block as the identity; the two downsampling blocks have no
+    # residual, so there it made the whole network's output independent of the image at
+    # initialisation, and learning could only start through those BatchNorm weights (float32
+    # crawled out of it, bf16 autocast never did). LeViT's own code initialises them to 1.
+    for block in model.backbone:
+        if not block.attn_residual:
+            for attention, _ in block.layers:
+                nn.init.ones_(attention.to_out[2].weight)
     return pad_to(model, image_size, target)
 
 
@@ -357,9 +366,7 @@ LEVIT = Architecture(
         "stem_stride": 16,
     },
     description="LeViT: convolutional stem and attention stages with downsampling attention",
-    # Under bf16 autocast LeViT did not learn at all (training loss stuck at ln 3 for 20
-    # epochs on Model_III, where float32 reached 90%): it trains in float32 by default.
-    train_defaults={**train_defaults(5e-4), "amp": "off"},
+    train_defaults=train_defaults(5e-4),
     tune_space={
         **training_space((1e-5, 2e-3)),
         "model.depth": choice([2, 3, 5]),
