@@ -660,9 +660,9 @@ def test_read_image_never_calls_allow_pickle(
 
 
 def test_npy_headers_are_parsed_one_thread_at_a_time(tmp_path: Path) -> None:
-    """numpy parses .npy headers with ast.literal_eval; on CPython 3.11 before 3.11.8 two
-    threads doing that at once can fail ("AST constructor recursion depth mismatch", seen in
-    CI while the cache build's reader threads ran), so every header parse takes one lock."""
+    """numpy parses .npy headers with ast.literal_eval; on CPython 3.11.7 two threads doing
+    that at once can fail ("AST constructor recursion depth mismatch", seen in a full test
+    run while the cache build's reader threads ran), so every header parse takes one lock."""
     import threading
 
     from deeplense_cli.data import readers

@@ -279,7 +279,7 @@ TWINS_SVT = Architecture(
         "first_patch_norm": False,
     },
     description="Twins-SVT: spatially separable (local + global) attention in 4 stages",
-    # 5e-4 (and 2e-4) kept the training loss at ln 3 for hundreds of steps; 1e-4 learns.
+    # In a 100-step probe 5e-4 and 2e-4 kept the training loss near ln 3; 1e-4 learned.
     train_defaults=train_defaults(1e-4),
     tune_space={
         **training_space((1e-5, 3e-4)),
@@ -578,8 +578,7 @@ def build_pit(
     """Pooling-based ViT: token grids halved by depth-wise convolutions between stages.
 
     The position embedding and class token start from N(0, ``embedding_init_std``) truncated
-    at 2 std, as in PiT's own code (0.02); vit-pytorch draws them from N(0, 1), which buries
-    the patch embeddings (of order 0.5 here) under noise at the start of training.
+    at 2 std, as in PiT's own code (0.02); vit-pytorch draws them from N(0, 1) (1.0 here).
     """
     import torch.nn as nn
     from vit_pytorch.pit import PiT
@@ -612,7 +611,8 @@ PIT = Architecture(
         "patch_size": 8,
         # PiT-Ti's shape (the paper's smallest): widths 64/128/256, heads of 32 channels.
         # The earlier 128-wide, 3 x 64-head, dropout-0.1 default at lr 2e-4 stayed at chance for
-        # 4 epochs (7 CPU minutes); this one learns within the first epoch and is ~3x faster.
+        # 4 epochs (7 CPU minutes); this one is ~3.4x faster but still slow to learn (its loss
+        # leaves ln 3 only at epochs 9-10 of the same budget; see BENCHMARKS.md).
         "dim": 64,
         "depth": (3, 3, 4),
         "heads": (2, 4, 8),
