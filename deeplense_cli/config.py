@@ -31,6 +31,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "max_train_per_class": None,
     "max_test_per_class": None,
     "skip_bad": False,
+    # standardise inputs with the training pixels' mean and std (after min-max per image)
+    "standardize": True,
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {

@@ -20,7 +20,7 @@ import numpy as np
 from deeplense_cli import __version__
 from deeplense_cli.errors import DeepLenseError
 from deeplense_cli.rundir import RunDir
-from deeplense_cli.transforms import default_transform, normalize
+from deeplense_cli.transforms import default_transform, normalize, pixel_statistics, spec_statistics
 
 if TYPE_CHECKING:
     import torch
@@ -159,18 +159,25 @@ def load_splits(config: dict[str, Any], progress: Callable[..., None] | None = N
     )
 
 
-def transform_for(splits: Splits) -> dict[str, Any]:
+def transform_for(splits: Splits, standardize: bool = True) -> dict[str, Any]:
+    """The run's transform: min-max per image, then the training pixels' mean and std."""
     shape = splits.train.images.shape
     if shape[-1] != shape[-2]:
         raise DeepLenseError(f"images must be square, got {shape[-2]}x{shape[-1]}")
-    return default_transform(image_size=int(shape[-1]), in_channels=int(shape[1]))
+    mean = std = None
+    if standardize:
+        mean, std = pixel_statistics(splits.train.images, splits.train_idx)
+    return default_transform(
+        image_size=int(shape[-1]), in_channels=int(shape[1]), mean=mean, std=std
+    )
 
 
 def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
     """Write everything a run needs to be evaluated, exported or resumed later."""
     run.write_config({**config, "deeplense_version": __version__})
     run.write_record("classes", list(splits.classes))
-    run.write_record("transform", transform_for(splits))
+    standardize = bool(config["data"].get("standardize", True))
+    run.write_record("transform", transform_for(splits, standardize))
     run.write_record("split", splits.record())
 
 
@@ -191,7 +198,8 @@ class Trainer:
             prepare_cpu_threads(t.get("num_threads"))
         self.seed = int(t["seed"])
         torch.manual_seed(self.seed)
-        self.transform = transform_for(splits)
+        self.transform = run.transform  # written by init_run: the same on --resume
+        self.stats = spec_statistics(self.transform)
         arch = get_architecture(config["model"]["name"])
         self.model = arch.build(
             image_size=self.transform["image_size"],
@@ -299,7 +307,13 @@ class Trainer:
         import torch
 
         idx = np.sort(idx)  # sequential reads from the memory-mapped cache
-        x = torch.from_numpy(normalize(np.asarray(self.splits.train.images[idx])))
+        x = torch.from_numpy(
+            normalize(
+                np.asarray(self.splits.train.images[idx]),
+                self.transform.get("normalize", "minmax"),
+                *self.stats,
+            )
+        )
         if rng is not None:
             x = augment(x, rng)
         x = x.to(self.device, non_blocking=True)

@@ -16,16 +16,64 @@ from deeplense_cli.errors import DeepLenseError
 NORMALIZATIONS = ("minmax", "none")
 
 
-def default_transform(image_size: int, in_channels: int = 1) -> dict[str, Any]:
-    return {"normalize": "minmax", "image_size": int(image_size), "in_channels": int(in_channels)}
+# Images used to measure the training set's pixel mean and standard deviation.
+STATS_SAMPLE = 2048
 
 
-def normalize(images: np.ndarray, method: str = "minmax") -> np.ndarray:
+def default_transform(
+    image_size: int,
+    in_channels: int = 1,
+    mean: float | None = None,
+    std: float | None = None,
+) -> dict[str, Any]:
+    """The transform spec; ``mean``/``std`` (of normalised training pixels) standardise."""
+    spec: dict[str, Any] = {
+        "normalize": "minmax",
+        "image_size": int(image_size),
+        "in_channels": int(in_channels),
+    }
+    if mean is not None and std is not None:
+        spec["mean"], spec["std"] = float(mean), float(std)
+    return spec
+
+
+def pixel_statistics(images: Any, idx: np.ndarray, method: str = "minmax") -> tuple[float, float]:
+    """Mean and standard deviation of the normalised pixels of ``images[idx]``.
+
+    At most ``STATS_SAMPLE`` evenly spaced images of ``idx`` are read (deterministic).
+    """
+    idx = np.sort(np.asarray(idx))
+    if len(idx) > STATS_SAMPLE:
+        idx = idx[np.linspace(0, len(idx) - 1, STATS_SAMPLE).round().astype(int)]
+    if len(idx) == 0:
+        raise DeepLenseError("no training images to measure the pixel statistics on")
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(idx), 256):
+        x = normalize(np.asarray(images[idx[start : start + 256]]), method).astype(np.float64)
+        total += float(x.sum())
+        total_sq += float(np.square(x).sum())
+        count += x.size
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    if not np.isfinite(std) or std <= 1e-6:
+        std = 1.0  # constant training images: only shift them
+    return mean, std
+
+
+def normalize(
+    images: np.ndarray,
+    method: str = "minmax",
+    mean: float | None = None,
+    std: float | None = None,
+) -> np.ndarray:
     """Normalise a stack of images ``(N, [C,] H, W)`` per image; returns float32.
 
     ``minmax`` maps each image to [0, 1] (a constant image becomes all zeros), as the
     reference project did; it makes Model_I's photon counts and Model_II/III's fluxes
-    comparable.
+    comparable. With ``mean`` and ``std`` (the training set's statistics after that step),
+    the result is then standardised: ``(x - mean) / std``. Min-max lensing images are mostly
+    dark sky (Model_III: mean 0.04, std 0.11), which left the inputs of linear patch
+    embeddings nearly constant and kept PiT at chance.
     """
     x = np.asarray(images, dtype=np.float32)
     if method == "none":
@@ -39,7 +87,24 @@ def normalize(images: np.ndarray, method: str = "minmax") -> np.ndarray:
     span = x.max(axis=axes, keepdims=True) - lo
     out = np.zeros_like(x)
     np.divide(x - lo, span, out=out, where=span > 0)
+    if mean is not None and std is not None:
+        out -= np.float32(mean)
+        out /= np.float32(std)
     return out
+
+
+def spec_statistics(spec: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The spec's standardisation (``None, None`` for runs made before it existed)."""
+    mean, std = spec.get("mean"), spec.get("std")
+    if mean is None or std is None:
+        return None, None
+    try:
+        mean, std = float(mean), float(std)
+    except (TypeError, ValueError):
+        raise DeepLenseError(f"bad transform statistics mean={mean!r} std={std!r}") from None
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise DeepLenseError(f"bad transform statistics mean={mean} std={std}")
+    return mean, std
 
 
 def apply_transform(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -55,4 +120,4 @@ def apply_transform(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
             f"images are {x.shape[1]}x{x.shape[2]}x{x.shape[3]} (channels x height x width) "
             f"but the model expects {channels}x{size}x{size}"
         )
-    return normalize(x, spec.get("normalize", "minmax"))
+    return normalize(x, spec.get("normalize", "minmax"), *spec_statistics(spec))

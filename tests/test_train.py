@@ -157,12 +157,35 @@ def test_improved_uses_metric_direction_and_loss_tiebreak() -> None:
 # ---- real training runs on simulated data ------------------------------------------
 
 
+def test_standardize_off_keeps_plain_minmax_inputs(sim_root: Path, tmp_path: Path) -> None:
+    run = _train(sim_root, tmp_path / "run", "--epochs", "1", "--set", "data.standardize=false")
+    assert run.transform == {"normalize": "minmax", "image_size": 64, "in_channels": 1}
+
+
 def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
     run = _train(sim_root, tmp_path / "run")
     for name in ("config.yaml", "classes.json", "transform.json", "split.json", "metrics.jsonl"):
         assert (run.path / name).is_file(), name
     assert run.classes == ["axion", "cdm", "no_sub"]
-    assert run.transform == {"normalize": "minmax", "image_size": 64, "in_channels": 1}
+    transform = run.transform
+    assert {k: transform[k] for k in ("normalize", "image_size", "in_channels")} == {
+        "normalize": "minmax",
+        "image_size": 64,
+        "in_channels": 1,
+    }
+    # standardised with the training images' statistics (after min-max), not val/test's
+    from deeplense_cli.data import make_splits, resolve_source
+    from deeplense_cli.transforms import normalize
+
+    splits = make_splits(
+        resolve_source(dataset="Model_III", data=None, data_root=str(sim_root)),
+        val_fraction=0.1,
+        test_fraction=0.1,
+        seed=0,
+    )
+    pixels = normalize(np.asarray(splits.train.images[np.sort(splits.train_idx)]))
+    assert transform["mean"] == pytest.approx(float(pixels.mean()), rel=1e-4)
+    assert transform["std"] == pytest.approx(float(pixels.std()), rel=1e-4)
     cfg = run.read_config()
     assert cfg["model"]["name"] == "ResNet18" and cfg["train"]["epochs"] == 2
     rows = run.read_metrics()
