@@ -152,13 +152,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def test_twins_svt_embeds_raw_pixels_without_normalising_each_patch() -> None:
     """Upstream's LayerNorm over each 4x4 pixel patch makes a faint patch look like a bright
     one; the default embedding keeps brightness, the upstream one (first_patch_norm) loses it."""
+    torch.manual_seed(0)
     images = torch.rand(1, 1, 64, 64)
     for norm, scale_invariant in ((False, False), (True, True)):
         embed = _unwrap(get_architecture("TwinsSVT").build(image_size=64, first_patch_norm=norm))
         embed = embed.layers[0][0].eval()
         with torch.no_grad():
-            same = torch.allclose(embed(images), embed(images * 10), atol=1e-4)
-        assert same is scale_invariant
+            a, b = embed(images), embed(images * 10)
+        # relative: LayerNorm's epsilon leaves ~1e-4 of the output, a 10x brightness ~1
+        change = float((a - b).abs().max() / a.abs().max())
+        assert (change < 1e-3) is scale_invariant, change
 
 
 def test_twins_svt_attention_heads_follow_the_stage_width() -> None:
