@@ -20,7 +20,7 @@ import numpy as np
 from deeplense_cli import __version__
 from deeplense_cli.errors import DeepLenseError
 from deeplense_cli.rundir import RunDir
-from deeplense_cli.transforms import default_transform, normalize, pixel_statistics, spec_statistics
+from deeplense_cli.transforms import apply_transform, default_transform, pixel_statistics
 
 if TYPE_CHECKING:
     import torch
@@ -199,7 +199,6 @@ class Trainer:
         self.seed = int(t["seed"])
         torch.manual_seed(self.seed)
         self.transform = run.transform  # written by init_run: the same on --resume
-        self.stats = spec_statistics(self.transform)
         arch = get_architecture(config["model"]["name"])
         self.model = arch.build(
             image_size=self.transform["image_size"],
@@ -308,11 +307,7 @@ class Trainer:
 
         idx = np.sort(idx)  # sequential reads from the memory-mapped cache
         x = torch.from_numpy(
-            normalize(
-                np.asarray(self.splits.train.images[idx]),
-                self.transform.get("normalize", "minmax"),
-                *self.stats,
-            )
+            apply_transform(np.asarray(self.splits.train.images[idx]), self.transform)
         )
         if rng is not None:
             x = augment(x, rng)
