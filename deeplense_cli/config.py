@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from deeplense_cli import yamlio
 from deeplense_cli.errors import DeepLenseError
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -73,7 +74,7 @@ SECTIONS = ("model", "data", "train", "slurm")
 def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yamlio.load(p.read_text())
     except OSError as exc:
         raise DeepLenseError(f"cannot read config file {p}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -95,9 +96,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value as YAML (``4`` -> 4, ``[1, 2]`` -> list, ``x`` -> 'x')."""
+    """Parse a command-line value as YAML (``4`` -> 4, ``5e-4`` -> 0.0005, ``[1, 2]`` -> list,
+    ``x`` -> 'x')."""
     try:
-        return yaml.safe_load(text)
+        return yamlio.load(text)
     except yaml.YAMLError:
         return text
 

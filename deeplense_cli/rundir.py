@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deeplense_cli import atomic
+from deeplense_cli import atomic, yamlio
 from deeplense_cli.errors import DeepLenseError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any]:
         try:
-            data = yaml.safe_load(self.config_path.read_text())
+            data = yamlio.load(self.config_path.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise DeepLenseError(f"cannot read {self.config_path}: {exc}") from None
         if not isinstance(data, dict):

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from deeplense_cli import __version__, atomic, paths
+from deeplense_cli import __version__, atomic, paths, yamlio
 from deeplense_cli.errors import DeepLenseError
 
 METRIC_MODES = {"val_macro_auc": "max", "val_accuracy": "max", "val_loss": "min"}
@@ -140,7 +140,7 @@ def load_space_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``--space`` YAML file (the plain-data format described in this module)."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yamlio.load(p.read_text())
     except OSError as exc:
         raise DeepLenseError(f"cannot read space file {p}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

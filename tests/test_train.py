@@ -88,6 +88,44 @@ def test_print_config_and_config_file_round_trip(tmp_path: Path) -> None:
     assert yaml.safe_load(result2.output) == printed
 
 
+def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) loads 5e-4 and 1.0e4 as strings; users write them everywhere.
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: {name: cct}\ntrain: {lr: 3e-4, weight_decay: 1.0e-2}\n")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(cfg_file),
+            "--set",
+            "train.min_lr_ratio=1E-3",
+            "--set",
+            "train.grad_clip=.5e1",
+            "--set",
+            "data.split_seed=7",
+            "--print-config",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)["train"]
+    assert printed["lr"] == 3e-4 and isinstance(printed["lr"], float)
+    assert printed["weight_decay"] == 1e-2 and printed["min_lr_ratio"] == 1e-3
+    assert printed["grad_clip"] == 5.0
+    from deeplense_cli.config import parse_value
+
+    assert parse_value("5e-4") == 5e-4 and parse_value("-2E+3") == -2000.0
+    # what is not a float stays what it was
+    assert parse_value("7") == 7 and isinstance(parse_value("7"), int)
+    assert (
+        parse_value("e5") == "e5" and parse_value("5e") == "5e" and parse_value("1e-4x") == "1e-4x"
+    )
+    assert parse_value("[1e-3, 2]") == [1e-3, 2] and parse_value("true") is True
+    # still a safe loader: a Python tag is not constructed, the text comes back as is
+    evil = "!!python/object/apply:os.system ['true']"
+    assert parse_value(evil) == evil
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
