@@ -150,10 +150,10 @@ def resolve(
     arch = get_architecture(str(name))
 
     params = dict(arch.defaults)
-    file_params = dict(model_file.get("params") or {})
+    file_params = arch.canonical_params(model_file.get("params") or {})
     _check_keys(f"{arch.name} model", file_params, params)
     params.update(file_params)
-    params.update(flags.get("model", {}).get("params", {}) or {})
+    params.update(arch.canonical_params(flags.get("model", {}).get("params", {}) or {}))
 
     train = {**TRAIN_DEFAULTS, **dict(arch.train_defaults)}
     data = dict(DATA_DEFAULTS)
@@ -169,6 +169,7 @@ def resolve(
     for key, value in (overrides or {}).items():
         section, _, sub = key.partition(".")
         if sub and section == "model":
+            sub = arch.renamed_params.get(sub, sub)
             _check_keys(f"{arch.name} model", {sub: value}, params)
             params[sub] = value
         elif sub and section in ("train", "data", "slurm"):
@@ -179,8 +180,8 @@ def resolve(
             train[key] = value
         elif not sub and key in data:
             data[key] = value
-        elif not sub and key in params:
-            params[key] = value
+        elif not sub and arch.renamed_params.get(key, key) in params:
+            params[arch.renamed_params.get(key, key)] = value
         else:
             raise DeepLenseError(
                 f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "

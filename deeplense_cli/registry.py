@@ -28,6 +28,8 @@ class Architecture:
     :param train_defaults: training defaults that suit this architecture (``lr``,
         ``batch_size``, ``weight_decay``, ``warmup_epochs``...), overriding the global ones.
     :param tune_space: search space for ``deeplense tune`` (see ``deeplense_cli.tune``).
+    :param renamed_params: ``{old name: current name}`` for renamed hyper-parameters: configs
+        written before a rename (saved runs, config files) keep working.
     """
 
     name: str
@@ -37,7 +39,21 @@ class Architecture:
     image_sizes: tuple[int, ...] = (64, 150)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     tune_space: Mapping[str, Any] = field(default_factory=dict)
+    renamed_params: Mapping[str, str] = field(default_factory=dict)
     plugin: str = ""  # filled in by the registry: the plugin that registered it
+
+    def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with renamed hyper-parameters under their current names."""
+        out: dict[str, Any] = {}
+        for key, value in params.items():
+            name = self.renamed_params.get(key, key)
+            if name in out and out[name] != value:
+                raise DeepLenseError(
+                    f"{self.name}: {key!r} is the old name of {name!r} and both are set "
+                    f"(to {value!r} and {out[name]!r}); keep only {name!r}"
+                )
+            out[name] = value
+        return out
 
     def build(
         self,
@@ -47,6 +63,7 @@ class Architecture:
         **overrides: Any,
     ) -> nn.Module:
         """Build the model with the defaults updated by ``overrides``."""
+        overrides = self.canonical_params(overrides)
         if image_size not in self.image_sizes:
             sizes = ", ".join(str(s) for s in self.image_sizes)
             raise DeepLenseError(

@@ -151,17 +151,38 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def test_twins_svt_embeds_raw_pixels_without_normalising_each_patch() -> None:
     """Upstream's LayerNorm over each 4x4 pixel patch makes a faint patch look like a bright
-    one; the default embedding keeps brightness, the upstream one (first_patch_norm) loses it."""
+    one; the default embedding keeps brightness, the upstream one (patch_norm) loses it."""
     torch.manual_seed(0)
     images = torch.rand(1, 1, 64, 64)
     for norm, scale_invariant in ((False, False), (True, True)):
-        embed = _unwrap(get_architecture("TwinsSVT").build(image_size=64, first_patch_norm=norm))
+        embed = _unwrap(get_architecture("TwinsSVT").build(image_size=64, patch_norm=norm))
         embed = embed.layers[0][0].eval()
         with torch.no_grad():
             a, b = embed(images), embed(images * 10)
         # relative: LayerNorm's epsilon leaves ~1e-4 of the output, a 10x brightness ~1
         change = float((a - b).abs().max() / a.abs().max())
         assert (change < 1e-3) is scale_invariant, change
+
+
+def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
+    """TwinsSVT's first_patch_norm is now patch_norm (as on CaiT and CrossViT): runs and
+    config files written with the old name build the same model."""
+    from deeplense_cli.config import resolve
+
+    arch = get_architecture("TwinsSVT")
+    torch.manual_seed(0)
+    old = _unwrap(arch.build(image_size=64, first_patch_norm=True))
+    assert not isinstance(old.layers[0][0].proj[0], nn.Identity)  # upstream's LayerNorm
+    assert isinstance(_unwrap(arch.build(image_size=64)).layers[0][0].proj[0], nn.Identity)
+    for cfg, overrides in (
+        ({"model": {"name": "twinssvt", "params": {"first_patch_norm": True}}}, {}),
+        ({"model": {"name": "twinssvt"}}, {"model.first_patch_norm": True}),
+        ({"model": {"name": "twinssvt"}}, {"first_patch_norm": True}),
+    ):
+        params = resolve(cfg, {}, overrides)["model"]["params"]
+        assert params["patch_norm"] is True and "first_patch_norm" not in params
+    with pytest.raises(DeepLenseError, match="old name of 'patch_norm'"):
+        arch.build(image_size=64, first_patch_norm=True, patch_norm=False)
 
 
 def test_twins_svt_attention_heads_follow_the_stage_width() -> None:

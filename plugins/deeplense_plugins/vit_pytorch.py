@@ -201,14 +201,14 @@ def build_twins_svt(
     peg_kernel_size: int,
     dropout: float,
     head_dim: int,
-    first_patch_norm: bool,
+    patch_norm: bool,
 ) -> Any:
     """Twins-SVT (4 stages of locally-grouped and global sub-sampled attention).
 
     Two departures from vit-pytorch, both towards the Twins paper: attention heads of
     ``head_dim`` channels, ``emb_dim // head_dim`` per stage (upstream hard-codes 8 heads of 64
     at every stage: 512 channels of queries, keys and values even where the stage has 32, which
-    made it the slowest model here), and, unless ``first_patch_norm``, no LayerNorm over each
+    made it the slowest model here), and, unless ``patch_norm``, no LayerNorm over each
     raw 4x4 pixel patch (upstream's per-patch normalisation gives an empty-sky patch the same
     contrast as the lensed arc).
     """
@@ -246,7 +246,7 @@ def build_twins_svt(
     model = TwinsSVT(dropout=dropout, **kwargs)
     # Upstream hard-codes 3 input channels in the first patch embedding.
     embed = PatchEmbedding(dim=in_channels, dim_out=dims[0], patch_size=patches[0])
-    if not first_patch_norm:
+    if not patch_norm:
         embed.proj[0] = nn.Identity()
     model.layers[0][0] = embed
     for stage in range(4):
@@ -276,8 +276,10 @@ TWINS_SVT = Architecture(
         "peg_kernel_size": 3,
         "dropout": 0.0,
         "head_dim": 32,
-        "first_patch_norm": False,
+        "patch_norm": False,
     },
+    # called first_patch_norm before CaiT and CrossViT got the same switch
+    renamed_params={"first_patch_norm": "patch_norm"},
     description="Twins-SVT: spatially separable (local + global) attention in 4 stages",
     # In a 100-step probe 5e-4 and 2e-4 kept the training loss near ln 3; 1e-4 learned.
     train_defaults=train_defaults(1e-4),
