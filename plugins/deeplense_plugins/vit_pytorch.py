@@ -571,7 +571,9 @@ CROSS_VIT = Architecture(
         "patch_norm": True,
     },
     description="CrossViT: dual-branch (8 px and 16 px patches) ViT with cross-attention",
-    train_defaults=train_defaults(2e-4),
+    # 5e-4 with standardised inputs: 90.4% in the 7-minute CPU cell (9 epochs) against 89.0% at
+    # 2e-4 (10 epochs), the training and validation losses lower at every epoch from the 3rd.
+    train_defaults=train_defaults(5e-4),
     tune_space={
         **training_space((1e-5, 5e-4)),
         "model.depth": choice([2, 3, 4]),
