@@ -458,7 +458,8 @@ CAIT = Architecture(
     defaults={
         "patch_size": 8,
         "dim": 256,
-        "depth": 6,
+        # 4 patch layers, not 6: 1.4x cheaper per step, 88.3% vs 87.4% in the 7-min CPU cell
+        "depth": 4,
         "cls_depth": 2,
         "heads": 4,  # 6 x 64 cost 1.3x more per step for 87.1% vs 87.4% (7-min cell)
         "mlp_dim": 256,
