@@ -169,7 +169,7 @@ def resolve(
     for key, value in (overrides or {}).items():
         section, _, sub = key.partition(".")
         if sub and section == "model":
-            sub = arch.renamed_params.get(sub, sub)
+            sub = arch.param_name(sub)
             _check_keys(f"{arch.name} model", {sub: value}, params)
             params[sub] = value
         elif sub and section in ("train", "data", "slurm"):
@@ -180,8 +180,8 @@ def resolve(
             train[key] = value
         elif not sub and key in data:
             data[key] = value
-        elif not sub and arch.renamed_params.get(key, key) in params:
-            params[arch.renamed_params.get(key, key)] = value
+        elif not sub and arch.param_name(key) in params:
+            params[arch.param_name(key)] = value
         else:
             raise DeepLenseError(
                 f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "

@@ -42,11 +42,15 @@ class Architecture:
     renamed_params: Mapping[str, str] = field(default_factory=dict)
     plugin: str = ""  # filled in by the registry: the plugin that registered it
 
+    def param_name(self, key: str) -> str:
+        """The current name of hyper-parameter ``key`` (itself unless it was renamed)."""
+        return self.renamed_params.get(key, key)
+
     def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with renamed hyper-parameters under their current names."""
         out: dict[str, Any] = {}
         for key, value in params.items():
-            name = self.renamed_params.get(key, key)
+            name = self.param_name(key)
             if name in out and out[name] != value:
                 raise DeepLenseError(
                     f"{self.name}: {key!r} is the old name of {name!r} and both are set "

@@ -108,7 +108,9 @@ def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path: Path)
         ],
     )
     assert result.exit_code == 0, result.output
-    printed = yaml.safe_load(result.output)["train"]
+    resolved = yaml.safe_load(result.output)
+    assert resolved["data"]["split_seed"] == 7  # an integer stays an integer
+    printed = resolved["train"]
     assert printed["lr"] == 3e-4 and isinstance(printed["lr"], float)
     assert printed["weight_decay"] == 1e-2 and printed["min_lr_ratio"] == 1e-3
     assert printed["grad_clip"] == 5.0
