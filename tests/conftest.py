@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -19,17 +20,32 @@ SHARED = REPO.parent / "shared"
 REAL_SAMPLES = SHARED / "data" / "real_samples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A DEEPLENSE_HOME for session- and module-scoped fixtures, which are set up before any
+    test's own home: without it they would write caches into the user's ~/.deeplense."""
+    home = tmp_path_factory.mktemp("session-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPLENSE_HOME", str(home))
+        for name in ("DEEPLENSE_DATA_ROOT", "DEEPLENSE_RUN_ROOT", "DEEPLENSE_BLOCK_PLUGINS"):
+            mp.delenv(name, raising=False)
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def deeplense_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    """Every test gets its own DEEPLENSE_HOME, so nothing touches the user's home."""
+) -> Iterator[Path]:
+    """Every test gets its own DEEPLENSE_HOME, so nothing touches the user's home. It holds
+    only caches (image and ONNX caches, default data and run roots), so it is removed after
+    the test: a suite that kept them all wrote gigabytes to /tmp."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("DEEPLENSE_HOME", str(home))
     monkeypatch.delenv("DEEPLENSE_DATA_ROOT", raising=False)
     monkeypatch.delenv("DEEPLENSE_RUN_ROOT", raising=False)
     monkeypatch.delenv("DEEPLENSE_BLOCK_PLUGINS", raising=False)
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -104,8 +120,6 @@ def trained_run_template(sim_root: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def trained_run(trained_run_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the trained run for one test module (tests write into it)."""
-    import shutil
-
     run_dir = tmp_path_factory.mktemp("run") / "run"
     shutil.copytree(trained_run_template, run_dir)
     return run_dir
@@ -114,7 +128,6 @@ def trained_run(trained_run_template: Path, tmp_path_factory: pytest.TempPathFac
 @functools.cache
 def slurm_cluster_problem() -> str | None:
     """Why the local SLURM cluster cannot be used (None when it answers)."""
-    import shutil
     import subprocess
 
     if not shutil.which("sinfo"):
