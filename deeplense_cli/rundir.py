@@ -8,7 +8,8 @@ Layout::
       transform.json     the input transform (see deeplense_cli.transforms)
       split.json         data source, split seed and sizes
       metrics.jsonl      one JSON object per epoch
-      checkpoints/last.pt, checkpoints/best.pt   (written atomically)
+      checkpoints/last.pt  everything needed to resume (weights, optimizer, RNG; atomic)
+      checkpoints/best.pt  the best epoch's weights and record, for evaluate/export (atomic)
       evaluation/        metrics.json, roc.png, confusion_matrix.png
 """
 

@@ -84,6 +84,23 @@ def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> b
 PLAN_PROBE_STEPS = 10  # steps timed to plan a time budget (after one untimed step)
 
 
+# Checkpoint entries only resuming needs; best.pt leaves them out (see serving_state).
+RESUME_ONLY_KEYS = (
+    "train_model",
+    "ema",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "torch_rng",
+    "cuda_rng",
+)
+
+
+def serving_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint for evaluate/export/predict: ``state`` without :data:`RESUME_ONLY_KEYS`."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` (per optimiser step)."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -258,9 +275,15 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         import torch
 
+        def cpu(module: torch.nn.Module) -> dict[str, Any]:
+            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+        weights = cpu(self.eval_model())
         return {
-            "model": {k: v.detach().cpu() for k, v in self.eval_model().state_dict().items()},
-            "train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": weights,
+            # Without EMA the trained weights are the evaluated ones: the same dict, which
+            # torch.save stores once (a second .cpu() copy would double a CUDA run's file).
+            "train_model": weights if self.ema is None else cpu(self.model),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -468,7 +491,9 @@ class Trainer:
             self.run.append_metrics(row)
             state = self.state()
             if is_best:
-                self.run.save_checkpoint("best", state)
+                # best.pt is for evaluate/export/predict: the weights and the epoch's record,
+                # not the optimizer moments (2x the weights) that only resuming from last.pt needs.
+                self.run.save_checkpoint("best", serving_state(state))
             self.run.save_checkpoint("last", state)
             reporter.epoch(row)
             if patience and self.bad_epochs >= patience and self.epoch < self.epochs:

@@ -235,6 +235,15 @@ def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
         assert r["train_images_per_s"] > 0
     assert run.checkpoint_path("best").is_file() and run.checkpoint_path("last").is_file()
     assert not list(run.checkpoint_dir.glob(".*tmp"))  # no temporary leftovers
+    # last.pt can resume; best.pt holds the weights only: no optimizer moments (2x the weights)
+    last, best = run.load_checkpoint("last"), run.load_checkpoint("best")
+    assert {"optimizer", "scheduler", "torch_rng", "train_model"} <= set(last)
+    assert not {"optimizer", "scheduler", "torch_rng", "train_model", "ema"} & set(best)
+    assert best["epoch"] == next(r["epoch"] for r in reversed(rows) if r["best"])
+    assert set(best["model"]) == set(last["model"])
+    weights = sum(v.numel() * v.element_size() for v in best["model"].values())
+    assert run.checkpoint_path("best").stat().st_size < 1.2 * weights
+    assert run.checkpoint_path("last").stat().st_size > 2.5 * weights
     ev = json.loads((run.evaluation_dir / "metrics.json").read_text())
     assert ev["split"] == "test" and ev["n"] == 24
     assert set(ev["auc"]) == {"axion", "cdm", "no_sub"}
