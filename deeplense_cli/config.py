@@ -166,9 +166,11 @@ def resolve(
         _check_keys(section, flag_values, target)
         target.update(flag_values)
 
+    set_params: dict[str, Any] = {}  # model hyper-parameters given with --set, by their own key
     for key, value in (overrides or {}).items():
         section, _, sub = key.partition(".")
         if sub and section == "model":
+            set_params[sub] = value
             sub = arch.param_name(sub)
             _check_keys(f"{arch.name} model", {sub: value}, params)
             params[sub] = value
@@ -181,12 +183,14 @@ def resolve(
         elif not sub and key in data:
             data[key] = value
         elif not sub and arch.param_name(key) in params:
+            set_params[key] = value
             params[arch.param_name(key)] = value
         else:
             raise DeepLenseError(
                 f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "
                 f"(see `deeplense train --print-config`)"
             )
+    arch.canonical_params(set_params)  # an old and a new name set to different values
 
     _validate_train(train)
     return {

@@ -183,6 +183,20 @@ def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
         assert params["patch_norm"] is True and "first_patch_norm" not in params
     with pytest.raises(DeepLenseError, match="old name of 'patch_norm'"):
         arch.build(image_size=64, first_patch_norm=True, patch_norm=False)
+    # both names in --set: an error, whichever order or spelling (not "the later one wins")
+    name = {"model": {"name": "twinssvt"}}
+    for overrides in (
+        {"model.first_patch_norm": True, "model.patch_norm": False},
+        {"patch_norm": False, "model.first_patch_norm": True},
+    ):
+        with pytest.raises(DeepLenseError, match="old name of 'patch_norm'"):
+            resolve(name, {}, overrides)
+    # agreeing values, and --set overriding a config file's value under the other name, are fine
+    assert resolve(name, {}, {"first_patch_norm": True, "patch_norm": True})["model"]["params"][
+        "patch_norm"
+    ]
+    cfg = {"model": {"name": "twinssvt", "params": {"patch_norm": True}}}
+    assert not resolve(cfg, {}, {"model.first_patch_norm": False})["model"]["params"]["patch_norm"]
 
 
 def test_twins_svt_attention_heads_follow_the_stage_width() -> None:
