@@ -109,12 +109,24 @@ def run_cell(
         "best_epoch": result.best_epoch,
         "wall_seconds": sum(r.get("train_seconds", 0.0) for r in result.history)
         or time.time() - start,
+        # how fast this machine trained the model: under --max-minutes it decides the epochs
+        "train_images_per_s": _images_per_second(result.history),
         "hardware": hardware(),
         "deeplense_version": __version__,
         "run_dir": str(run.path),
     }
     atomic.write_json(done, row)
     return row
+
+
+def _images_per_second(history: list[dict[str, Any]]) -> float | None:
+    """Training images per second over all epochs (time-weighted, not a mean of epochs)."""
+    seconds = sum(float(r.get("train_seconds") or 0.0) for r in history)
+    images = sum(
+        float(r.get("train_images_per_s") or 0.0) * float(r.get("train_seconds") or 0.0)
+        for r in history
+    )
+    return images / seconds if seconds > 0 else None
 
 
 def _fmt_cell(r: dict[str, Any] | None) -> str:
@@ -148,14 +160,17 @@ def write_table(bench_dir: str | Path) -> Path:
         lines.append(f"| {m} | " + " | ".join(_fmt_cell(index.get((m, d))) for d in sets) + " |")
     lines += [
         "",
-        "| model | dataset | epochs (best) | train images | test images | train time | hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | dataset | epochs (best) | train images | test images | train time "
+        "| train img/s | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        speed = r.get("train_images_per_s")
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['epochs']} ({r['best_epoch']}) | "
             f"{r.get('train_images') or '-'} | {r.get('test_images') or '-'} | "
-            f"{r['wall_seconds'] / 60:.1f} min | {r['hardware']} |"
+            f"{r['wall_seconds'] / 60:.1f} min | {f'{speed:.0f}' if speed else '-'} | "
+            f"{r['hardware']} |"
         )
     out = bench_dir / "results.md"
     atomic.write_text(out, "\n".join(lines) + "\n")

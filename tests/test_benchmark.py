@@ -51,6 +51,11 @@ def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_p
     row = json.loads((out / "results" / "resnet18-Model_III.json").read_text())
     assert row["test_images"] == 24 and row["epochs"] == 1 and 0 <= row["accuracy"] <= 1
     assert set(row["auc"]) == {"axion", "cdm", "no_sub"} and row["train_images"] > 0
+    # the machine's training speed is recorded: it decides how many epochs fit in the budget
+    metrics = (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in metrics]
+    assert row["train_images_per_s"] == pytest.approx(history[0]["train_images_per_s"])
+    assert f"| {row['train_images_per_s']:.0f} |" in table
     stamp = (out / "results" / "cct-Model_III.json").stat().st_mtime_ns
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
