@@ -182,9 +182,9 @@ def resolve(
             train[key] = value
         elif not sub and key in data:
             data[key] = value
-        elif not sub and arch.param_name(key) in params:
+        elif not sub and (param := arch.param_name(key)) in params:
             set_params[key] = value
-            params[arch.param_name(key)] = value
+            params[param] = value
         else:
             raise DeepLenseError(
                 f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "

@@ -20,15 +20,20 @@ SHARED = REPO.parent / "shared"
 REAL_SAMPLES = SHARED / "data" / "real_samples"
 
 
+def _use_home(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Point deeplense at ``home`` and drop the user's root and plugin-blocking settings."""
+    mp.setenv("DEEPLENSE_HOME", str(home))
+    for name in ("DEEPLENSE_DATA_ROOT", "DEEPLENSE_RUN_ROOT", "DEEPLENSE_BLOCK_PLUGINS"):
+        mp.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A DEEPLENSE_HOME for session- and module-scoped fixtures, which are set up before any
     test's own home: without it they would write caches into the user's ~/.deeplense."""
     home = tmp_path_factory.mktemp("session-home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DEEPLENSE_HOME", str(home))
-        for name in ("DEEPLENSE_DATA_ROOT", "DEEPLENSE_RUN_ROOT", "DEEPLENSE_BLOCK_PLUGINS"):
-            mp.delenv(name, raising=False)
+        _use_home(mp, home)
         yield home
 
 
@@ -40,10 +45,7 @@ def deeplense_home(
     only caches (image and ONNX caches, default data and run roots), so it is removed after
     the test: a suite that kept them all wrote gigabytes to /tmp."""
     home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("DEEPLENSE_HOME", str(home))
-    monkeypatch.delenv("DEEPLENSE_DATA_ROOT", raising=False)
-    monkeypatch.delenv("DEEPLENSE_RUN_ROOT", raising=False)
-    monkeypatch.delenv("DEEPLENSE_BLOCK_PLUGINS", raising=False)
+    _use_home(monkeypatch, home)
     yield home
     shutil.rmtree(home, ignore_errors=True)
 
