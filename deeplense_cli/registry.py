@@ -49,14 +49,18 @@ class Architecture:
     def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with renamed hyper-parameters under their current names."""
         out: dict[str, Any] = {}
+        given_as: dict[str, str] = {}  # current name -> the key that set it first
         for key, value in params.items():
             name = self.param_name(key)
             if name in out and out[name] != value:
+                old = key if key != name else given_as[name]
                 raise DeepLenseError(
-                    f"{self.name}: {key!r} is the old name of {name!r} and both are set "
-                    f"(to {value!r} and {out[name]!r}); keep only {name!r}"
+                    f"{self.name}: {old!r} is the old name of {name!r} and both are set "
+                    f"({key!r} to {value!r}, {given_as[name]!r} to {out[name]!r}); "
+                    f"keep only {name!r}"
                 )
             out[name] = value
+            given_as.setdefault(name, key)
         return out
 
     def build(

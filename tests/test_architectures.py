@@ -181,7 +181,7 @@ def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
     ):
         params = resolve(cfg, {}, overrides)["model"]["params"]
         assert params["patch_norm"] is True and "first_patch_norm" not in params
-    with pytest.raises(DeepLenseError, match="old name of 'patch_norm'"):
+    with pytest.raises(DeepLenseError, match="'first_patch_norm' is the old name of 'patch_norm'"):
         arch.build(image_size=64, first_patch_norm=True, patch_norm=False)
     # both names in --set: an error, whichever order or spelling (not "the later one wins")
     name = {"model": {"name": "twinssvt"}}
@@ -189,7 +189,9 @@ def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
         {"model.first_patch_norm": True, "model.patch_norm": False},
         {"patch_norm": False, "model.first_patch_norm": True},
     ):
-        with pytest.raises(DeepLenseError, match="old name of 'patch_norm'"):
+        with pytest.raises(
+            DeepLenseError, match="'first_patch_norm' is the old name of 'patch_norm'"
+        ):
             resolve(name, {}, overrides)
     # agreeing values, and --set overriding a config file's value under the other name, are fine
     assert resolve(name, {}, {"first_patch_norm": True, "patch_norm": True})["model"]["params"][
