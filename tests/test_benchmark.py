@@ -63,3 +63,8 @@ def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_p
     assert (out / "results" / "cct-Model_III.json").stat().st_mtime_ns == stamp
     only = CliRunner().invoke(cli, ["benchmark", "--out", str(out), "--table-only"])
     assert only.exit_code == 0 and "| CCT |" in only.output
+    # a folder that is not a benchmark's: a one-line error, and no results.md written there
+    empty = tmp_path / "not-a-benchmark"
+    wrong = CliRunner().invoke(cli, ["benchmark", "--out", str(empty), "--table-only"])
+    assert wrong.exit_code != 0 and "no finished benchmark cells" in wrong.output
+    assert "Traceback" not in wrong.output and not (empty / "results.md").exists()

@@ -9,6 +9,7 @@ import click
 
 from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.console import console, err_console
+from deeplense_cli.errors import DeepLenseError
 
 
 @click.command(context_settings={"show_default": True})
@@ -59,6 +60,11 @@ def benchmark(**kw: Any) -> None:
 
     bench_dir = Path(kw["out_dir"]) if kw["out_dir"] else paths.run_root() / "benchmark"
     if kw["table_only"]:
+        if not any((bench_dir / "results").glob("*.json")):
+            raise DeepLenseError(
+                f"{bench_dir} holds no finished benchmark cells (no results/*.json); "
+                f"give the --out folder of a benchmark run"
+            )
         out = write_table(bench_dir)
         console().print(out.read_text(), markup=False)
         return
