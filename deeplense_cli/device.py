@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -90,3 +91,41 @@ def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | Non
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+@functools.cache
+def _fp32_conv_class() -> type:
+    import torch
+    import torch.nn as nn
+
+    class Fp32UnderCpuAutocast(nn.Conv2d):
+        """A Conv2d that leaves CPU autocast and runs in float32 (its output is float32)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_autocast_enabled("cpu"):
+                with torch.autocast("cpu", enabled=False):
+                    return super().forward(x.float())
+            return super().forward(x)
+
+    Fp32UnderCpuAutocast.__module__ = __name__
+    return Fp32UnderCpuAutocast
+
+
+def cpu_bf16_fixups(model: torch.nn.Module) -> int:
+    """Run the convolutions that oneDNN is slow at in bf16 in float32 instead.
+
+    Strided grouped (depthwise) convolutions took 14-37 ms forward + backward in bf16 on our
+    AVX512-BF16 EPYC against 0.8-10 ms in float32 (CvT's key/value projections, PiT's
+    pooling; ``benchmarks/bench_cpu_kernels.py``). Changes the modules' class only: the
+    weights, the state-dict keys and every other layer's autocast stay as they were.
+    Returns how many convolutions were changed.
+    """
+    import torch.nn as nn
+
+    fp32 = _fp32_conv_class()
+    count = 0
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.groups > 1 and max(m.stride) > 1:
+            m.__class__ = fp32
+            count += 1
+    return count

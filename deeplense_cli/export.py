@@ -211,7 +211,7 @@ def export_fp32(
     if rewrite:
         from deeplense_cli.export_modules import export_copy
 
-        model, _ = export_copy(model)  # nn.Unfold as a convolution: same numbers, faster graph
+        model, _ = export_copy(model)  # same numbers, a graph ORT runs faster (see the module)
     errors = []
     for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):
         used_opset = max(opset, 18) if kind == "dynamo" else opset

@@ -5,6 +5,11 @@ index ``Gather`` nodes; the same result is a depth-wise convolution with one-hot
 which ONNX Runtime runs with its convolution kernels. The stand-in is exact (each output is
 one input value times 1 plus zeros) and only ever used on a copy of the model being
 exported; the export is validated against the original model as always.
+
+A module class can also name its own export form: a class attribute ``export_as`` (a class
+taking the same attributes and parameters) is swapped in on the copy. The first-party
+plugins use it for vit-pytorch's channel LayerNorm, whose fused ``layer_norm`` form trains
+faster in PyTorch but runs slower in ONNX Runtime at batch 64 (the transposes around it).
 """
 
 from __future__ import annotations
@@ -51,13 +56,23 @@ class UnfoldAsConv(nn.Module):
         return out.flatten(2)
 
 
+def _export_as(module: nn.Module) -> type | None:
+    target = getattr(type(module), "export_as", None)
+    return target if isinstance(target, type) and target is not type(module) else None
+
+
 def export_copy(model: nn.Module) -> tuple[nn.Module, int]:
     """A copy of ``model`` with the stand-ins swapped in; returns (copy, modules replaced).
     The model itself is returned unchanged when there is nothing to replace."""
-    if not any(isinstance(m, nn.Unfold) for m in model.modules()):
+    if not any(isinstance(m, nn.Unfold) or _export_as(m) for m in model.modules()):
         return model, 0
     clone = copy.deepcopy(model)
     replaced = 0
+    for m in clone.modules():
+        target = _export_as(m)
+        if target is not None:
+            m.__class__ = target
+            replaced += 1
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Unfold):

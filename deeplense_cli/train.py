@@ -204,7 +204,12 @@ class Trainer:
     def __init__(self, config: dict[str, Any], run: RunDir, splits: Splits) -> None:
         import torch
 
-        from deeplense_cli.device import autocast_dtype, prepare_cpu_threads, resolve_device
+        from deeplense_cli.device import (
+            autocast_dtype,
+            cpu_bf16_fixups,
+            prepare_cpu_threads,
+            resolve_device,
+        )
         from deeplense_cli.plugins import get_architecture
 
         self.config, self.run, self.splits = config, run, splits
@@ -227,6 +232,8 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = autocast_dtype(self.device, str(t["amp"]))
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
+            cpu_bf16_fixups(self.model)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )

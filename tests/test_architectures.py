@@ -234,6 +234,69 @@ def test_pit_embeddings_start_small() -> None:
     assert upstream.pos_embedding.std() > 0.5
 
 
+@pytest.mark.parametrize("key", ["cvt", "crossformer", "twinssvt"])
+def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) -> None:
+    """vit-pytorch's channel LayerNorm (var and mean reductions, five element-wise ops) is
+    given one fused layer_norm: same outputs and gradients, same state-dict keys; the ONNX
+    export copy goes back to upstream's ops (faster in ONNX Runtime at batch 64)."""
+    import copy
+
+    from deeplense_cli.export_modules import export_copy
+
+    torch.manual_seed(0)
+    model = get_architecture(key).build(image_size=64)
+    fused = [m for m in model.modules() if hasattr(type(m), "upstream")]
+    assert fused and all(type(m).__name__ == "LayerNorm" for m in fused)
+    upstream = copy.deepcopy(model)
+    for m in upstream.modules():
+        if hasattr(type(m), "upstream"):
+            m.__class__ = type(m).upstream
+    assert not any(hasattr(type(m), "upstream") for m in upstream.modules())
+    assert list(model.state_dict()) == list(upstream.state_dict())
+    x = torch.randn(3, 1, 64, 64)
+    outs = []
+    for m in (model, upstream):
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    (a, grads_a), (b, grads_b) = outs
+    assert torch.allclose(a, b, atol=1e-5) and len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-3)
+    exported, replaced = export_copy(model)
+    assert replaced >= len(fused) and exported is not model
+    assert not any(hasattr(type(m), "upstream") for m in exported.modules())
+    assert any(hasattr(type(m), "upstream") for m in model.modules())  # the original kept
+
+
+def test_cpu_bf16_fixups_run_strided_depthwise_convs_in_float32() -> None:
+    """oneDNN's bf16 strided depthwise convolutions are slow on CPUs without AMX; under CPU
+    autocast they run in float32 (output float32, the float32 result), nothing else moves."""
+    from deeplense_cli.device import cpu_bf16_fixups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),  # dense: stays
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise, stride 1: stays (fast in bf16)
+        nn.Conv2d(8, 16, 3, padding=1, stride=2, groups=8),  # strided grouped: float32
+    )
+    keys = list(model.state_dict())
+    assert cpu_bf16_fixups(model) == 1
+    assert [type(m) is nn.Conv2d for m in model] == [True, True, False]
+    assert isinstance(model[2], nn.Conv2d) and list(model.state_dict()) == keys
+    x = torch.randn(2, 4, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model[1](model[0](x))
+        out = model[2](h)
+    assert h.dtype == torch.bfloat16 and out.dtype == torch.float32
+    expected = nn.functional.conv2d(h.float(), model[2].weight, model[2].bias, 2, 1, 1, 8)
+    assert torch.equal(out, expected)
+    assert model[2](x.new_ones(1, 8, 8, 8)).dtype == torch.float32  # no autocast: as before
+    cvt = get_architecture("CvT").build(image_size=64)
+    assert cpu_bf16_fixups(cvt) == 4  # the key/value projections (stride 2)
+
+
 # --- the contract check must catch broken architectures --------------------------------
 
 

@@ -435,10 +435,23 @@ def test_cpu_mixed_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         dev.autocast_dtype(cpu, "fp16")
 
 
-def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(sim_root: Path, tmp_path: Path) -> None:
+def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(
+    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
-    run = _train(sim_root, tmp_path / "bf16", "--amp", "bf16", "--epochs", "1", "--no-evaluate")
+    import deeplense_cli.device
+
+    changed: list[int] = []
+    fixups = deeplense_cli.device.cpu_bf16_fixups
+    monkeypatch.setattr(
+        deeplense_cli.device, "cpu_bf16_fixups", lambda m: changed.append(fixups(m)) or 0
+    )
+    args = ("--amp", "bf16", "--epochs", "1", "--no-evaluate")
+    run = _train(sim_root, tmp_path / "bf16", *args, model="cvt")
+    assert changed == [4]  # CvT's strided key/value projections train in float32
+    _train(sim_root, tmp_path / "fp32", "--amp", "off", "--epochs", "1", "--no-evaluate")
+    assert changed == [4]  # not without autocast
     (row,) = run.read_metrics()
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)

@@ -24,6 +24,7 @@ from deeplense_plugins._common import (
     as_tuple,
     choice,
     conv_out,
+    fast_channel_norms,
     fitting_size,
     pad_to,
     train_defaults,
@@ -50,6 +51,7 @@ def build_cvt(
 ) -> Any:
     """CvT with the reference's two stages (a conv stride-4 stage, then a stride-2 stage)."""
     import torch.nn as nn
+    from vit_pytorch import cvt
     from vit_pytorch.cvt import CvT
 
     model = CvT(
@@ -70,6 +72,7 @@ def build_cvt(
     # Upstream CvT always has three stages; keep the first two and re-size the head.
     model.layers = model.layers[:2]
     model.to_logits[-1] = nn.Linear(s2_emb_dim, num_classes)
+    fast_channel_norms(model, cvt)
     return model
 
 
@@ -213,6 +216,7 @@ def build_twins_svt(
     contrast as the lensed arc).
     """
     import torch.nn as nn
+    from vit_pytorch import twins_svt
     from vit_pytorch.twins_svt import GlobalAttention, LocalAttention, PatchEmbedding, TwinsSVT
 
     dims = as_tuple(emb_dims, "emb_dims", 4)
@@ -261,6 +265,7 @@ def build_twins_svt(
                 global_.fn = GlobalAttention(
                     dims[stage], heads, head_dim, dropout, k=global_k[stage]
                 )
+    fast_channel_norms(model, twins_svt)
     return pad_to(model, image_size, target)
 
 
@@ -738,6 +743,7 @@ def build_crossformer(
     ff_dropout: float,
 ) -> Any:
     """CrossFormer: cross-scale embeddings with alternating short/long-distance attention."""
+    from vit_pytorch import crossformer
     from vit_pytorch.crossformer import CrossFormer
 
     local = as_tuple(local_window_size, "local_window_size", 4)
@@ -769,6 +775,7 @@ def build_crossformer(
         attn_dropout=attn_dropout,
         ff_dropout=ff_dropout,
     )
+    fast_channel_norms(model, crossformer)
     return pad_to(model, image_size, target)
 
 

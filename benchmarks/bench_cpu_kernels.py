@@ -1,0 +1,158 @@
+"""The two CPU training fixes deeplense applies, and what each buys, measured in one run.
+
+1. ``deeplense_cli.device.cpu_bf16_fixups``: strided grouped (depthwise) convolutions run in
+   float32 under bf16 autocast (oneDNN's bf16 kernels for them are slow on CPUs without AMX).
+2. ``deeplense_plugins._common.fast_channel_norms``: vit-pytorch's channel LayerNorm (CvT,
+   CrossFormer, TwinsSVT) as one fused ``layer_norm`` instead of var/mean reductions.
+
+Part one times the kernels alone (forward + backward); part two times whole training steps
+(bf16 autocast, AdamW, batch 64, 64 px) of the affected architectures with both fixes off
+and on, alternating step by step so machine drift hits both alike.
+
+    python benchmarks/bench_cpu_kernels.py [--models cvt,pit,crossformer,twinssvt] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from _machine import machine
+
+
+def _time(fn, repeat: int) -> float:
+    """Median milliseconds of ``fn`` over ``repeat`` calls, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def depthwise_rows(repeat: int) -> None:
+    import torch
+
+    print("| depthwise 3x3 conv, batch 64 | stride | bf16 autocast ms | float32 ms | bf16 / fp32 |")
+    print("| --- | --- | --- | --- | --- |")
+    for channels, size in ((64, 16), (128, 8), (64, 32)):
+        for stride in (1, 2):
+            conv = torch.nn.Conv2d(
+                channels, channels, 3, padding=1, stride=stride, groups=channels, bias=False
+            )
+            x = torch.randn(64, channels, size, size).bfloat16().requires_grad_()
+
+            def step(bf16: bool, conv=conv, x=x) -> None:
+                if bf16:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        y = conv(x)
+                else:
+                    y = conv(x.float())
+                y.float().sum().backward()
+
+            b = _time(lambda step=step: step(True), repeat)
+            f = _time(lambda step=step: step(False), repeat)
+            print(f"| {channels} x {size} x {size} | {stride} | {b:.2f} | {f:.2f} | {b / f:.1f}x |")
+
+
+def layer_norm_rows(repeat: int) -> None:
+    import torch
+    from deeplense_plugins._common import fast_channel_norms
+    from vit_pytorch import cvt
+
+    print("\n| channel LayerNorm, batch 64 | upstream ms | fused ms | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for channels, size in ((32, 16), (64, 16), (128, 8)):
+        upstream = cvt.LayerNorm(channels)
+        fused = cvt.LayerNorm(channels)
+        fast_channel_norms(fused, cvt)
+        x = torch.randn(64, channels, size, size).bfloat16().requires_grad_()
+
+        def step(norm, x=x) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = norm(x)
+            y.float().sum().backward()
+
+        u = _time(lambda n=upstream: step(n), repeat)
+        f = _time(lambda n=fused: step(n), repeat)
+        print(f"| {channels} x {size} x {size} | {u:.2f} | {f:.2f} | {u / f:.1f}x |")
+
+
+def _without_fixes(model):
+    """Undo both fixes on a freshly built model (upstream classes back)."""
+    for m in model.modules():
+        upstream = getattr(type(m), "upstream", None)
+        if upstream is not None:
+            m.__class__ = upstream
+    return model
+
+
+def training_rows(names: list[str], steps: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.plugins import architectures
+
+    archs = architectures()
+    print("\n| model | fixes off img/s | fixes on img/s | speed-up | convs / norms changed |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        arch = archs[name]
+        runs = {}
+        for on in (False, True):
+            torch.manual_seed(0)
+            model = arch.build(image_size=64)
+            norms = sum(hasattr(type(m), "upstream") for m in model.modules())
+            if on:
+                convs = cpu_bf16_fixups(model)
+            else:
+                _without_fixes(model)
+            runs[on] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+        x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for rnd in range(2 * steps + 4):
+            on = bool(rnd % 2)
+            model, opt = runs[on]
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if rnd >= 4:  # two warm-up steps each
+                times[on].append(time.perf_counter() - start)
+        off_s, on_s = (64 / statistics.median(times[k]) for k in (False, True))
+        print(
+            f"| {arch.name} | {off_s:.0f} | {on_s:.0f} | {on_s / off_s:.2f}x | {convs} / {norms} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="cvt,pit,crossformer,twinssvt")
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per setting")
+    parser.add_argument("--repeat", type=int, default=15, help="timed kernel calls")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"Machine: {machine()}; torch {torch.__version__}, {args.threads} threads\n")
+    depthwise_rows(args.repeat)
+    layer_norm_rows(args.repeat)
+    training_rows([m.strip().lower() for m in args.models.split(",")], args.steps)
+
+
+if __name__ == "__main__":
+    main()
