@@ -56,6 +56,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "num_threads": None,  # CPU threads; default: the cores this process may use
     "eval_batch_size": 256,
+    # BatchNorm models: recompute the running statistics from this many training images
+    # before each validation ("precise BN"); 0 keeps the momentum averages
+    "precise_bn_images": 1024,
 }
 
 SLURM_DEFAULTS: dict[str, Any] = {
@@ -215,6 +218,11 @@ def _validate_train(train: dict[str, Any]) -> None:
     if train["early_stopping_metric"] not in ("val_macro_auc", "val_loss", "val_accuracy"):
         raise DeepLenseError(
             "train.early_stopping_metric must be val_macro_auc, val_loss or val_accuracy"
+        )
+    bn = train["precise_bn_images"]
+    if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
+        raise DeepLenseError(
+            f"train.precise_bn_images must be a whole number >= 0 (0 disables), got {bn!r}"
         )
     if not 0 <= float(train["ema_decay"]) < 1:
         raise DeepLenseError("train.ema_decay must be in [0, 1)")

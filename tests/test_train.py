@@ -62,6 +62,7 @@ def test_config_precedence(tmp_path: Path) -> None:
         ({}, {"whatever": 3}, "unknown setting 'whatever'"),
         ({"train": {"epochs": -1}}, {}, "epochs must be a positive"),
         ({"train": {"lr": "fast"}}, {}, "lr must be a positive"),
+        ({}, {"train.precise_bn_images": -1}, "precise_bn_images must be a whole number"),
     ],
 )
 def test_config_errors(file_cfg, overrides, message) -> None:
@@ -456,6 +457,41 @@ def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
     assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_precise_batch_norm_recomputes_the_running_statistics(
+    sim_root: Path, tmp_path: Path
+) -> None:
+    """Before each validation the BatchNorm statistics are an exact average over training
+    images at the current weights, saved with the checkpoint, without touching torch's RNG."""
+    import torch
+
+    from deeplense_cli.train import Trainer, load_splits
+
+    args = ["--epochs", "1", "--no-evaluate", "--set", "train.precise_bn_images=48"]
+    run = _train(sim_root, tmp_path / "run", *args)
+    state = torch.load(run.path / "checkpoints" / "best.pt", weights_only=True)
+    tracked = {k: int(v) for k, v in state["model"].items() if k.endswith("num_batches_tracked")}
+    assert tracked and set(tracked.values()) == {3}  # 48 images in batches of 16
+    plain = _train(sim_root, tmp_path / "plain", "--epochs", "1", "--no-evaluate")
+    state = torch.load(plain.path / "checkpoints" / "best.pt", weights_only=True)
+    steps = -(-plain.read_record("split")["sizes"]["train"] // 16)  # one epoch, batch 16
+    assert steps > 3 and {int(v) for k, v in state["model"].items() if "tracked" in k} == {steps}
+
+    config = run.read_config()
+    trainer = Trainer(config, run, load_splits(config))
+    first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    hook = first.register_forward_hook(lambda m, inp, out: seen.append(inp[0].float()))
+    rng = torch.get_rng_state()
+    trainer.precise_batch_norm()
+    hook.remove()
+    assert torch.equal(torch.get_rng_state(), rng) and not trainer.model.training
+    assert first.momentum == 0.1 and len(seen) == 3
+    mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
+    var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen]).mean(0)
+    assert torch.allclose(first.running_mean, mean, atol=1e-4)
+    assert torch.allclose(first.running_var, var, rtol=1e-3, atol=1e-4)
 
 
 def _budget_trainer(
