@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _machine import machine
+from _timing import alternating_images_per_s
 
 
 def _time(fn, repeat: int) -> float:
@@ -87,18 +88,9 @@ def layer_norm_rows(repeat: int) -> None:
         print(f"| {channels} x {size} x {size} | {u:.2f} | {f:.2f} | {u / f:.1f}x |")
 
 
-def _without_fixes(model):
-    """Undo both fixes on a freshly built model (upstream classes back)."""
-    for m in model.modules():
-        upstream = getattr(type(m), "upstream", None)
-        if upstream is not None:
-            m.__class__ = upstream
-    return model
-
-
 def training_rows(names: list[str], steps: int) -> None:
     import torch
-    import torch.nn.functional as F
+    from deeplense_plugins._common import restore_channel_norms
 
     from deeplense_cli.device import cpu_bf16_fixups
     from deeplense_cli.plugins import architectures
@@ -108,30 +100,18 @@ def training_rows(names: list[str], steps: int) -> None:
     print("| --- | --- | --- | --- | --- |")
     for name in names:
         arch = archs[name]
-        runs = {}
+        setups = {}
         for on in (False, True):
             torch.manual_seed(0)
             model = arch.build(image_size=64)
-            norms = sum(hasattr(type(m), "upstream") for m in model.modules())
             if on:
                 convs = cpu_bf16_fixups(model)
             else:
-                _without_fixes(model)
-            runs[on] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+                norms = restore_channel_norms(model)
+            setups[on] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), True)
         x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for rnd in range(2 * steps + 4):
-            on = bool(rnd % 2)
-            model, opt = runs[on]
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if rnd >= 4:  # two warm-up steps each
-                times[on].append(time.perf_counter() - start)
-        off_s, on_s = (64 / statistics.median(times[k]) for k in (False, True))
+        speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
+        off_s, on_s = speed[False], speed[True]
         print(
             f"| {arch.name} | {off_s:.0f} | {on_s:.0f} | {on_s / off_s:.2f}x | {convs} / {norms} |",
             flush=True,

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _machine import machine
+from _timing import alternating_images_per_s
 
 
 def images_per_s(model, size: int, upsample_to: int | None, batch: int, steps: int) -> float:
@@ -46,10 +47,7 @@ def images_per_s(model, size: int, upsample_to: int | None, batch: int, steps: i
 
 
 def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
-    import statistics
-
     import torch
-    import torch.nn.functional as F
 
     print("| model | float32 img/s | bf16 autocast img/s | bf16 / float32 |")
     print("| --- | --- | --- | --- |")
@@ -58,18 +56,10 @@ def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
         model = archs[name].build(image_size=64)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for rnd in range(2 * steps + 2):
-            bf16 = bool(rnd % 2)
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if rnd >= 2:  # one warm-up step each
-                times[bf16].append(time.perf_counter() - start)
-        f32, b16 = (batch / statistics.median(times[k]) for k in (False, True))
+        speed = alternating_images_per_s(
+            {False: (model, opt, False), True: (model, opt, True)}, x, y, steps, warmup=1
+        )
+        f32, b16 = speed[False], speed[True]
         print(f"| {archs[name].name} | {f32:.0f} | {b16:.0f} | {b16 / f32:.2f}x |", flush=True)
 
 

@@ -114,9 +114,9 @@ def _fp32_conv_class() -> type:
 def cpu_bf16_fixups(model: torch.nn.Module) -> int:
     """Run the convolutions that oneDNN is slow at in bf16 in float32 instead.
 
-    Strided grouped (depthwise) convolutions took 14-37 ms forward + backward in bf16 on our
-    AVX512-BF16 EPYC against 0.8-10 ms in float32 (CvT's key/value projections, PiT's
-    pooling; ``benchmarks/bench_cpu_kernels.py``). Changes the modules' class only: the
+    Strided grouped (depthwise) convolutions took 16-39 ms forward + backward in bf16 on our
+    AVX512-BF16 EPYC against 2-30 ms in float32 (CvT's key/value projections, PiT's
+    pooling; ``benchmarks/bench_cpu_kernels.py``, figures in BENCHMARKS.md). Changes the modules' class only: the
     weights, the state-dict keys and every other layer's autocast stay as they were.
     Returns how many convolutions were changed.
     """

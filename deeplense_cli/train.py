@@ -369,11 +369,7 @@ class Trainer:
             idx = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
             x = self._batch(idx, aug_rng)
             y = torch.from_numpy(labels_all[idx].astype(np.int64)).to(self.device)
-            with torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):
+            with self._autocast():
                 loss = self.loss_fn(self.model(x), y)
             if not torch.isfinite(loss):
                 raise DeepLenseError(
@@ -412,7 +408,7 @@ class Trainer:
         val_batches = math.ceil(len(self.splits.val_idx) / int(self.t["eval_batch_size"]))
         # a forward pass over an evaluation batch costs about a third of a training step
         val_seconds = val_batches * per_step * int(self.t["eval_batch_size"]) / self.batch_size / 3
-        val_seconds += self._precise_bn_count() / self.batch_size * per_step / 3
+        val_seconds += self._precise_bn_plan()[0] / self.batch_size * per_step / 3
         per_step_all_in = per_step + val_seconds / self.steps_per_epoch
         budget = self.max_minutes * 60 - self.spent_seconds
         steps = int(budget / max(per_step_all_in, 1e-12) + 1e-9)
@@ -447,6 +443,16 @@ class Trainer:
         if not self.budget_planned:  # epochs too short to probe
             self._cap_warmup()
 
+    def _autocast(self) -> Any:
+        """The run's autocast context (a no-op without mixed precision)."""
+        import torch
+
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
+
     def _batch_norms(self) -> list[Any]:
         import torch
 
@@ -456,9 +462,11 @@ class Trainer:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
         ]
 
-    def _precise_bn_count(self) -> int:
+    def _precise_bn_plan(self) -> tuple[int, list[Any]]:
+        """(images to recompute the BatchNorm statistics from, the BatchNorm layers)."""
         n = int(self.t.get("precise_bn_images") or 0)
-        return min(n, len(self.splits.train_idx)) if n > 0 and self._batch_norms() else 0
+        norms = self._batch_norms() if n > 0 else []
+        return (min(n, len(self.splits.train_idx)) if norms else 0), norms
 
     def precise_batch_norm(self) -> None:
         """Recompute the BatchNorm running statistics of the evaluated model from
@@ -473,10 +481,10 @@ class Trainer:
         resumes stay repeatable."""
         import torch
 
-        count = self._precise_bn_count()
+        count, norms = self._precise_bn_plan()
         if not count:
             return
-        model, norms = self.eval_model(), self._batch_norms()
+        model = self.eval_model()
         # The same images every epoch: validation then moves with the weights only.
         rng = np.random.default_rng([self.seed, 7])
         idx = rng.choice(self.splits.train_idx, size=count, replace=False)
@@ -487,14 +495,7 @@ class Trainer:
             m.momentum = None  # a cumulative average over the batches below
             m.train()
         try:
-            with (
-                torch.no_grad(),
-                torch.autocast(
-                    self.device.type,
-                    dtype=self.amp_dtype or torch.float32,
-                    enabled=self.amp_dtype is not None,
-                ),
-            ):
+            with torch.no_grad(), self._autocast():
                 for start in range(0, count, self.batch_size):
                     model(self._batch(idx[start : start + self.batch_size], None))
         finally:

@@ -241,17 +241,17 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     export copy goes back to upstream's ops (faster in ONNX Runtime at batch 64)."""
     import copy
 
+    from deeplense_plugins._common import restore_channel_norms
+
     from deeplense_cli.export_modules import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64)
-    fused = [m for m in model.modules() if hasattr(type(m), "upstream")]
+    fused = [m for m in model.modules() if hasattr(type(m), "export_as")]
     assert fused and all(type(m).__name__ == "LayerNorm" for m in fused)
     upstream = copy.deepcopy(model)
-    for m in upstream.modules():
-        if hasattr(type(m), "upstream"):
-            m.__class__ = type(m).upstream
-    assert not any(hasattr(type(m), "upstream") for m in upstream.modules())
+    assert restore_channel_norms(upstream) == len(fused)
+    assert not any(hasattr(type(m), "export_as") for m in upstream.modules())
     assert list(model.state_dict()) == list(upstream.state_dict())
     x = torch.randn(3, 1, 64, 64)
     outs = []
@@ -266,8 +266,8 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
         assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-3)
     exported, replaced = export_copy(model)
     assert replaced >= len(fused) and exported is not model
-    assert not any(hasattr(type(m), "upstream") for m in exported.modules())
-    assert any(hasattr(type(m), "upstream") for m in model.modules())  # the original kept
+    assert not any(hasattr(type(m), "export_as") for m in exported.modules())
+    assert any(hasattr(type(m), "export_as") for m in model.modules())  # the original kept
 
 
 def test_cpu_bf16_fixups_run_strided_depthwise_convs_in_float32() -> None:
