@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _machine import machine
-from _timing import alternating_images_per_s
+from _timing import alternating_images_per_s, optimizer
+
+from deeplense_cli.device import configure_openmp
+
+configure_openmp()  # what `deeplense train` runs under; before anything imports torch
 
 
 def _time(fn, repeat: int) -> float:
@@ -108,7 +111,7 @@ def training_rows(names: list[str], steps: int) -> None:
                 convs = cpu_bf16_fixups(model)
             else:
                 norms = restore_channel_norms(model)
-            setups[on] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), True)
+            setups[on] = (model, optimizer(model), True)
         x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
         speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
         off_s, on_s = speed[False], speed[True]

@@ -32,12 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch: no busy-waiting on shared cores
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 
+from deeplense_cli.device import configure_openmp  # noqa: E402
 from deeplense_cli.machine import cpu_flags, cpu_model  # noqa: E402
+
+configure_openmp()  # PyTorch runs as under `deeplense predict RUN` (set before torch loads)
 
 
 def machine() -> str:

@@ -6,6 +6,16 @@ in one run, on the same machine.
 
 ``--amp`` instead compares float32 with bf16 autocast (what ``deeplense train`` uses on
 CPUs with native bf16) at 64 px, the two timed in alternating rounds.
+
+``--optimizer`` compares torch's default AdamW with the fused one ``deeplense train`` builds
+(bf16 steps with gradient clipping, alternating).
+
+``--openmp`` times the same training steps in child processes under three OpenMP wait
+policies (threads sleep at once, deeplense's short spin, libgomp's default long spin), on
+an idle machine and with ``--loads`` busy processes competing for the cores, the policies
+alternating within each load level:
+
+    python benchmarks/bench_train_throughput.py --openmp --models levit,cait,resnet18 --loads 0,2
 """
 
 from __future__ import annotations
@@ -17,17 +27,27 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _machine import machine
-from _timing import alternating_images_per_s
+from _timing import alternating_images_per_s, optimizer
+
+from deeplense_cli.device import configure_openmp
+
+configure_openmp()  # what `deeplense train` runs under; before anything imports torch
+
+#: name -> environment of the child processes of --openmp
+OPENMP_POLICIES = {
+    "sleep at once (OMP_WAIT_POLICY=PASSIVE)": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "deeplense (GOMP_SPINCOUNT=3000)": {"GOMP_SPINCOUNT": "3000"},
+    "libgomp default (spin 300000)": {},
+}
 
 
 def images_per_s(model, size: int, upsample_to: int | None, batch: int, steps: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = optimizer(model)
     x = torch.rand(batch, 1, size, size)
     y = torch.randint(0, 3, (batch,))
     model.train()
@@ -54,13 +74,114 @@ def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
     for name in names:
         torch.manual_seed(0)
         model = archs[name].build(image_size=64)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = optimizer(model)
         x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
         speed = alternating_images_per_s(
             {False: (model, opt, False), True: (model, opt, True)}, x, y, steps, warmup=1
         )
         f32, b16 = speed[False], speed[True]
         print(f"| {archs[name].name} | {f32:.0f} | {b16:.0f} | {b16 / f32:.2f}x |", flush=True)
+
+
+def _bf16_model(archs, name: str):
+    import torch
+
+    from deeplense_cli.device import cpu_bf16_fixups
+
+    torch.manual_seed(0)
+    model = archs[name].build(image_size=64)
+    cpu_bf16_fixups(model)
+    return model
+
+
+def optimizer_rows(archs, names: list[str], batch: int, steps: int) -> None:
+    import torch
+
+    print(
+        "| model | parameter tensors | default AdamW img/s | fused AdamW img/s | fused / default |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        setups = {}
+        for fused in (False, True):
+            model = _bf16_model(archs, name)
+            setups[fused] = (model, optimizer(model, fused=fused), True)
+        x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
+        speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
+        tensors = sum(1 for _ in setups[True][0].parameters())
+        print(
+            f"| {archs[name].name} | {tensors} | {speed[False]:.0f} | {speed[True]:.0f} | "
+            f"{speed[True] / speed[False]:.2f}x |",
+            flush=True,
+        )
+
+
+def openmp_child(archs, names: list[str], batch: int, steps: int) -> None:
+    """Print one JSON line: model -> bf16 training images/s (median of ``steps``)."""
+    import json
+    import statistics
+
+    import torch
+    from _timing import train_step
+
+    out = {}
+    for name in names:
+        model = _bf16_model(archs, name)
+        opt = optimizer(model)
+        x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
+        times = []
+        for i in range(steps + 2):
+            start = time.perf_counter()
+            train_step(model, opt, x, y, True)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        out[name] = batch / statistics.median(times)
+    print(json.dumps(out), flush=True)
+
+
+def openmp_rows(archs, names: list[str], args) -> None:
+    import json
+    import statistics
+    import subprocess
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    child = [sys.executable, __file__, "--openmp-child", "--models", ",".join(names)]
+    child += [
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
+    loads = [int(v) for v in args.loads.split(",")]
+    print(
+        "| busy processes | OpenMP wait policy | " + " | ".join(archs[n].name for n in names) + " |"
+    )
+    print("| --- | --- | " + " | ".join("---" for _ in names) + " |")
+    for load in loads:
+        burners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)
+        ]
+        try:
+            results: dict[str, list[dict[str, float]]] = {p: [] for p in OPENMP_POLICIES}
+            for _ in range(args.rounds):
+                for policy, env in OPENMP_POLICIES.items():
+                    done = subprocess.run(
+                        child, env={**base, **env}, capture_output=True, text=True, check=True
+                    )
+                    results[policy].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait()
+        for policy, runs in results.items():
+            cells = [f"{statistics.median(r[n] for r in runs):.0f}" for n in names]
+            print(f"| {load} | {policy} | " + " | ".join(cells) + " |", flush=True)
+    print(
+        f"\nimages/s per bf16 training step, batch {args.batch}; median over {args.rounds} "
+        f"child processes of the median of {args.steps} steps each"
+    )
 
 
 def main() -> None:
@@ -74,16 +195,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--amp", action="store_true", help="float32 vs bf16 autocast instead")
+    parser.add_argument("--optimizer", action="store_true", help="default vs fused AdamW")
+    parser.add_argument("--openmp", action="store_true", help="OpenMP wait policies, under load")
+    parser.add_argument("--loads", default="0,2", help="--openmp: busy processes per level")
+    parser.add_argument("--rounds", type=int, default=3, help="--openmp: children per policy")
+    parser.add_argument("--openmp-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     archs = architectures()
     names = list(archs) if args.models == "all" else [m.lower() for m in args.models.split(",")]
+    if args.openmp_child:
+        openmp_child(archs, names, args.batch, args.steps)
+        return
     print(
         f"Machine: {machine()}; torch {torch.__version__}, {args.threads} threads, "
         f"batch {args.batch}, {args.steps} timed steps\n"
     )
     if args.amp:
         amp_rows(archs, names, args.batch, args.steps)
+        return
+    if args.optimizer:
+        optimizer_rows(archs, names, args.batch, args.steps)
+        return
+    if args.openmp:
+        openmp_rows(archs, names, args)
         return
     print("| model | native 64 px img/s | upsampled to 224 img/s | speed-up of native |")
     print("| --- | --- | --- | --- |")

@@ -77,6 +77,9 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
+    from deeplense_cli.device import configure_openmp
+
+    configure_openmp()  # before any command imports torch
     try:
         _add_plugin_commands()
     except DeepLenseError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
 from deeplense_cli.errors import DeepLenseError
@@ -19,13 +20,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_cpu_threads(num_threads: int | None = None) -> int:
-    """Set OpenMP/torch threads. Call before heavy torch work.
+#: OpenMP spin-wait before a thread sleeps, in libgomp's iterations (its default 300,000).
+OPENMP_SPIN_COUNT = 3000
 
-    OpenMP busy-waiting made 2-thread training 5-25x slower on loaded machines
-    (facts/onnx-runtime.md), so threads sleep when idle unless the user said otherwise.
+
+def configure_openmp(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Bound how long PyTorch's OpenMP threads spin before they sleep.
+
+    libgomp (PyTorch's OpenMP on Linux) reads its settings once, when torch is first
+    imported, so ``deeplense`` calls this before any command imports torch, and the
+    setting reaches SLURM jobs and Ray workers through the environment. Each of a training
+    step's hundreds of small kernels wakes the worker threads. Measured on 2 cores
+    (``benchmarks/bench_train_throughput.py --openmp``, bf16 training steps): sleeping at
+    once (``OMP_WAIT_POLICY=PASSIVE``) cost 1.1-1.9x on an idle machine (LeViT 245 vs 461
+    images/s); libgomp's long default spin cost 1.1-1.4x with two busy processes on the
+    cores; a spin of 3,000 was within 7% of the default when idle and the fastest of the
+    three under load for LeViT and ResNet18 (CaiT: 120 vs 142 images/s sleeping at once).
+    A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins. Returns what was set.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return None
+    env["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    return f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
+
+
+def prepare_cpu_threads(num_threads: int | None = None) -> int:
+    """Set torch's CPU threads (default: the cores this process may use). The OpenMP wait
+    policy is :func:`configure_openmp`'s, set before torch was imported."""
     import torch
 
     n = int(num_threads) if num_threads else available_cores()

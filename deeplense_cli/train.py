@@ -128,6 +128,24 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return out
 
 
+def make_optimizer(
+    model: torch.nn.Module, weight_decay: float, lr: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over the decay / no-decay groups; the fused kernel on CPU and CUDA.
+
+    torch's default on the CPU loops over the parameters in Python, several kernels each;
+    the fused one is one kernel per tensor. On our 2-core EPYC gradient clipping + step took
+    6 ms instead of 16 for LeViT (316 tensors), 11 instead of 25 for CrossFormer (522), and
+    whole bf16 training steps ran 0.90-1.16x as fast, 1.06x median over the eleven models
+    (``benchmarks/bench_train_throughput.py --optimizer``; single runs are noisy at +-10%).
+    Same update rule (tested against the default); checkpoints load into either.
+    """
+    import torch
+
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, fused=fused)
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # No weight decay on biases, norms, embeddings/tokens (1-D or tagged parameters).
     decay, no_decay = [], []
@@ -237,8 +255,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, float(t["weight_decay"])), lr=float(t["lr"])
+        self.optimizer = make_optimizer(
+            self.model, float(t["weight_decay"]), float(t["lr"]), self.device
         )
         self.batch_size = int(t["batch_size"])
         n_train = len(splits.train_idx)

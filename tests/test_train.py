@@ -239,6 +239,7 @@ def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
     # last.pt can resume; best.pt holds the weights only: no optimizer moments (2x the weights)
     last, best = run.load_checkpoint("last"), run.load_checkpoint("best")
     assert {"optimizer", "scheduler", "torch_rng", "train_model"} <= set(last)
+    assert all(g["fused"] for g in last["optimizer"]["param_groups"])  # the fused AdamW
     assert not {"optimizer", "scheduler", "torch_rng", "train_model", "ema"} & set(best)
     assert best["epoch"] == next(r["epoch"] for r in reversed(rows) if r["best"])
     assert set(best["model"]) == set(last["model"])
@@ -418,6 +419,66 @@ def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path
     )
     rows = run.read_metrics()
     assert len(rows) == 1 and rows[0]["planned_epochs"] == 1
+
+
+def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
+    import torch
+
+    from deeplense_cli.train import _param_groups, make_optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer(a, 0.05, 1e-2, torch.device("cpu"))
+    plain = torch.optim.AdamW(_param_groups(b, 0.05), lr=1e-2)
+    assert [g["fused"] for g in fused.param_groups] == [True, True]
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.05, 0.0]
+    start = a[0].weight.detach().clone()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert (a[0].weight - start).abs().max() > 1e-2  # five real steps were taken
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_openmp_spin_is_bounded_unless_the_user_chose() -> None:
+    from deeplense_cli.device import OPENMP_SPIN_COUNT, configure_openmp
+
+    env: dict[str, str] = {}
+    assert configure_openmp(env) == f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
+    assert env == {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
+    for mine in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        env = dict(mine)
+        assert configure_openmp(env) is None and env == mine
+
+
+def test_the_cli_sets_openmp_before_torch_is_imported() -> None:
+    """libgomp reads its environment once, when torch loads: set later, it does nothing."""
+    code = (
+        "import os, sys\n"
+        "from deeplense_cli import cli\n"
+        "seen = {}\n"
+        "def spy(**kw):\n"
+        "    seen['torch'] = 'torch' in sys.modules\n"
+        "    seen['spin'] = os.environ.get('GOMP_SPINCOUNT')\n"
+        "    sys.exit(0)\n"
+        "cli.cli = spy\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(seen)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out.strip() == "{'torch': False, 'spin': '3000'}"
 
 
 def test_cpu_mixed_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
