@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 from _timing import alternating_images_per_s, optimizer
 
-from deeplense_cli.device import configure_openmp
+from deeplense_cli.device import OPENMP_SPIN_COUNT, configure_openmp
 
 configure_openmp()  # what `deeplense train` runs under; before anything imports torch
 
 #: name -> environment of the child processes of --openmp
 OPENMP_POLICIES = {
     "sleep at once (OMP_WAIT_POLICY=PASSIVE)": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "deeplense (GOMP_SPINCOUNT=3000)": {"GOMP_SPINCOUNT": "3000"},
+    f"deeplense (GOMP_SPINCOUNT={OPENMP_SPIN_COUNT})": {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)},
     "libgomp default (spin 300000)": {},
 }
 
