@@ -119,23 +119,15 @@ def optimizer_rows(archs, names: list[str], batch: int, steps: int) -> None:
 def openmp_child(archs, names: list[str], batch: int, steps: int) -> None:
     """Print one JSON line: model -> bf16 training images/s (median of ``steps``)."""
     import json
-    import statistics
 
     import torch
-    from _timing import train_step
 
     out = {}
     for name in names:
         model = _bf16_model(archs, name)
-        opt = optimizer(model)
         x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
-        times = []
-        for i in range(steps + 2):
-            start = time.perf_counter()
-            train_step(model, opt, x, y, True)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-        out[name] = batch / statistics.median(times)
+        setup = {name: (model, optimizer(model), True)}
+        out[name] = alternating_images_per_s(setup, x, y, steps, warmup=2)[name]
     print(json.dumps(out), flush=True)
 
 
