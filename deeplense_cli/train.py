@@ -101,13 +101,25 @@ def serving_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` (per optimiser step)."""
+def lr_factor(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    min_ratio: float,
+    anchor: tuple[int, float] | None = None,
+) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (per
+    optimiser step). ``anchor`` = (step, factor) starts the cosine there instead of at the
+    end of the warm-up: how a re-planned time budget moves the end of the decay without
+    a jump in the learning rate."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    start, top = (warmup_steps, 1.0)
+    if anchor is not None and step >= anchor[0]:
+        start, top = anchor
+    span = max(1, total_steps - start)
+    progress = min(1.0, max(0.0, (step - start) / span))
+    return min_ratio + (top - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -271,11 +283,12 @@ class Trainer:
         self.budget_planned = False
         self.spent_seconds = 0.0  # training + validation time so far (the budget's clock)
         self.warmup_steps = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
-        min_ratio = float(t["min_lr_ratio"])
-        # The lambda reads self.total_steps/warmup_steps: a time budget re-plans them.
+        self.min_ratio = float(t["min_lr_ratio"])
+        self.lr_anchor: tuple[int, float] | None = None  # set when a re-plan moves the end
+        # The lambda reads the plan's fields: a time budget re-plans them.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, self.total_steps, self.warmup_steps, min_ratio),
+            lambda step: self.lr_factor(step),  # a function: not in state_dict
         )
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -292,6 +305,10 @@ class Trainer:
         self.best_epoch: int | None = None
         self.bad_epochs = 0
         self.metric = str(t["early_stopping_metric"])
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate factor at optimiser step ``step`` under the current plan."""
+        return lr_factor(step, self.total_steps, self.warmup_steps, self.min_ratio, self.lr_anchor)
 
     # ---- checkpoints ----------------------------------------------------------------
     def eval_model(self) -> torch.nn.Module:
@@ -320,6 +337,7 @@ class Trainer:
             "planned_epochs": self.epochs,
             "planned_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "lr_anchor": list(self.lr_anchor) if self.lr_anchor is not None else None,
             "spent_seconds": self.spent_seconds,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -343,6 +361,8 @@ class Trainer:
             self.epochs = min(self.epochs, int(state["planned_epochs"]))
             self.total_steps = int(state.get("planned_steps", self.steps_per_epoch * self.epochs))
             self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
+            anchor = state.get("lr_anchor")
+            self.lr_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
             self.spent_seconds = float(state.get("spent_seconds", 0.0))
             self.budget_planned = True
         torch.set_rng_state(state["torch_rng"])
@@ -447,17 +467,21 @@ class Trainer:
         self.budget_planned = True
 
     def replan(self, epoch_seconds: float, epoch_steps: int) -> None:
-        """After an epoch, from its measured time (training + validation): after the first,
-        plan as many steps as the rest of the budget holds (more or fewer); after later ones
-        only ever shorten the plan, when the budget can no longer hold it, so that the
-        learning rate keeps decaying smoothly."""
+        """After an epoch, from its measured time (training + validation): plan as many
+        steps as the rest of the budget holds, more or fewer (a machine's speed drifts
+        during a run). Once the warm-up is over, a changed plan re-anchors the cosine at
+        the current step and learning rate, so the rate stays continuous and keeps
+        decaying, now towards the new end."""
         assert self.max_minutes is not None
+        done = self.scheduler.last_epoch
+        if done >= self.total_steps:
+            return  # the plan is complete: nothing left to re-plan
         left = max(0.0, self.max_minutes * 60 - self.spent_seconds)
         per_step = epoch_seconds / max(1, epoch_steps)
-        affordable = self.scheduler.last_epoch + int(left / max(per_step, 1e-12) + 1e-9)
-        if self.epoch > 1 or self.total_steps < self.steps_per_epoch:
-            affordable = min(affordable, self.total_steps)
-        self._set_plan(affordable, least=self.scheduler.last_epoch)
+        before, factor = self.total_steps, self.lr_factor(done)
+        self._set_plan(done + int(left / max(per_step, 1e-12) + 1e-9), least=done)
+        if self.total_steps != before and done >= self.warmup_steps:
+            self.lr_anchor = (done, factor)
         if not self.budget_planned:  # epochs too short to probe
             self._cap_warmup()
 

@@ -421,6 +421,36 @@ def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path
     assert len(rows) == 1 and rows[0]["planned_epochs"] == 1
 
 
+def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Path) -> None:
+    import io
+
+    import torch
+
+    from deeplense_cli.train import Trainer, load_splits
+
+    args = ["--epochs", "1", "--max-minutes", "30", "--no-evaluate"]
+    run = _train(sim_root, tmp_path / "budget", *args, "--set", "train.warmup_epochs=0")
+    config = run.read_config()
+    config["train"]["epochs"] = 6  # as --resume RUN --epochs 6
+    trainer = Trainer(config, run, load_splits(config))
+    trainer.restore(torch.load(run.path / "checkpoints" / "last.pt", weights_only=True))
+    done = trainer.scheduler.last_epoch
+    assert done == trainer.steps_per_epoch and trainer.epoch == 1
+    trainer.epochs, trainer.total_steps = 6, 6 * done  # the plan the first steps made
+    trainer.spent_seconds = 60.0
+    trainer.replan(60.0 * 10, done)  # ten times slower: the plan shrinks and re-anchors
+    assert trainer.lr_anchor is not None and trainer.lr_anchor[0] == done
+    assert done < trainer.total_steps < 6 * trainer.steps_per_epoch
+    buffer = io.BytesIO()
+    torch.save(trainer.state(), buffer)
+    buffer.seek(0)
+    resumed = Trainer(config, run, load_splits(config))
+    resumed.restore(torch.load(buffer, weights_only=True))
+    assert (resumed.total_steps, resumed.lr_anchor) == (trainer.total_steps, trainer.lr_anchor)
+    for step in range(done, trainer.total_steps + 1):
+        assert resumed.lr_factor(step) == trainer.lr_factor(step)
+
+
 def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
     import torch
 
@@ -570,6 +600,7 @@ def _budget_trainer(
     t.total_steps = steps_per_epoch * epochs
     t.max_minutes, t.spent_seconds, t.budget_planned = minutes, 0.0, False
     t.warmup_steps, t.epoch = warmup, 0
+    t.min_ratio, t.lr_anchor = 0.01, None
     t.t = {"eval_batch_size": 96}
     t.splits = SimpleNamespace(val_idx=np.arange(val_images))
     t.scheduler = SimpleNamespace(last_epoch=11)
@@ -590,10 +621,10 @@ def test_time_budget_plan_arithmetic() -> None:
     # the first epoch took 30 s in all: the rest (30 s) holds 100 more steps
     _end_epoch(t, 1, spent=30.0, epoch_seconds=30.0)
     assert (t.epochs, t.total_steps) == (2, 200)
-    # later epochs never lengthen the plan (the learning rate keeps decaying smoothly) ...
+    # a plan run to its end stays ended, however much time is left
     _end_epoch(t, 2, spent=35.0, epoch_seconds=5.0)
     assert (t.epochs, t.total_steps) == (2, 200)
-    # ... but shorten it when the budget cannot hold it
+    # later epochs shorten the plan when the budget cannot hold it
     t2 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
     t2.plan_early(0.1)
     _end_epoch(t2, 2, spent=50.0, epoch_seconds=25.0)  # 10 s left at 0.25 s a step: 40 steps
@@ -622,6 +653,29 @@ def test_time_budget_plan_arithmetic() -> None:
     val = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0, val_images=960)
     val.plan_early(0.1)
     assert val.epochs == 6 and 540 <= val.total_steps <= 546
+
+
+def test_time_budget_replans_keep_the_learning_rate_continuous() -> None:
+    t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
+    t.plan_early(0.1)
+    assert t.total_steps == 600
+    _end_epoch(t, 1, spent=10.0, epoch_seconds=10.0)  # as planned: the plan stands
+    assert (t.total_steps, t.lr_anchor) == (600, None)
+    factors = [t.lr_factor(s) for s in range(201)]
+    # the machine speeds up: 44 s left at 0.06 s a step hold 733 more steps
+    _end_epoch(t, 2, spent=16.0, epoch_seconds=6.0)
+    assert (t.epochs, t.total_steps) == (10, 933)
+    assert t.lr_factor(200) == pytest.approx(factors[200])  # no jump ...
+    factors += [t.lr_factor(s) for s in range(201, 301)]
+    # ... and slows down: 28 s left at 0.16 s a step hold 175 more
+    _end_epoch(t, 3, spent=32.0, epoch_seconds=16.0)
+    assert (t.epochs, t.total_steps) == (5, 475)
+    assert t.lr_factor(300) == pytest.approx(factors[300])
+    factors += [t.lr_factor(s) for s in range(301, 476)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))  # decays monotonically ...
+    assert factors[-1] == pytest.approx(0.01)  # ... to the floor at the plan's end
+    steps = np.diff(factors)
+    assert steps.min() > -0.01  # and smoothly: no step drops more than 1% of the peak
 
 
 def test_time_budget_shorter_than_an_epoch_truncates_it(sim_root: Path, tmp_path: Path) -> None:
