@@ -1,13 +1,18 @@
-"""The two CPU training fixes deeplense applies, and what each buys, measured in one run.
+"""The CPU training fixes deeplense applies, and what each buys, measured in one run.
 
 1. ``deeplense_cli.device.cpu_bf16_fixups``: strided grouped (depthwise) convolutions run in
    float32 under bf16 autocast (oneDNN's bf16 kernels for them are slow on CPUs without AMX).
 2. ``deeplense_plugins._common.fast_channel_norms``: vit-pytorch's channel LayerNorm (CvT,
    CrossFormer, TwinsSVT) as one fused ``layer_norm`` instead of var/mean reductions.
 
+3. ``deeplense_plugins._channels_last``: CrossFormer's and TwinsSVT's transformer stages on
+   (B, H, W, C) tokens with matrix products instead of 1x1 convolutions on (B, C, H, W) maps.
+
 Part one times the kernels alone (forward + backward); part two times whole training steps
-(bf16 autocast, AdamW, batch 64, 64 px) of the affected architectures with both fixes off
-and on, alternating step by step so machine drift hits both alike.
+(bf16 autocast, AdamW, batch 64, 64 px) of the affected architectures with fixes 1 and 2 off
+and on, alternating step by step so machine drift hits both alike (fix 3 stays on in both);
+part three times steps with upstream's stages against the channels-last ones (fixes 1 and 2
+on in both).
 
     python benchmarks/bench_cpu_kernels.py [--models cvt,pit,crossformer,twinssvt] [--steps 8]
 """
@@ -121,6 +126,34 @@ def training_rows(names: list[str], steps: int) -> None:
         )
 
 
+def stage_rows(names: list[str], steps: int) -> None:
+    import torch
+    from deeplense_plugins._channels_last import upstream_stages
+
+    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.plugins import architectures
+
+    archs = architectures()
+    print("\n| model | upstream stages img/s | channels-last img/s | speed-up | stages |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        arch = archs[name]
+        setups, stages = {}, 0
+        for channels_last in (False, True):
+            torch.manual_seed(0)
+            model = arch.build(image_size=64)
+            cpu_bf16_fixups(model)
+            if not channels_last:
+                stages = upstream_stages(model)
+            setups[channels_last] = (model, optimizer(model), True)
+        if not stages:
+            continue  # no channels-last stages in this architecture
+        x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
+        speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
+        up, cl = speed[False], speed[True]
+        print(f"| {arch.name} | {up:.0f} | {cl:.0f} | {cl / up:.2f}x | {stages} |", flush=True)
+
+
 def main() -> None:
     import torch
 
@@ -134,7 +167,9 @@ def main() -> None:
     print(f"Machine: {machine()}; torch {torch.__version__}, {args.threads} threads\n")
     depthwise_rows(args.repeat)
     layer_norm_rows(args.repeat)
-    training_rows([m.strip().lower() for m in args.models.split(",")], args.steps)
+    names = [m.strip().lower() for m in args.models.split(",")]
+    training_rows(names, args.steps)
+    stage_rows(names, args.steps)
 
 
 if __name__ == "__main__":

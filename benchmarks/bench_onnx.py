@@ -20,6 +20,7 @@ is killed after ``--compile-timeout`` seconds.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -241,6 +242,13 @@ def bench_variants(
             "no opt": session(path, threads, optimization="none"),
             "1 thread": session(path, 1),
         }
+        from deeplense_plugins._channels_last import upstream_stages
+
+        upstream = copy.deepcopy(model)
+        if upstream_stages(upstream):  # CrossFormer, TwinsSVT: upstream's NCHW stages
+            old = Path(tmp) / "upstream-stages.onnx"
+            export_fp32(upstream, x64, old)
+            variants["upstream stages"] = session(old, threads)
         try:
             from onnxruntime.transformers.optimizer import optimize_model
 

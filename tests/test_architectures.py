@@ -241,12 +241,14 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     export copy goes back to upstream's ops (faster in ONNX Runtime at batch 64)."""
     import copy
 
+    from deeplense_plugins._channels_last import upstream_stages
     from deeplense_plugins._common import restore_channel_norms
 
     from deeplense_cli.export_modules import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64)
+    upstream_stages(model)  # so that every channel LayerNorm's own forward runs
     fused = [m for m in model.modules() if hasattr(type(m), "export_as")]
     assert fused and all(type(m).__name__ == "LayerNorm" for m in fused)
     upstream = copy.deepcopy(model)
@@ -268,6 +270,42 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     assert replaced >= len(fused) and exported is not model
     assert not any(hasattr(type(m), "export_as") for m in exported.modules())
     assert any(hasattr(type(m), "export_as") for m in model.modules())  # the original kept
+
+
+def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+    model.zero_grad()
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("key", ["crossformer", "twinssvt"])
+def test_channels_last_stages_compute_upstreams_function(key: str) -> None:
+    """CrossFormer's and TwinsSVT's transformer stages run on (B, H, W, C) tokens with
+    matrix products instead of upstream's 1x1 convolutions on (B, C, H, W) maps: the same
+    outputs and gradients from the same parameters (and state-dict keys)."""
+    import copy
+
+    from deeplense_plugins._channels_last import upstream_stages
+
+    torch.manual_seed(0)
+    model = get_architecture(key).build(image_size=64)
+    with torch.no_grad():  # LayerNorm gains and biases away from 1 and 0
+        for name, p in model.named_parameters():
+            if name.endswith((".g", ".b")):
+                p.add_(torch.randn_like(p) * 0.3)
+    upstream = copy.deepcopy(model)
+    changed = upstream_stages(upstream)
+    assert changed >= 4 and upstream_stages(upstream) == 0
+    assert list(model.state_dict()) == list(upstream.state_dict())
+    stage = next(m for m in model.modules() if type(m).__name__.startswith("ChannelsLast"))
+    assert type(stage).__module__ == "deeplense_plugins._channels_last"
+    x = torch.randn(3, 1, 64, 64)
+    (a, grads_a), (b, grads_b) = (_forward_backward(m, x) for m in (model, upstream))
+    assert a.abs().max() > 0.1 and torch.allclose(a, b, atol=1e-5)
+    assert len(grads_a) == len(grads_b) == len(list(model.parameters()))
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-3)
 
 
 def test_cpu_bf16_fixups_run_strided_depthwise_convs_in_float32() -> None:

@@ -266,6 +266,9 @@ def build_twins_svt(
                     dims[stage], heads, head_dim, dropout, k=global_k[stage]
                 )
     fast_channel_norms(model, twins_svt)
+    from deeplense_plugins._channels_last import channels_last_stages
+
+    channels_last_stages(model, "twins_svt")  # the same function, faster (see the module)
     return pad_to(model, image_size, target)
 
 
@@ -776,6 +779,9 @@ def build_crossformer(
         ff_dropout=ff_dropout,
     )
     fast_channel_norms(model, crossformer)
+    from deeplense_plugins._channels_last import channels_last_stages
+
+    channels_last_stages(model, "crossformer")  # the same function, faster (see the module)
     return pad_to(model, image_size, target)
 
 
