@@ -12,7 +12,10 @@ gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
 
 ``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
 spinning, optimisation levels, one thread, the transformers optimizer) and the export
-without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--compile``
+without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--spin``
+times deeplense's session (threads sleep between ops) against one whose threads spin during a
+run and stop when it returns (``session.force_spinning_stop``), idle and with ``--loads`` busy
+processes competing for the cores. ``--compile``
 adds torch.compile (inductor), each model and batch size compiled in a child process that
 is killed after ``--compile-timeout`` seconds.
 """
@@ -271,6 +274,47 @@ def bench_variants(
     return rows
 
 
+def spin_session(path: Path, threads: int) -> Any:
+    """deeplense's session, but with threads that spin during a run and stop after it."""
+    import onnxruntime as ort
+
+    from deeplense_cli.onnx_session import session_options
+
+    so = session_options(threads, spinning=True)
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def bench_spin(
+    name: str, batches: list[int], threads: int, base_repeats: int, loads: list[int]
+) -> list[dict[str, Any]]:
+    """Sleeping vs run-time spinning threads, per load level (busy processes)."""
+    model = build(name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(model, Path(tmp), "fp32")
+        sessions = {"sleep": session(path, threads), "spin in runs": spin_session(path, threads)}
+        for load in loads:
+            busy = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)
+            ]
+            try:
+                time.sleep(0.5)
+                for batch in batches:
+                    x = np.random.default_rng(1).random((batch, 1, 64, 64), dtype=np.float32)
+                    fns = {
+                        k: (lambda s=s, x=x: s.run(None, {"input": x})) for k, s in sessions.items()
+                    }
+                    med = interleaved(fns, 2 * repeats_for(batch, base_repeats))
+                    rows.append({"model": name, "load": load, "batch": batch, **med})
+                    print(f"  {name} load {load} bs{batch}: {med}", file=sys.stderr, flush=True)
+            finally:
+                for proc in busy:
+                    proc.kill()
+                    proc.wait()
+    return rows
+
+
 def ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 1e3:.1f}"
 
@@ -292,6 +336,8 @@ def main() -> None:
     ap.add_argument("--compile-timeout", type=float, default=300.0)
     ap.add_argument("--exporter", default="auto", choices=["auto", "legacy", "dynamo"])
     ap.add_argument("--variants", action="store_true", help="time ORT session settings")
+    ap.add_argument("--spin", action="store_true", help="sleeping vs spinning ORT threads")
+    ap.add_argument("--loads", default="0,2", help="--spin: busy processes per level")
     ap.add_argument("--out", help="also write the markdown to this file")
     ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -313,7 +359,35 @@ def main() -> None:
         "",
     ]
     print(lines[0], file=sys.stderr)
-    if args.variants:
+    if args.spin:
+        loads = [int(v) for v in args.loads.split(",")]
+        spin_rows = [
+            r for n in names for r in bench_spin(n, batches, args.threads, args.repeats, loads)
+        ]
+        lines += [
+            "Median ms per call (fp32), ORT threads sleeping between ops (deeplense) vs spinning"
+            " during runs; loads are busy processes on the same cores:",
+            "",
+            "| model | load | batch | sleep ms | spin in runs ms | sleep / spin |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in spin_rows:
+            lines.append(
+                f"| {r['model']} | {r['load']} | {r['batch']} | {ms(r['sleep'])} | "
+                f"{ms(r['spin in runs'])} | {r['sleep'] / r['spin in runs']:.2f}x |"
+            )
+        for load in loads:
+            for b in batches:
+                got = [
+                    r["sleep"] / r["spin in runs"]
+                    for r in spin_rows
+                    if r["load"] == load and r["batch"] == b
+                ]
+                lines.append(
+                    f"\nLoad {load}, batch {b}: sleep/spin median {statistics.median(got):.2f}x "
+                    f"(min {min(got):.2f}x, max {max(got):.2f}x)"
+                )
+    elif args.variants:
         all_rows = [
             r for n in names for r in bench_variants(n, batches, args.threads, args.repeats)
         ]
