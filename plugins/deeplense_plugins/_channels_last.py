@@ -1,4 +1,4 @@
-"""Channels-last forms of vit-pytorch's CrossFormer and TwinsSVT transformer stages.
+"""Channels-last forms of vit-pytorch's CrossFormer, TwinsSVT and CvT transformer stages.
 
 Upstream computes these stages on (B, C, H, W) maps: 1x1 convolutions for every projection,
 a LayerNorm over dim 1 (two transposes around each, or slow reductions), and einops
@@ -12,8 +12,11 @@ one transpose into that layout at the start of a stage and one out at its end, m
 products for the projections (the convolutions' own weights viewed as matrices), LayerNorm
 over the last axis, and one reshape + transpose into and out of the windows per attention.
 They are the models' forward for training and export alike (state-dict keys unchanged, so
-older checkpoints load); ``benchmarks/bench_cpu_kernels.py`` and ``bench_onnx.py
---variants`` measure them against upstream's.
+older checkpoints load), except CvT's, which trains in this form (its depth-wise convolutions
+run on the (B, C, H, W) view of channels-last memory) but exports in upstream's
+(``export_as``, see :mod:`deeplense_cli.export_modules`): ONNX Runtime runs upstream's faster
+at batch 64. ``benchmarks/bench_cpu_kernels.py`` and ``bench_onnx.py --variants`` measure
+them against upstream's.
 
 Imported only by the plugins' build functions, so torch may load at module level.
 """
@@ -162,6 +165,31 @@ def twins_global_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(b, h, w, -1)
 
 
+# ---- CvT ------------------------------------------------------------------------------
+
+
+def cvt_projection(proj: Any, x: torch.Tensor) -> torch.Tensor:
+    """vit-pytorch ``cvt.DepthWiseConv2d`` (depth-wise conv, BatchNorm, pointwise conv) on
+    (B, H, W, C): the depth-wise convolution and BatchNorm run on the (B, C, H, W) view of the
+    channels-last memory (no copy), the pointwise one as a matrix product."""
+    depthwise, norm, point = proj.net
+    y = norm(depthwise(x.permute(0, 3, 1, 2)))
+    return pointwise(point, y.permute(0, 2, 3, 1))
+
+
+def cvt_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
+    """vit-pytorch ``cvt.Attention`` on (B, H, W, C)."""
+    b, h, w, _ = x.shape
+    x = norm_last(attn.norm, x)
+    q = cvt_projection(attn.to_q, x)
+    q = heads_first(q.reshape(b, h * w, q.shape[-1]), attn.heads)
+    kv = cvt_projection(attn.to_kv, x)
+    kv = kv.reshape(b, kv.shape[1] * kv.shape[2], kv.shape[3])
+    k, v = (heads_first(t, attn.heads) for t in kv.chunk(2, dim=-1))
+    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
+    return out.reshape(b, h, w, -1)
+
+
 def _residual_fn(layer: nn.Module) -> nn.Module | None:
     """The wrapped module of a vit-pytorch ``Residual``; None for ``nn.Identity``."""
     return None if isinstance(layer, nn.Identity) else layer.fn  # type: ignore[return-value]
@@ -169,8 +197,20 @@ def _residual_fn(layer: nn.Module) -> nn.Module | None:
 
 @functools.cache
 def forms() -> dict[str, tuple[type, type]]:
-    """{"crossformer" | "twins_svt": (upstream Transformer, its channels-last form)}."""
-    from vit_pytorch import crossformer, twins_svt
+    """{"crossformer" | "cvt" | "twins_svt": (upstream Transformer, its channels-last form)}."""
+    from vit_pytorch import crossformer, cvt, twins_svt
+
+    class CvTTransformer(cvt.Transformer):  # type: ignore[misc]
+        # exported in upstream's form: ONNX Runtime ran this one 0.84x as fast at batch 64
+        # (1.18x at batch 1); the transposes around its depth-wise convolutions
+        export_as = cvt.Transformer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.permute(0, 2, 3, 1)
+            for attn, ff in self.layers:
+                x = cvt_attention(attn, x) + x
+                x = sequence(ff.net, x) + x
+            return x.permute(0, 3, 1, 2)
 
     class CrossFormerTransformer(crossformer.Transformer):  # type: ignore[misc]
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +236,7 @@ def forms() -> dict[str, tuple[type, type]]:
 
     table = {
         "crossformer": (crossformer.Transformer, CrossFormerTransformer),
+        "cvt": (cvt.Transformer, CvTTransformer),
         "twins_svt": (twins_svt.Transformer, TwinsTransformer),
     }
     for family, (_, form) in table.items():
@@ -205,8 +246,8 @@ def forms() -> dict[str, tuple[type, type]]:
 
 
 def channels_last_stages(model: nn.Module, family: str) -> int:
-    """Give every upstream Transformer stage of ``model`` (``family`` "crossformer" or
-    "twins_svt") its channels-last forward; parameters and state-dict keys are unchanged.
+    """Give every upstream Transformer stage of ``model`` (``family`` "crossformer", "cvt"
+    or "twins_svt") its channels-last forward; parameters and state-dict keys are unchanged.
     Returns how many stages changed."""
     upstream, form = forms()[family]
     count = 0
