@@ -13,8 +13,8 @@ gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
 ``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
 spinning, optimisation levels, one thread, the transformers optimizer) and the export
 without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--spin``
-times deeplense's session (threads sleep between ops) against one whose threads spin during a
-run and stop when it returns (``session.force_spinning_stop``), idle and with ``--loads`` busy
+times deeplense's session (threads sleep between ops) against ``spinning=True`` (threads spin
+during a run and stop when it returns, ``session.force_spinning_stop``), idle and with ``--loads`` busy
 processes competing for the cores. ``--compile``
 adds torch.compile (inductor), each model and batch size compiled in a child process that
 is killed after ``--compile-timeout`` seconds.
@@ -240,7 +240,7 @@ def bench_variants(
             "deeplense": session(path, threads),
             "no graph rewrites": session(plain, threads),
             "ORT defaults": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
-            "spinning on": session(path, threads, spinning=True),
+            "spin in runs": session(path, threads, spinning=True),
             "basic opt": session(path, threads, optimization="basic"),
             "no opt": session(path, threads, optimization="none"),
             "1 thread": session(path, 1),
@@ -274,17 +274,6 @@ def bench_variants(
     return rows
 
 
-def spin_session(path: Path, threads: int) -> Any:
-    """deeplense's session, but with threads that spin during a run and stop after it."""
-    import onnxruntime as ort
-
-    from deeplense_cli.onnx_session import session_options
-
-    so = session_options(threads, spinning=True)
-    so.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def bench_spin(
     name: str, batches: list[int], threads: int, base_repeats: int, loads: list[int]
 ) -> list[dict[str, Any]]:
@@ -293,7 +282,10 @@ def bench_spin(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_model(model, Path(tmp), "fp32")
-        sessions = {"sleep": session(path, threads), "spin in runs": spin_session(path, threads)}
+        sessions = {
+            "sleep": session(path, threads),
+            "spin in runs": session(path, threads, spinning=True),
+        }
         for load in loads:
             busy = [
                 subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)

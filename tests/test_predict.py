@@ -260,7 +260,11 @@ def test_session_options() -> None:
     import onnxruntime as ort
 
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    assert session_options(spinning=True).intra_op_num_threads >= 1
+    spin = session_options(spinning=True)
+    assert spin.intra_op_num_threads >= 1
+    assert spin.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(RuntimeError):  # not set: ORT's default, spinning allowed
+        spin.get_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_predict_from_onnx_never_imports_torch(
