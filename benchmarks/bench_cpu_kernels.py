@@ -24,7 +24,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -96,62 +98,68 @@ def layer_norm_rows(repeat: int) -> None:
         print(f"| {channels} x {size} x {size} | {u:.2f} | {f:.2f} | {u / f:.1f}x |")
 
 
-def training_rows(names: list[str], steps: int) -> None:
+def _compare_steps(
+    names: list[str],
+    steps: int,
+    head: tuple[str, str, str],
+    prepare: Callable[[Any, bool], int],
+    note: Callable[[int, int], str | None],
+) -> None:
+    """A table of training images/s per architecture with a setting off and on, the two
+    alternating step by step. ``prepare(model, on)`` applies the setting and returns a count;
+    ``note(count off, count on)`` is the last column, or None to leave the model out."""
     import torch
-    from deeplense_plugins._common import restore_channel_norms
 
-    from deeplense_cli.device import cpu_bf16_fixups
     from deeplense_cli.plugins import architectures
 
     archs = architectures()
-    print("\n| model | fixes off img/s | fixes on img/s | speed-up | convs / norms changed |")
+    print(f"\n| model | {head[0]} img/s | {head[1]} img/s | speed-up | {head[2]} |")
     print("| --- | --- | --- | --- | --- |")
     for name in names:
         arch = archs[name]
-        setups = {}
+        setups, counts = {}, {}
         for on in (False, True):
             torch.manual_seed(0)
             model = arch.build(image_size=64)
-            if on:
-                convs = cpu_bf16_fixups(model)
-            else:
-                norms = restore_channel_norms(model)
+            counts[on] = prepare(model, on)
             setups[on] = (model, optimizer(model), True)
+        text = note(counts[False], counts[True])
+        if text is None:
+            continue
         x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
         speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
         off_s, on_s = speed[False], speed[True]
         print(
-            f"| {arch.name} | {off_s:.0f} | {on_s:.0f} | {on_s / off_s:.2f}x | {convs} / {norms} |",
+            f"| {arch.name} | {off_s:.0f} | {on_s:.0f} | {on_s / off_s:.2f}x | {text} |",
             flush=True,
         )
 
 
+def training_rows(names: list[str], steps: int) -> None:
+    """Fixes 1 and 2 off (upstream's channel norms, bf16 strided convs) and on."""
+    from deeplense_plugins._common import restore_channel_norms
+
+    from deeplense_cli.device import cpu_bf16_fixups
+
+    def prepare(model: Any, on: bool) -> int:
+        return cpu_bf16_fixups(model) if on else restore_channel_norms(model)
+
+    head = ("fixes off", "fixes on", "convs / norms changed")
+    _compare_steps(names, steps, head, prepare, lambda norms, convs: f"{convs} / {norms}")
+
+
 def stage_rows(names: list[str], steps: int) -> None:
-    import torch
+    """Fix 3: upstream's transformer stages against the channels-last ones (1 and 2 on)."""
     from deeplense_plugins._channels_last import upstream_stages
 
     from deeplense_cli.device import cpu_bf16_fixups
-    from deeplense_cli.plugins import architectures
 
-    archs = architectures()
-    print("\n| model | upstream stages img/s | channels-last img/s | speed-up | stages |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in names:
-        arch = archs[name]
-        setups, stages = {}, 0
-        for channels_last in (False, True):
-            torch.manual_seed(0)
-            model = arch.build(image_size=64)
-            cpu_bf16_fixups(model)
-            if not channels_last:
-                stages = upstream_stages(model)
-            setups[channels_last] = (model, optimizer(model), True)
-        if not stages:
-            continue  # no channels-last stages in this architecture
-        x, y = torch.rand(64, 1, 64, 64), torch.randint(0, 3, (64,))
-        speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
-        up, cl = speed[False], speed[True]
-        print(f"| {arch.name} | {up:.0f} | {cl:.0f} | {cl / up:.2f}x | {stages} |", flush=True)
+    def prepare(model: Any, on: bool) -> int:
+        cpu_bf16_fixups(model)
+        return 0 if on else upstream_stages(model)
+
+    head = ("upstream stages", "channels-last", "stages")
+    _compare_steps(names, steps, head, prepare, lambda stages, _: str(stages) if stages else None)
 
 
 def main() -> None:

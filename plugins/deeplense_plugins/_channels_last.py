@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplense_plugins._common import swap_classes
+
 
 def norm_last(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """vit-pytorch's channel LayerNorm (``g``, ``b``, ``eps``; biased variance) on (..., C)."""
@@ -250,20 +252,9 @@ def channels_last_stages(model: nn.Module, family: str) -> int:
     or "twins_svt") its channels-last forward; parameters and state-dict keys are unchanged.
     Returns how many stages changed."""
     upstream, form = forms()[family]
-    count = 0
-    for m in model.modules():
-        if type(m) is upstream:
-            m.__class__ = form
-            count += 1
-    return count
+    return swap_classes(model, {upstream: form})
 
 
 def upstream_stages(model: nn.Module) -> int:
     """Undo :func:`channels_last_stages` in place (for measuring what it buys)."""
-    back = {form: upstream for upstream, form in forms().values()}
-    count = 0
-    for m in model.modules():
-        if type(m) in back:
-            m.__class__ = back[type(m)]
-            count += 1
-    return count
+    return swap_classes(model, {form: upstream for upstream, form in forms().values()})

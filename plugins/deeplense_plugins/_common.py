@@ -140,11 +140,18 @@ def fast_channel_norms(model: nn.Module, module: Any) -> int:
     (B, C, H, W) map, in CvT, CrossFormer and TwinsSVT) the fused forward above. Parameters
     and state-dict keys are unchanged; returns how many were changed."""
     upstream = module.LayerNorm
-    fast = _fast_channel_norm(upstream)
+    return swap_classes(model, {upstream: _fast_channel_norm(upstream)})
+
+
+def swap_classes(model: nn.Module, mapping: dict[type, type]) -> int:
+    """Give every module of ``model`` whose exact class is a key of ``mapping`` the class it
+    maps to (a subclass or base with the same parameters: state-dict keys are unchanged);
+    returns how many modules changed."""
     count = 0
     for m in model.modules():
-        if type(m) is upstream:
-            m.__class__ = fast
+        target = mapping.get(type(m))
+        if target is not None:
+            m.__class__ = target
             count += 1
     return count
 
