@@ -4,9 +4,8 @@
    float32 under bf16 autocast (oneDNN's bf16 kernels for them are slow on CPUs without AMX).
 2. ``deeplense_plugins._common.fast_channel_norms``: vit-pytorch's channel LayerNorm (CvT,
    CrossFormer, TwinsSVT) as one fused ``layer_norm`` instead of var/mean reductions.
-
-3. ``deeplense_plugins._channels_last``: CrossFormer's and TwinsSVT's transformer stages on
-   (B, H, W, C) tokens with matrix products instead of 1x1 convolutions on (B, C, H, W) maps.
+3. ``deeplense_plugins._channels_last``: CrossFormer's, TwinsSVT's and CvT's transformer stages
+   on (B, H, W, C) tokens with matrix products instead of 1x1 convolutions on (B, C, H, W) maps.
 
 Part one times the kernels alone (forward + backward); part two times whole training steps
 (bf16 autocast, AdamW, batch 64, 64 px) of the affected architectures with fixes 1 and 2 off

@@ -13,9 +13,9 @@ gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
 ``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
 spinning, optimisation levels, one thread, the transformers optimizer) and the export
 without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--spin``
-times deeplense's session (threads sleep between ops) against ``spinning=True`` (threads spin
-during a run and stop when it returns, ``session.force_spinning_stop``), idle and with ``--loads`` busy
-processes competing for the cores. ``--compile``
+times deeplense's session (threads sleep between ops) against ``spinning=True`` (threads
+spin during a run and stop when it returns, ``session.force_spinning_stop``), idle and with
+``--loads`` busy processes competing for the cores. ``--compile``
 adds torch.compile (inductor), each model and batch size compiled in a child process that
 is killed after ``--compile-timeout`` seconds.
 """
@@ -248,7 +248,8 @@ def bench_variants(
         from deeplense_plugins._channels_last import upstream_stages
 
         upstream = copy.deepcopy(model)
-        if upstream_stages(upstream):  # CrossFormer, TwinsSVT: upstream's NCHW stages
+        # CrossFormer, TwinsSVT: upstream's NCHW stages (CvT exports them already: the same)
+        if upstream_stages(upstream):
             old = Path(tmp) / "upstream-stages.onnx"
             export_fp32(upstream, x64, old)
             variants["upstream stages"] = session(old, threads)

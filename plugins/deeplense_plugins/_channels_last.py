@@ -122,6 +122,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Any = None) 
     return sim.softmax(dim=-1) @ v
 
 
+def map_attention(attn: Any, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Attention of a (B, H, W, heads * D) query map over a (B, H', W', 2 * heads * D) map
+    of keys then values (``attn.heads``, ``attn.scale``), through ``attn.to_out``: the
+    un-windowed attention of TwinsSVT's global and CvT's layers; returns (B, H, W, C)."""
+    b, h, w, _ = q.shape
+    q = heads_first(q.reshape(b, h * w, q.shape[-1]), attn.heads)
+    k, v = (heads_first(t, attn.heads) for t in kv.flatten(1, 2).chunk(2, dim=-1))
+    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
+    return out.reshape(b, h, w, -1)
+
+
 # ---- CrossFormer ----------------------------------------------------------------------
 
 
@@ -157,14 +168,8 @@ def twins_local_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
 def twins_global_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     """vit-pytorch ``twins_svt.GlobalAttention`` on (B, H, W, C): every position attends
     to keys and values of the map sub-sampled by a k x k, stride-k convolution."""
-    b, h, w, _ = x.shape
     x = norm_last(attn.norm, x)
-    q = heads_first(pointwise(attn.to_q, x).reshape(b, h * w, -1), attn.heads)
-    kv = patchwise(attn.to_kv, x)
-    kv = kv.reshape(b, kv.shape[1] * kv.shape[2], kv.shape[3])
-    k, v = (heads_first(t, attn.heads) for t in kv.chunk(2, dim=-1))
-    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
-    return out.reshape(b, h, w, -1)
+    return map_attention(attn, pointwise(attn.to_q, x), patchwise(attn.to_kv, x))
 
 
 # ---- CvT ------------------------------------------------------------------------------
@@ -181,15 +186,8 @@ def cvt_projection(proj: Any, x: torch.Tensor) -> torch.Tensor:
 
 def cvt_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     """vit-pytorch ``cvt.Attention`` on (B, H, W, C)."""
-    b, h, w, _ = x.shape
     x = norm_last(attn.norm, x)
-    q = cvt_projection(attn.to_q, x)
-    q = heads_first(q.reshape(b, h * w, q.shape[-1]), attn.heads)
-    kv = cvt_projection(attn.to_kv, x)
-    kv = kv.reshape(b, kv.shape[1] * kv.shape[2], kv.shape[3])
-    k, v = (heads_first(t, attn.heads) for t in kv.chunk(2, dim=-1))
-    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
-    return out.reshape(b, h, w, -1)
+    return map_attention(attn, cvt_projection(attn.to_q, x), cvt_projection(attn.to_kv, x))
 
 
 def _residual_fn(layer: nn.Module) -> nn.Module | None:
