@@ -17,7 +17,9 @@ times deeplense's session (threads sleep between ops) against ``spinning=True`` 
 spin during a run and stop when it returns, ``session.force_spinning_stop``), idle and with
 ``--loads`` busy processes competing for the cores. ``--compile``
 adds torch.compile (inductor), each model and batch size compiled in a child process that
-is killed after ``--compile-timeout`` seconds.
+is killed after ``--compile-timeout`` seconds; the child times the compiled and the eager
+model in alternation, and compile/ORT is carried through eager (the child's compile/eager
+times the parent's eager/ORT), so both halves of the ratio are interleaved measurements.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ def repeats_for(batch: int, base: int) -> int:
 
 
 def compile_worker(name: str, batch: int, threads: int, repeats: int) -> None:
-    """Child process: torch.compile one model at one batch size, print its median."""
+    """Child process: torch.compile one model at one batch size; print the compiled and the
+    eager model's medians, the two timed call by call in alternation."""
     import torch
 
     torch.set_num_threads(threads)
@@ -147,13 +150,14 @@ def compile_worker(name: str, batch: int, threads: int, repeats: int) -> None:
     with torch.inference_mode():
         compiled(x)
         compile_s = time.perf_counter() - t0
-        med = interleaved({"c": lambda: compiled(x)}, repeats)["c"]
-    print(json.dumps({"median": med, "compile_s": compile_s}))
+        med = interleaved({"c": lambda: compiled(x), "e": lambda: model(x)}, repeats)
+    print(json.dumps({"median": med["c"], "eager": med["e"], "compile_s": compile_s}))
 
 
 def compile_median(
     name: str, batch: int, threads: int, repeats: int, timeout: float
-) -> tuple[float | None, str]:
+) -> tuple[float | None, float | None, str]:
+    """The compiled model's median, the eager median timed beside it in the child, a note."""
     cmd = [
         sys.executable,
         __file__,
@@ -167,11 +171,21 @@ def compile_median(
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"> {timeout:.0f} s to compile"
+        return None, None, f"> {timeout:.0f} s to compile"
     if proc.returncode != 0:
-        return None, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:80]
+        return None, None, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:80]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return float(out["median"]), f"compiled in {out['compile_s']:.0f} s"
+    return float(out["median"]), float(out["eager"]), f"compiled in {out['compile_s']:.0f} s"
+
+
+def compile_via_eager(r: dict[str, Any]) -> float | None:
+    """The compiled model's time carried over to the parent's moment through eager: the
+    child's compiled/eager ratio (interleaved there) times the parent's eager median, so that
+    compile/ORT is a ratio of two interleaved ratios and the machine's drift between the two
+    processes cancels."""
+    if r.get("compile") is None or not r.get("compile_eager"):
+        return None
+    return float(r["compile"]) / float(r["compile_eager"]) * float(r["eager"])
 
 
 def session(path: Path, threads: int, **kwargs: Any) -> Any:
@@ -403,20 +417,20 @@ def main() -> None:
         ]
         if args.compile:
             for r in rows:
-                med, note = compile_median(
+                med, eager, note = compile_median(
                     r["model"],
                     r["batch"],
                     args.threads,
                     repeats_for(r["batch"], args.repeats),
                     args.compile_timeout,
                 )
-                r["compile"], r["compile_note"] = med, note
+                r["compile"], r["compile_eager"], r["compile_note"] = med, eager, note
                 print(f"  {r['model']} bs{r['batch']}: compile {ms(med)} ({note})", file=sys.stderr)
         peak = sgemm_peak(args.threads)
         lines[0] += f" float32 GEMM peak (2048^3 torch.mm): {peak:.0f} GFLOP/s."
         head = ["model", "batch", "eager ms", "fp32 ORT ms", "eager/ORT", "ORT % of peak"]
         if args.compile:
-            head += ["compile ms", "compile/ORT"]
+            head += ["compile ms", "eager/compile", "compile/ORT"]
         for p in precisions:
             if p != "fp32":
                 head += [f"{p} ORT ms", f"eager/{p}"]
@@ -431,7 +445,11 @@ def main() -> None:
                 f"{100 * r['gflop'] / r['fp32'] / peak:.0f}%" if r.get("fp32") else "n/a",
             ]
             if args.compile:
-                cells += [ms(r.get("compile")), ratio(r.get("compile"), r.get("fp32"))]
+                cells += [
+                    ms(r.get("compile")),
+                    ratio(r.get("compile_eager"), r.get("compile")),
+                    ratio(compile_via_eager(r), r.get("fp32")),
+                ]
             for p in precisions:
                 if p != "fp32":
                     cells += [ms(r.get(p)), ratio(r["eager"], r.get(p))]

@@ -1,6 +1,7 @@
 """Training throughput per architecture: native resolution (64 px) versus the reference
 project's practice of upsampling every image to 224 px first. Both measured side by side,
-in one run, on the same machine.
+in one run, on the same machine, alternating step by step, each the step ``deeplense train``
+takes (bf16 autocast on CPUs with native bf16; ``--float32`` to force float32).
 
     python benchmarks/bench_train_throughput.py [--models cct,resnet18] [--steps 6] [--batch 32]
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,27 +43,45 @@ OPENMP_POLICIES = {
 }
 
 
-def images_per_s(model, size: int, upsample_to: int | None, batch: int, steps: int) -> float:
+def resolution_rows(archs, names: list[str], batch: int, steps: int, bf16: bool) -> None:
+    """Native 64 px against the same architecture built for 224 px and fed the 64 px batch
+    upsampled (bilinear) inside the step, as the reference project did: the step
+    ``deeplense train`` takes (bf16 autocast where the CPU has it, the bf16 convolution
+    fix-ups, gradient clipping, fused AdamW), the two alternating step by step."""
     import torch
-    import torch.nn.functional as F
+    import torch.nn as nn
 
-    opt = optimizer(model)
-    x = torch.rand(batch, 1, size, size)
-    y = torch.randint(0, 3, (batch,))
-    model.train()
+    from deeplense_cli.device import cpu_bf16_fixups
 
-    def step() -> None:
-        inp = F.interpolate(x, size=upsample_to, mode="bilinear") if upsample_to else x
-        loss = F.cross_entropy(model(inp), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    print(
+        f"Training steps in {'bf16 autocast' if bf16 else 'float32'}, batch {batch}, "
+        f"median of {steps} steps each, native and 224 px alternating\n"
+    )
+    print("| model | native 64 px img/s | upsampled to 224 img/s | speed-up of native |")
+    print("| --- | --- | --- | --- |")
+    for name in names:
+        arch = archs[name]
+        torch.manual_seed(0)
+        native = arch.build(image_size=64)
+        try:
+            torch.manual_seed(0)
+            big = arch.factory(image_size=224, num_classes=3, in_channels=1, **dict(arch.defaults))
+        except Exception as exc:  # some configurations cannot take 224 px as is
+            print(f"| {arch.name} | - | n/a ({type(exc).__name__}) | - |", flush=True)
+            continue
+        up = nn.Sequential(nn.Upsample(size=224, mode="bilinear"), big)
+        setups = {}
+        for key, model in (("native", native), ("224", up)):
+            cpu_bf16_fixups(model)
+            model.train()
+            setups[key] = (model, optimizer(model), bf16)
+        x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
+        speed = alternating_images_per_s(setups, x, y, steps, warmup=1)
+        print(
+            f"| {arch.name} | {speed['native']:.1f} | {speed['224']:.1f} | "
+            f"{speed['native'] / speed['224']:.1f}x |",
+            flush=True,
+        )
 
 
 def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
@@ -187,6 +205,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--amp", action="store_true", help="float32 vs bf16 autocast instead")
+    parser.add_argument(
+        "--float32", action="store_true", help="native vs 224 px in float32 (default: bf16)"
+    )
     parser.add_argument("--optimizer", action="store_true", help="default vs fused AdamW")
     parser.add_argument("--openmp", action="store_true", help="OpenMP wait policies, under load")
     parser.add_argument("--loads", default="0,2", help="--openmp: busy processes per level")
@@ -212,20 +233,9 @@ def main() -> None:
     if args.openmp:
         openmp_rows(archs, names, args)
         return
-    print("| model | native 64 px img/s | upsampled to 224 img/s | speed-up of native |")
-    print("| --- | --- | --- | --- |")
-    for name in names:
-        arch = archs[name]
-        torch.manual_seed(0)
-        native = images_per_s(arch.build(image_size=64), 64, None, args.batch, args.steps)
-        try:
-            torch.manual_seed(0)
-            big = arch.factory(image_size=224, num_classes=3, in_channels=1, **dict(arch.defaults))
-            up = images_per_s(big, 64, 224, args.batch, max(1, args.steps // 2))
-            up_s, ratio = f"{up:.1f}", f"{native / up:.1f}x"
-        except Exception as exc:  # some configurations cannot take 224 px as is
-            up_s, ratio = f"n/a ({type(exc).__name__})", "-"
-        print(f"| {arch.name} | {native:.1f} | {up_s} | {ratio} |", flush=True)
+    from deeplense_cli.device import cpu_has_fast_bf16
+
+    resolution_rows(archs, names, args.batch, args.steps, cpu_has_fast_bf16() and not args.float32)
 
 
 if __name__ == "__main__":
