@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.table import Table
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt_value(value: Any, digits: int = 4) -> str:
+    """A metric for a console line: floats to ``digits`` decimals, None as "-"."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -79,10 +80,10 @@ class RichReporter:
         self.progress.update(self.epoch_task, completed=row["epoch"])
         star = " *" if row.get("best") else ""
         self.progress.console.print(
-            f"epoch {row['epoch']:>3}  train loss {_fmt(row['train_loss'])}  "
-            f"val loss {_fmt(row.get('val_loss'))}  acc {_fmt(row.get('val_accuracy'))}  "
-            f"macro AUC {_fmt(row.get('val_macro_auc'))}  "
-            f"{_fmt(row.get('train_images_per_s'), 0)} img/s{star}"
+            f"epoch {row['epoch']:>3}  train loss {fmt_value(row['train_loss'])}  "
+            f"val loss {fmt_value(row.get('val_loss'))}  acc {fmt_value(row.get('val_accuracy'))}  "
+            f"macro AUC {fmt_value(row.get('val_macro_auc'))}  "
+            f"{fmt_value(row.get('train_images_per_s'), 0)} img/s{star}"
         )
 
     def end(self, summary: dict[str, Any]) -> None:
@@ -154,12 +155,12 @@ def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
     for c in metrics["classes"]:
         table.add_row(
             c,
-            _fmt(metrics["auc"].get(c)),
-            _fmt(metrics["precision"].get(c)),
-            _fmt(metrics["recall"].get(c)),
+            fmt_value(metrics["auc"].get(c)),
+            fmt_value(metrics["precision"].get(c)),
+            fmt_value(metrics["recall"].get(c)),
         )
     table.add_section()
-    table.add_row("macro", _fmt(metrics.get("macro_auc")), "", "")
-    table.add_row("micro", _fmt(metrics.get("micro_auc")), "", "")
-    table.add_row("accuracy", _fmt(metrics.get("accuracy")), "", "")
+    table.add_row("macro", fmt_value(metrics.get("macro_auc")), "", "")
+    table.add_row("micro", fmt_value(metrics.get("micro_auc")), "", "")
+    table.add_row("accuracy", fmt_value(metrics.get("accuracy")), "", "")
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_p
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    # each cell's summary line gives its figures to four decimals
+    summaries = re.findall(r"test accuracy (\S+), macro AUC (\S+)", result.output)
+    assert len(summaries) == 2, result.output
+    assert all(re.fullmatch(r"\d\.\d{4}|-", v) for pair in summaries for v in pair), summaries
     table = (out / "results.md").read_text()
     assert "| ResNet18 |" in table and "| CCT |" in table and "Model_III" in table
     row = json.loads((out / "results" / "resnet18-Model_III.json").read_text())

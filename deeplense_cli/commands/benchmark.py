@@ -101,10 +101,12 @@ def benchmark(**kw: Any) -> None:
         return
     for i, cell in enumerate(todo, 1):
         err_console().print(f"[{i}/{len(todo)}] {cell.model} on {cell.dataset}")
-        from deeplense_cli.reporting import RichReporter
+        from deeplense_cli.reporting import RichReporter, fmt_value
 
         row = run_cell(cell, bench_dir, settings, reporter=RichReporter())
-        err_console().print(f"  test accuracy {row['accuracy']:.4f}, macro AUC {row['macro_auc']}")
+        err_console().print(
+            f"  test accuracy {fmt_value(row['accuracy'])}, macro AUC {fmt_value(row['macro_auc'])}"
+        )
     out = write_table(bench_dir)
     console().print(out.read_text(), markup=False)
     err_console().print(f"Results table: {out}")

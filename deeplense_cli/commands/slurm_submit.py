@@ -103,6 +103,9 @@ def submit_training(
         summary = follow(job)
         test = (summary or {}).get("test") or {}
         if test.get("accuracy") is not None:
+            from deeplense_cli.reporting import fmt_value
+
             err_console().print(
-                f"Finished: test accuracy {test['accuracy']:.4f}, macro AUC {test.get('macro_auc')}"
+                f"Finished: test accuracy {fmt_value(test['accuracy'])}, "
+                f"macro AUC {fmt_value(test.get('macro_auc'))}"
             )
