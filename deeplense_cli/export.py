@@ -309,6 +309,43 @@ class _Calibration:
         self._it = iter(self.batches)
 
 
+def unshare_vectors(model: Any) -> int:
+    """Give every node that reads a shared 1-D initializer (a bias, a norm's gain) its own
+    copy; ``model`` (an ``onnx.ModelProto``) is changed in place. Returns the copies made.
+
+    ONNX Runtime's QDQ quantizer copies a bias that several nodes share, naming the copy
+    ``<name><n>`` while checking only initializer names for clashes: TwinsSVT's exported
+    LayerNorm gains ``view_1``/``view_2`` (shared by the LayerNorms of one stage) got copies
+    named ``view_274``..., names of activations in the same graph, and quantization failed
+    ("Quantization parameter shared mode is not supported for weight yet"). Copies made here
+    get names no tensor of the graph has, so the quantizer never needs to copy.
+    """
+    graph = model.graph
+    vectors = {i.name: i for i in graph.initializer if len(i.dims) == 1}
+    taken = {i.name for i in graph.initializer} | {v.name for v in graph.input}
+    taken |= {o for node in graph.node for o in node.output}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name not in vectors:
+                continue
+            if name not in seen:  # the first reader keeps the original
+                seen.add(name)
+                continue
+            copies += 1
+            new_name = f"{name}__copy{copies}"
+            while new_name in taken:
+                new_name += "_"
+            copy = type(vectors[name])()
+            copy.CopyFrom(vectors[name])
+            copy.name = new_name
+            graph.initializer.append(copy)
+            taken.add(new_name)
+            node.input[k] = new_name
+    return copies
+
+
 def quantize_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -317,6 +354,7 @@ def quantize_int8(
 ) -> None:
     """Static QDQ int8: per-channel int8 weights, uint8 activations calibrated (min-max)
     on training images. ONNX Runtime fuses the QDQ pairs into integer kernels."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -336,15 +374,25 @@ def quantize_int8(
             source = pre
         except Exception:  # symbolic shape inference fails on some graphs; it is optional
             source = Path(src)
-        quantize_static(
-            os.fspath(source),
-            os.fspath(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        model = onnx.load(os.fspath(source))
+        if unshare_vectors(model):
+            source = Path(workdir).resolve() / "unshared.onnx"
+            onnx.save(model, os.fspath(source))
+        try:
+            quantize_static(
+                os.fspath(source),
+                os.fspath(dst),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        except Exception as exc:  # ONNX Runtime's quantizer does not cover every graph
+            raise DeepLenseError(
+                f"int8 quantisation of this model failed in ONNX Runtime "
+                f"({type(exc).__name__}: {_first_line(exc)}); export it as fp32 instead"
+            ) from None
 
 
 def set_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> None:

@@ -135,6 +135,77 @@ def test_every_architecture_exports(model: str, tmp_path: Path) -> None:
     assert ort_logits(result.path, x).shape == (5, 3)
 
 
+@pytest.mark.parametrize(
+    "model",
+    FAST_ARCHITECTURES + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_ARCHITECTURES],
+)
+def test_every_architecture_quantizes_to_int8(model: str, tmp_path: Path) -> None:
+    """Static QDQ int8 works for each built-in architecture's graph (TwinsSVT's shared
+    LayerNorm gains once made ONNX Runtime's quantizer fail). Untrained weights on synthetic
+    images decide their top class by hairbreadths, so agreement is not asserted here (the
+    trained-run test above does)."""
+    from deeplense_cli.export import export_onnx
+
+    run = make_untrained_run(tmp_path / model, model)
+    result = export_onnx(
+        run.path, precision="int8", validation_images=8, calibration_images=8, min_agreement=0.0
+    )
+    assert result.path == run.path / "model-int8.onnx" and result.path.is_file()
+    ops, _ = op_types(result.path)
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    x = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
+    out = ort_logits(result.path, x)
+    assert out.shape == (5, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the unsharing, ONNX Runtime's quantizer really fails on TwinsSVT's graph: the
+    user gets one line, no traceback, and no file."""
+    import deeplense_cli.export as export
+
+    monkeypatch.setattr(export, "unshare_vectors", lambda model: 0)
+    run = make_untrained_run(tmp_path / "twins", "TwinsSVT")
+    before = sorted(p.name for p in run.path.iterdir())
+    result = CliRunner().invoke(cli, ["export", "onnx", str(run.path), "--precision", "int8"])
+    assert result.exit_code != 0
+    assert "int8 quantisation of this model failed" in result.output
+    assert "export it as fp32 instead" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in run.path.iterdir()) == before
+
+
+def test_unshare_vectors_gives_each_reader_a_fresh_name() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deeplense_cli.export import unshare_vectors
+
+    gain = helper.make_tensor("g", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "g"], ["g1"]),  # an activation named like a copy
+        helper.make_node("Mul", ["g1", "g"], ["y"]),
+        helper.make_node("Add", ["y", "g"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+        [gain],
+    )
+    model = helper.make_model(graph)
+    assert unshare_vectors(model) == 2
+    readers = [n.input[1] for n in model.graph.node]
+    names = [o for n in model.graph.node for o in n.output]
+    assert readers[0] == "g" and len(set(readers)) == 3 and not set(readers) & set(names)
+    values = {i.name: list(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer}
+    assert all(values[r] == [1.0, 2.0, 3.0, 4.0] for r in readers)
+    onnx.checker.check_model(model)
+    assert unshare_vectors(model) == 0
+
+
 def test_fp16_export_is_half_the_size_with_float32_io(trained_run: Path) -> None:
     import onnxruntime as ort
 
