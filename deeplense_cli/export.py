@@ -258,13 +258,14 @@ def export_fp32(
 
 
 def _rewrite_graph(path: str | os.PathLike[str]) -> int:
-    """Einsums to MatMuls (:mod:`deeplense_cli.onnx_graph`); returns how many."""
+    """Einsums to MatMuls, GELUs into the order ONNX Runtime fuses
+    (:mod:`deeplense_cli.onnx_graph`); returns how many nodes were rewritten."""
     import onnx
 
-    from deeplense_cli.onnx_graph import rewrite_einsum
+    from deeplense_cli.onnx_graph import reorder_gelu, rewrite_einsum
 
     model = onnx.load(os.fspath(path))
-    count = rewrite_einsum(model)
+    count = rewrite_einsum(model) + reorder_gelu(model)
     if count:
         onnx.checker.check_model(model)
         onnx.save(model, os.fspath(path))

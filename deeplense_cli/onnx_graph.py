@@ -8,8 +8,16 @@ rewritten here into ``Transpose``/``Reshape``/``MatMul`` nodes, which ONNX Runti
 with its GEMM kernels and fuses further (``MatMul`` + ``Transpose`` -> ``FusedMatMul``).
 
 Einsums of any other shape (ellipses, one operand, repeated letters, several contracted
-letters) are left as they are. The rewrite is checked like every export: ONNX Runtime
-against PyTorch on real images.
+letters) are left as they are.
+
+The exact GELU ``x * 0.5 * (1 + erf(x / sqrt 2))`` reaches the graph as
+``Div -> Erf -> Add -> Mul(0.5) -> Mul(x)`` from the dynamo exporter (CrossFormer's and
+TwinsSVT's channels-last stages), an order ONNX Runtime's Gelu fusion does not match: it
+wants ``Mul(x, 0.5)`` on the side. :func:`reorder_gelu` moves the 0.5 there (the same
+arithmetic), and ONNX Runtime then fuses each GELU with the bias Add before it into one
+``BiasGelu`` kernel.
+
+Every rewrite is checked like every export: ONNX Runtime against PyTorch on real images.
 """
 
 from __future__ import annotations
@@ -196,3 +204,61 @@ def _drop_unused_initializers(graph: Any, candidates: set[str]) -> None:
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(keep)
+
+
+def _constant(graph: Any, name: str, value: float) -> bool:
+    init = _initializer(graph, name)
+    if init is None:
+        return False
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(init)
+    return array.size == 1 and bool(np.isclose(float(array.reshape(-1)[0]), value, rtol=1e-6))
+
+
+def reorder_gelu(model: Any) -> int:
+    """Rewrite each ``Div(x, sqrt 2) -> Erf -> Add(1) -> Mul(0.5) -> Mul(x)`` of ``model``
+    (an ``onnx.ModelProto``, changed in place) into ``Mul(x, 0.5) * (Erf(...) + 1)``, the
+    order ONNX Runtime fuses into one Gelu; returns how many were rewritten."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def only_reader(value: str, op: str) -> Any | None:
+        found = readers.get(value, [])
+        if value in outputs or len(found) != 1 or found[0].op_type != op:
+            return None
+        return found[0]
+
+    count = 0
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not _constant(graph, div.input[1], np.sqrt(2)):
+            continue
+        if only_reader(div.output[0], "Erf") is None:
+            continue
+        x = div.input[0]
+        add = only_reader(erf.output[0], "Add")
+        if add is None or not any(
+            _constant(graph, i, 1.0) for i in add.input if i != erf.output[0]
+        ):
+            continue
+        half = only_reader(add.output[0], "Mul")
+        if half is None:
+            continue
+        (half_const,) = [i for i in half.input if i != add.output[0]] or [""]
+        if not _constant(graph, half_const, 0.5):
+            continue
+        final = only_reader(half.output[0], "Mul")
+        if final is None or x not in final.input:
+            continue
+        # half: x * 0.5 (x is computed before the Div, so the node order stays valid);
+        # final: (x * 0.5) * (erf + 1)
+        half.input[:] = [x, half_const]
+        final.input[:] = [half.output[0], add.output[0]]
+        count += 1
+    return count

@@ -108,3 +108,85 @@ def test_unfold_as_convolution_is_exact(kernel, stride, padding, channels, size)
     assert replaced == 1 and isinstance(clone[1][0], UnfoldAsConv)
     assert isinstance(model[1][0], nn.Unfold), "the original model must not change"
     assert export_copy(nn.Linear(2, 2))[1] == 0
+
+
+def _gelu_graph(half_first: bool, x_first: bool, half: float = 0.5):
+    """MatMul + bias, then the exact GELU in the dynamo exporter's order (0.5 applied to
+    erf + 1, then x), the operand orders of the two Muls as given."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = {
+        "w": rng.standard_normal((4, 6)).astype(np.float32),
+        "bias": rng.standard_normal(6).astype(np.float32),
+        "sqrt2": np.array(np.sqrt(2), np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(half, np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["x"]),
+        helper.make_node("Div", ["x", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["p"]),
+        helper.make_node("Mul", ["half", "p"] if half_first else ["p", "half"], ["h"]),
+        helper.make_node("Mul", ["x", "h"] if x_first else ["h", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gelu",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 6])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, consts
+
+
+@pytest.mark.parametrize("half_first", [True, False])
+@pytest.mark.parametrize("x_first", [True, False])
+def test_gelu_reorder_is_exact_and_onnx_runtime_fuses_it(
+    half_first: bool, x_first: bool, tmp_path
+) -> None:
+    import math
+
+    import onnx
+    import onnxruntime as ort
+
+    from deeplense_cli.onnx_graph import reorder_gelu
+    from deeplense_cli.onnx_session import session_options
+
+    model, c = _gelu_graph(half_first, x_first)
+    a = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    before = _run(model, {"a": a})
+
+    def fused_ops(m) -> list[str]:
+        path = tmp_path / "optimized.onnx"
+        ort.InferenceSession(
+            m.SerializeToString(),
+            session_options(1, optimized_model_path=path),
+            providers=["CPUExecutionProvider"],
+        )
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    assert "Erf" in fused_ops(model)  # ONNX Runtime leaves this order unfused
+    assert reorder_gelu(model) == 1
+    onnx.checker.check_model(model)
+    after = _run(model, {"a": a})
+    x = a @ c["w"] + c["bias"]
+    exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(after, exact, rtol=1e-5, atol=1e-5)
+    ops = fused_ops(model)
+    assert "Erf" not in ops and ops.count("BiasGelu") + ops.count("Gelu") == 1, ops
+    assert reorder_gelu(model) == 0  # nothing left to rewrite
+
+
+def test_gelu_reorder_leaves_other_arithmetic_alone() -> None:
+    from deeplense_cli.onnx_graph import reorder_gelu
+
+    model, _ = _gelu_graph(True, True, half=0.7)  # not a GELU
+    assert reorder_gelu(model) == 0
