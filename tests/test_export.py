@@ -185,9 +185,9 @@ def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
     """Without the unsharing, ONNX Runtime's quantizer really fails on TwinsSVT's graph: the
     user gets one line, no traceback, and no file (the per-architecture export test checks
     that the unsharing makes it succeed)."""
-    import deeplense_cli.export as export
+    import deeplense_cli.onnx_graph as onnx_graph
 
-    monkeypatch.setattr(export, "unshare_vectors", lambda model: 0)
+    monkeypatch.setattr(onnx_graph, "unshare_vectors", lambda model: 0)
     run = make_untrained_run(tmp_path / "twins", "TwinsSVT")
     before = sorted(p.name for p in run.path.iterdir())
     result = CliRunner().invoke(cli, ["export", "onnx", str(run.path), "--precision", "int8"])
@@ -195,36 +195,6 @@ def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
     assert "int8 quantisation of this model failed" in result.output
     assert "export it as fp32 instead" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in run.path.iterdir()) == before
-
-
-def test_unshare_vectors_gives_each_reader_a_fresh_name() -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    from deeplense_cli.export import unshare_vectors
-
-    gain = helper.make_tensor("g", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
-    nodes = [
-        helper.make_node("Mul", ["x", "g"], ["g1"]),  # an activation named like a copy
-        helper.make_node("Mul", ["g1", "g"], ["y"]),
-        helper.make_node("Add", ["y", "g"], ["z"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "t",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
-        [gain],
-    )
-    model = helper.make_model(graph)
-    assert unshare_vectors(model) == 2
-    readers = [n.input[1] for n in model.graph.node]
-    names = [o for n in model.graph.node for o in n.output]
-    assert readers[0] == "g" and len(set(readers)) == 3 and not set(readers) & set(names)
-    values = {i.name: list(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer}
-    assert all(values[r] == [1.0, 2.0, 3.0, 4.0] for r in readers)
-    onnx.checker.check_model(model)
-    assert unshare_vectors(model) == 0
 
 
 def test_fp16_export_is_half_the_size_with_float32_io(trained_run: Path) -> None:

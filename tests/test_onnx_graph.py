@@ -1,5 +1,6 @@
-"""The export-time graph rewrites: einsum -> MatMul (onnx_graph) and nn.Unfold ->
-convolution (export_modules) compute exactly what they replace."""
+"""The export-time graph rewrites: einsum -> MatMul and the GELU reorder (onnx_graph),
+nn.Unfold -> convolution (export_modules) compute exactly what they replace; the unsharing
+of shared 1-D initializers before int8 gives every reader a fresh name."""
 
 from __future__ import annotations
 
@@ -190,3 +191,33 @@ def test_gelu_reorder_leaves_other_arithmetic_alone() -> None:
 
     model, _ = _gelu_graph(True, True, half=0.7)  # not a GELU
     assert reorder_gelu(model) == 0
+
+
+def test_unshare_vectors_gives_each_reader_a_fresh_name() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deeplense_cli.onnx_graph import unshare_vectors
+
+    gain = helper.make_tensor("g", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "g"], ["g1"]),  # an activation named like a copy
+        helper.make_node("Mul", ["g1", "g"], ["y"]),
+        helper.make_node("Add", ["y", "g"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+        [gain],
+    )
+    model = helper.make_model(graph)
+    assert unshare_vectors(model) == 2
+    readers = [n.input[1] for n in model.graph.node]
+    names = [o for n in model.graph.node for o in n.output]
+    assert readers[0] == "g" and len(set(readers)) == 3 and not set(readers) & set(names)
+    values = {i.name: list(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer}
+    assert all(values[r] == [1.0, 2.0, 3.0, 4.0] for r in readers)
+    onnx.checker.check_model(model)
+    assert unshare_vectors(model) == 0
