@@ -12,7 +12,8 @@ gives median latencies and the ratios eager / ORT (> 1: ORT is faster).
 
 ``--variants`` times ONNX Runtime session settings against each other (ORT defaults,
 spinning, optimisation levels, one thread, the transformers optimizer) and the export
-without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution). ``--spin``
+without deeplense's graph rewrites (einsum -> MatMul, nn.Unfold -> convolution) or with
+attention exported as plain ops ("attention unfused", not the fused node). ``--spin``
 times deeplense's session (threads sleep between ops) against ``spinning=True`` (threads
 spin during a run and stop when it returns, ``session.force_spinning_stop``), idle and with
 ``--loads`` busy processes competing for the cores. ``--compile``
@@ -250,8 +251,14 @@ def bench_variants(
         plain = Path(tmp) / "no-rewrites.onnx"
         x64 = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
         export_fp32(model, x64, plain, rewrite=False)
+        from deeplense_cli.export_modules import unfused_attention
+
+        unfused = Path(tmp) / "unfused-attention.onnx"
+        with unfused_attention():
+            export_fp32(model, x64, unfused)
         variants: dict[str, Any] = {
             "deeplense": session(path, threads),
+            "attention unfused": session(unfused, threads),
             "no graph rewrites": session(plain, threads),
             "ORT defaults": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
             "spin in runs": session(path, threads, spinning=True),

@@ -57,6 +57,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "fp32": (1e-4, 1e-3),
     "fp16": (2e-2, 2e-2),
 }
+STANDARD = ("", "ai.onnx")  # the standard operator domains
 INT8_MIN_AGREEMENT = 0.9  # int8: share of images whose top class matches PyTorch
 
 
@@ -86,6 +87,7 @@ class ExportResult:
     accuracy_torch: float | None = None
     accuracy_onnx: float | None = None
     tolerance: str = ""
+    contrib_ops: list[str] = field(default_factory=list)  # ONNX Runtime-only operators
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -190,12 +192,15 @@ def export_fp32(
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
     rewrite: bool = True,
+    standard_ops: bool = False,
 ) -> tuple[str, int]:
     """Export ``model`` with a dynamic batch axis to ONE file; returns (exporter, opset).
 
     ``rewrite`` (default) applies the exact speed rewrites: nn.Unfold as a convolution
-    (:mod:`deeplense_cli.export_modules`) and einsums as MatMuls
+    and the models' export forms (:mod:`deeplense_cli.export_modules`), einsums as MatMuls
     (:mod:`deeplense_cli.onnx_graph`); ``False`` is for measuring what they buy.
+    ``standard_ops`` keeps attention in standard ONNX operators instead of ONNX Runtime's
+    fused ``com.microsoft`` MultiHeadAttention (for other runtimes; slower in ONNX Runtime).
 
     ``legacy`` (TorchScript tracing) exports all eleven built-in architectures in seconds
     and its graphs run as fast as the dynamo exporter's once ONNX Runtime has optimised
@@ -208,15 +213,16 @@ def export_fp32(
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
     if len(x) < 2:  # batch 2, so that no size-1 batch gets specialised
         x = torch.cat([x, x])
-    if rewrite:
-        from deeplense_cli.export_modules import export_copy
+    from deeplense_cli.export_modules import export_copy, unfused_attention
 
+    if rewrite:
         model, _ = export_copy(model)  # same numbers, a graph ORT runs faster (see the module)
     errors = []
     for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):
         used_opset = max(opset, 18) if kind == "dynamo" else opset
+        plain = unfused_attention() if standard_ops else contextlib.nullcontext()
         try:
-            with _quiet(), torch.inference_mode(False), torch.no_grad():
+            with _quiet(), torch.inference_mode(False), torch.no_grad(), plain:
                 if kind == "legacy":
                     torch.onnx.export(
                         model,
@@ -361,6 +367,15 @@ def quantize_int8(
             ) from None
 
 
+def contrib_ops(path: str | os.PathLike[str]) -> list[str]:
+    """The operators of the model at ``path`` outside the standard ONNX domains (ONNX
+    Runtime's ``com.microsoft`` fused attention, for one), as ``domain.OpType``."""
+    import onnx
+
+    graph = onnx.load(os.fspath(path)).graph
+    return sorted({f"{n.domain}.{n.op_type}" for n in graph.node if n.domain not in STANDARD})
+
+
 def set_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> None:
     """Replace the model's metadata_props with ``meta`` and save it as one file."""
     import onnx
@@ -455,13 +470,16 @@ def _export_validated(
     opset: int,
     batch_sizes: tuple[int, ...],
     min_agreement: float,
+    standard_ops: bool,
     progress: Callable[[str], None] | None,
 ) -> ExportResult:
     classes, transform = run.classes, run.transform
     with tempfile.TemporaryDirectory(prefix="deeplense-export-") as workdir:
         fp32_path = Path(workdir) / "fp32.onnx"
         _log(progress, f"exporting ({kind} exporter)")
-        used_exporter, used_opset = export_fp32(model, data.test, fp32_path, opset, kind)
+        used_exporter, used_opset = export_fp32(
+            model, data.test, fp32_path, opset, kind, standard_ops=standard_ops
+        )
         meta = {
             "deeplense.format": FORMAT,
             "deeplense.architecture": arch_name,
@@ -485,6 +503,8 @@ def _export_validated(
             else:
                 _log(progress, f"calibrating int8 on {len(data.calibration)} images")
                 quantize_int8(fp32_path, tmp, data.calibration, workdir)
+            contrib = contrib_ops(tmp)
+            meta["deeplense.contrib_ops"] = json.dumps(contrib)
             set_metadata(tmp, meta)
             _log(progress, "validating with ONNX Runtime")
             checks, onnx_logits = validate(
@@ -501,6 +521,7 @@ def _export_validated(
                 real_data=data.real,
                 checks=checks,
                 tolerance=_tolerance_text(precision, min_agreement),
+                contrib_ops=contrib,
             )
             if data.labels is not None:
                 result.accuracy_torch = float((reference.argmax(1) == data.labels).mean())
@@ -541,12 +562,15 @@ def export_onnx(
     calibration_images: int = 256,
     batch_sizes: tuple[int, ...] = (1, 32),
     min_agreement: float = INT8_MIN_AGREEMENT,
+    standard_ops: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
 
     The default output is ``RUN/model.onnx`` (``RUN/model-fp16.onnx``, ``model-int8.onnx``
     for the other precisions). Raises DeepLenseError, writing nothing, when validation fails.
+    Attention layers that have a fused form export as ONNX Runtime's ``com.microsoft``
+    MultiHeadAttention unless ``standard_ops`` (standard operators only, for other runtimes).
     """
     import_ort()
     start = time.perf_counter()
@@ -593,6 +617,7 @@ def export_onnx(
                 opset,
                 batch_sizes,
                 min_agreement,
+                standard_ops,
                 progress,
             )
         except DeepLenseError as exc:

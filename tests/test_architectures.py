@@ -272,6 +272,40 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     assert any(hasattr(type(m), "export_as") for m in model.modules())  # the original kept
 
 
+@pytest.mark.parametrize("key, layers", [("crossvit", 28), ("pit", 10), ("t2tvit", 8), ("cct", 6)])
+def test_attention_layers_train_as_upstream_and_export_fused(key: str, layers: int) -> None:
+    """CrossViT's, PiT's, T2TViT's and CCT's attention layers keep upstream's forward for
+    training (only ``export_as`` is added); the export copy's fused forms (split projections,
+    one multi_head_attention call) compute the same function from the same parameters."""
+    import copy
+
+    from deeplense_cli.export_modules import export_copy
+
+    torch.manual_seed(0)
+    model = get_architecture(key).build(image_size=64).eval()
+    marked = [m for m in model.modules() if type(m).__module__ == "deeplense_plugins._attention"]
+    assert len(marked) == layers
+    for m in marked:
+        upstream = type(m).__mro__[1]
+        assert (
+            upstream.__module__.startswith("vit_pytorch.") and type(m).forward is upstream.forward
+        )
+        assert set(vars(type(m))) <= {"export_as", "__module__", "__qualname__", "__doc__"}
+    keys = list(model.state_dict())
+    exported, _ = export_copy(model)
+    fused = [m for m in exported.modules() if type(m).__name__.startswith("FusedAttention")]
+    assert len(fused) == layers and list(exported.state_dict()) == keys
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if type(m).__module__ == "deeplense_plugins._attention":
+            m.__class__ = type(m).__mro__[1]
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        a, b, c = model(x), exported(x), plain(x)
+    assert a.abs().max() > 0.01 and torch.equal(a, c)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
     model.zero_grad()
     out = model(x)

@@ -22,6 +22,8 @@ CLASSES = ["axion", "cdm", "no_sub"]
 # five fast ones in ~25 s; the biggest run with --slow.
 FAST_ARCHITECTURES = ["ResNet18", "CCT", "T2TViT", "CaiT", "CvT"]
 SLOW_ARCHITECTURES = ["CrossFormer", "CrossViT", "LeViT", "PiT", "Swin", "TwinsSVT"]
+# attention layers exported as ONNX Runtime's fused MultiHeadAttention (plugins' _attention)
+FUSED_ATTENTION = {"CrossViT": 28, "PiT": 10, "T2TViT": 8, "CCT": 6}
 
 
 def make_untrained_run(path: Path, model: str, image_size: int = 64, seed: int = 0) -> RunDir:
@@ -102,6 +104,8 @@ def test_export_command_writes_one_validated_file(trained_run: Path) -> None:
     assert meta["deeplense.image_size"] == "64" and meta["deeplense.in_channels"] == "1"
     assert meta["deeplense.opset"] == "17" and meta["deeplense.precision"] == "fp32"
     assert meta["deeplense.source_run"] == str(trained_run.resolve())
+    assert json.loads(meta["deeplense.contrib_ops"]) == []  # a CNN: nothing to fuse
+    assert "standard ONNX operators only" in " ".join(result.output.split())
     validation = json.loads(meta["deeplense.validation"])
     assert [c["batch_size"] for c in validation["checks"]] == [1, 32]
     assert all(c["passed"] and c["max_abs_error"] < 1e-3 for c in validation["checks"])
@@ -144,11 +148,43 @@ def test_every_architecture_exports(model: str, tmp_path: Path) -> None:
     assert ops.count("Einsum") <= (1 if model == "CCT" else 0)
     if model in ("T2TViT", "PiT"):  # the nn.Unfold users
         assert index_gathers == 0, "nn.Unfold was exported as gathers of computed indices"
+    assert ops.count("MultiHeadAttention") == FUSED_ATTENTION.get(model, 0)
+    assert json.loads(metadata(result.path)["deeplense.contrib_ops"]) == (
+        ["com.microsoft.MultiHeadAttention"] if model in FUSED_ATTENTION else []
+    )
     x = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
     assert ort_logits(result.path, x).shape == (5, 3)
     # every GELU reaches ONNX Runtime in a form it fuses (onnx_graph.reorder_gelu)
     assert "Erf" not in optimized_op_types(result.path, tmp_path / "optimized.onnx")
     check_lower_precisions(result.path, tmp_path)
+
+
+def test_standard_ops_exports_attention_without_onnx_runtime_operators(tmp_path: Path) -> None:
+    """``--standard-ops``: the same model in standard ONNX operators only (for runtimes other
+    than ONNX Runtime), validated the same way; the default uses the fused node and says so."""
+    import onnx
+
+    run = make_untrained_run(tmp_path / "cct", "CCT")
+    fused, plain = tmp_path / "fused.onnx", tmp_path / "plain.onnx"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", "onnx", str(run.path), "-o", str(fused)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps lines
+    assert "ONNX Runtime operators com.microsoft.MultiHeadAttention" in text
+    result = runner.invoke(
+        cli, ["export", "onnx", str(run.path), "-o", str(plain), "--standard-ops"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "standard ONNX operators only" in " ".join(result.output.split())
+    model = onnx.load(str(plain))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert json.loads(metadata(plain)["deeplense.contrib_ops"]) == []
+    ops, _ = op_types(plain)
+    # one Softmax per attention layer, plus the sequence pooling's
+    assert ops.count("Softmax") == FUSED_ATTENTION["CCT"] + 1 and "MultiHeadAttention" not in ops
+    x = np.random.default_rng(3).random((4, 1, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(ort_logits(plain, x), ort_logits(fused, x), rtol=1e-4, atol=1e-5)
 
 
 def check_lower_precisions(fp32: Path, tmp_path: Path) -> None:

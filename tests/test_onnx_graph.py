@@ -1,6 +1,8 @@
 """The export-time graph rewrites: einsum -> MatMul and the GELU reorder (onnx_graph),
 nn.Unfold -> convolution (export_modules) compute exactly what they replace; the unsharing
-of shared 1-D initializers before int8 gives every reader a fresh name."""
+of shared 1-D initializers before int8 gives every reader a fresh name; fused attention
+(export_modules.multi_head_attention) exports as one node ONNX Runtime runs to the same
+numbers."""
 
 from __future__ import annotations
 
@@ -221,3 +223,84 @@ def test_unshare_vectors_gives_each_reader_a_fresh_name() -> None:
     assert all(values[r] == [1.0, 2.0, 3.0, 4.0] for r in readers)
     onnx.checker.check_model(model)
     assert unshare_vectors(model) == 0
+
+
+def _export_module(module, x, path) -> list[str]:
+    import onnx
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    return [
+        f"{n.domain}.{n.op_type}" if n.domain else n.op_type
+        for n in onnx.load(str(path)).graph.node
+    ]
+
+
+@pytest.mark.parametrize("bias_rank", [0, 3, 4])
+def test_multi_head_attention_exports_as_one_fused_node_that_matches(bias_rank, tmp_path) -> None:
+    """Plain ops in PyTorch (equal to torch's own attention), ONE com.microsoft
+    MultiHeadAttention node in the export (no Softmax, no Slices of the projection), which
+    ONNX Runtime runs to the same numbers at batch 1 and 5, with keys and values from a
+    different sequence than the queries, and an additive bias broadcast over the batch."""
+    import onnxruntime as ort
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from deeplense_cli.export_modules import (
+        multi_head_attention,
+        split_projection,
+        unfused_attention,
+    )
+
+    class Cross(nn.Module):  # queries from 7 tokens, keys/values from 5 of them
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = nn.Linear(24, 24)
+            self.kv = nn.Linear(24, 48)
+            shape = {3: (4, 7, 5), 4: (1, 4, 7, 5)}.get(bias_rank)
+            self.bias = nn.Parameter(torch.randn(shape)) if shape else None
+
+        def forward(self, x):
+            k, v = split_projection(x[:, 2:], self.kv.weight, self.kv.bias, 2)
+            return multi_head_attention(self.q(x), k, v, 4, 0.35, self.bias)
+
+    torch.manual_seed(0)
+    model = Cross().eval()
+    x = torch.randn(3, 7, 24)
+    with torch.no_grad():
+        out = model(x)
+        k, v = model.kv(x[:, 2:]).chunk(2, dim=-1)
+
+        def heads(t):
+            return t.reshape(3, -1, 4, 6).transpose(1, 2)
+
+        mask = model.bias if model.bias is not None else None
+        expected = F.scaled_dot_product_attention(
+            heads(model.q(x)), heads(k), heads(v), attn_mask=mask, scale=0.35
+        )
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(3, 7, 24))
+    ops = _export_module(model, x, tmp_path / "fused.onnx")
+    assert ops.count("com.microsoft.MultiHeadAttention") == 1, ops
+    # one Slice: the context x[:, 2:]; the key/value split is two MatMuls, not Slices
+    assert "Softmax" not in ops and ops.count("Slice") == 1 and ops.count("MatMul") == 3, ops
+    session = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        xb = torch.randn(batch, 7, 24)
+        with torch.no_grad():
+            reference = model(xb).numpy()
+        got = session.run(None, {"x": xb.numpy()})[0]
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
+    with unfused_attention():  # standard operators only
+        plain = _export_module(model, x, tmp_path / "plain.onnx")
+    assert "Softmax" in plain and not any(op.startswith("com.microsoft") for op in plain)
+    assert "com.microsoft.MultiHeadAttention" in _export_module(model, x, tmp_path / "again.onnx")

@@ -31,6 +31,15 @@ from deeplense_plugins._common import (
     training_space,
 )
 
+
+def fused_attention_exports(model: Any, family: str) -> None:
+    """Export ``model``'s vit-pytorch ``family`` attention layers with fused attention
+    (``_attention``; training unchanged). Imported here so this module stays torch-free."""
+    from deeplense_plugins._attention import fused_attention_exports as swap
+
+    swap(model, family)
+
+
 # --- CvT -------------------------------------------------------------------------------
 
 
@@ -137,7 +146,7 @@ def build_cct(
         raise DeepLenseError(
             f"CCT embedding_dim {embedding_dim} must be divisible by num_heads {num_heads}"
         )
-    return CCT(
+    model = CCT(
         img_size=image_size,
         n_input_channels=in_channels,
         num_classes=num_classes,
@@ -157,6 +166,8 @@ def build_cct(
         attention_dropout=attention_dropout,
         stochastic_depth_rate=stochastic_depth_rate,
     )
+    fused_attention_exports(model, "cct")  # exports with fused attention (see the module)
+    return model
 
 
 CCT = Architecture(
@@ -555,6 +566,7 @@ def build_cross_vit(
     if not patch_norm:
         for embedder in (model.sm_image_embedder, model.lg_image_embedder):
             embedder.to_patch_embedding[1] = nn.Identity()
+    fused_attention_exports(model, "cross_vit")  # exports with fused attention (see the module)
     return pad_to(model, image_size, target)
 
 
@@ -639,6 +651,7 @@ def build_pit(
         nn.init.trunc_normal_(
             param, std=embedding_init_std, a=-2 * embedding_init_std, b=2 * embedding_init_std
         )
+    fused_attention_exports(model, "pit")  # exports with fused attention (see the module)
     return pad_to(model, image_size, target)
 
 
@@ -692,7 +705,7 @@ def build_t2t_vit(
     from vit_pytorch.t2t import T2TViT
 
     layers = tuple(tuple(layer) for layer in as_tuple(t2t_layers, "t2t_layers"))
-    return T2TViT(
+    model = T2TViT(
         image_size=image_size,
         num_classes=num_classes,
         channels=in_channels,
@@ -705,6 +718,8 @@ def build_t2t_vit(
         dropout=dropout,
         emb_dropout=emb_dropout,
     )
+    fused_attention_exports(model, "vit")  # exports with fused attention (see the module)
+    return model
 
 
 T2T_VIT = Architecture(
