@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -104,14 +105,29 @@ def _log(progress: Callable[[str], None] | None, message: str) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress lines and deprecation warnings."""
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
-        yield
+    """Silence the exporters' progress lines and deprecation warnings, including what
+    PyTorch's C++ side writes to the process's stdout and stderr (a failed TorchScript
+    export prints its whole graph there, thousands of lines; the error message itself
+    reaches the user through the exception)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _first_line(exc: BaseException) -> str:

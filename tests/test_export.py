@@ -187,6 +187,35 @@ def test_standard_ops_exports_attention_without_onnx_runtime_operators(tmp_path:
     np.testing.assert_allclose(ort_logits(plain, x), ort_logits(fused, x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_failed_first_exporter_prints_nothing(tmp_path: Path, capfd) -> None:
+    """When the TorchScript exporter fails (here on a LayerNorm whose shape is computed at run
+    time, as in CrossFormer's and TwinsSVT's stages) PyTorch's C++ side prints the whole graph
+    to the process's stdout, thousands of lines for a real model; the export keeps the
+    process's own file descriptors quiet and falls back to the dynamo exporter."""
+    import torch
+    import torch.nn.functional as F
+
+    from deeplense_cli.export import export_fp32
+
+    class RuntimeShapeNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 8, stride=8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).permute(0, 2, 3, 1)
+            return F.layer_norm(y, (y.shape[-1],)).mean((1, 2))
+
+    capfd.readouterr()
+    x = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+    kind, _ = export_fp32(RuntimeShapeNorm().eval(), x, tmp_path / "m.onnx")
+    out, err = capfd.readouterr()
+    assert kind == "dynamo" and (tmp_path / "m.onnx").is_file()
+    assert "Torch IR graph" not in out + err and len(out + err) < 500, (out + err)[:500]
+    print("still printing")  # the descriptors are restored
+    assert capfd.readouterr().out == "still printing\n"
+
+
 def check_lower_precisions(fp32: Path, tmp_path: Path) -> None:
     """fp16 conversion and static QDQ int8 work on this graph (TwinsSVT's shared LayerNorm
     gains once made ONNX Runtime's quantizer fail). fp16 must meet its tolerance against the
