@@ -14,8 +14,8 @@ faster in PyTorch but runs slower in ONNX Runtime at batch 64 (the transposes ar
 :func:`multi_head_attention` is multi-head scaled dot-product attention that is plain tensor
 ops in PyTorch (training, eager inference) and ONE ``com.microsoft`` ``MultiHeadAttention``
 node in an ONNX export: ONNX Runtime's fused kernel instead of the reshapes, head transposes,
-two batched MatMuls and the Softmax the exporter would write (1.2-1.34x faster whole models at
-batch 64 on our CPU, BENCHMARKS.md). The first-party plugins' export forms of vit-pytorch's
+two batched MatMuls and the Softmax the exporter would write (1.10-1.35x faster whole models
+at batch 64 on our CPU, BENCHMARKS.md). The first-party plugins' export forms of vit-pytorch's
 attention layers use it, and so can a third-party plugin's; the node is an ONNX Runtime
 contrib op, which is what ``deeplense predict`` runs.
 """
@@ -67,14 +67,16 @@ class UnfoldAsConv(nn.Module):
         return out.flatten(2)
 
 
-def _reference_attention(
+def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     heads: int,
     scale: float,
-    bias: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """:func:`multi_head_attention` as plain tensor ops always, exports included (for
+    layers where the fused node does not pay, such as attention in small windows)."""
     b, n, c = q.shape
     m = k.shape[1]
     qh = q.reshape(b, n, heads, c // heads).transpose(1, 2) * scale
@@ -101,7 +103,7 @@ class _FusedAttention(torch.autograd.Function):
         heads: int,
         scale: float,
     ) -> torch.Tensor:
-        return _reference_attention(q, k, v, heads, scale, bias)
+        return attention(q, k, v, heads, scale, bias)
 
     @staticmethod
     def symbolic(g: Any, q: Any, k: Any, v: Any, bias: Any, heads: int, scale: float) -> Any:
@@ -178,7 +180,7 @@ def multi_head_attention(
             bias = bias.unsqueeze(0)
         out: torch.Tensor = _FusedAttention.apply(q, k, v, bias, int(heads), float(scale))
         return out
-    return _reference_attention(q, k, v, heads, scale, bias)
+    return attention(q, k, v, heads, scale, bias)
 
 
 def _export_as(module: nn.Module) -> type | None:

@@ -60,11 +60,12 @@ def _cct_attention(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.proj_drop(self.proj(out))  # type: ignore[no-any-return]
 
 
-_FORMS: dict[str, tuple[str, Callable[..., torch.Tensor]]] = {
-    "vit": ("Attention", _self_attention),
-    "pit": ("Attention", _self_attention),
-    "cross_vit": ("Attention", _cross_vit_attention),
-    "cct": ("Attention", _cct_attention),
+# vit-pytorch module -> the fused forward of its ``Attention`` class
+_FORMS: dict[str, Callable[..., torch.Tensor]] = {
+    "vit": _self_attention,
+    "pit": _self_attention,
+    "cross_vit": _cross_vit_attention,
+    "cct": _cct_attention,
 }
 
 
@@ -73,9 +74,8 @@ def _classes(family: str) -> tuple[type, type]:
     """(upstream's class, the subclass that trains as upstream and exports fused)."""
     import importlib
 
-    class_name, forward = _FORMS[family]
-    upstream = getattr(importlib.import_module(f"vit_pytorch.{family}"), class_name)
-    fused = type(f"Fused{upstream.__name__}", (upstream,), {"forward": forward})
+    upstream = importlib.import_module(f"vit_pytorch.{family}").Attention
+    fused = type(f"Fused{upstream.__name__}", (upstream,), {"forward": _FORMS[family]})
     marked = type(upstream.__name__, (upstream,), {"export_as": fused})
     for cls in (fused, marked):
         cls.__module__ = __name__

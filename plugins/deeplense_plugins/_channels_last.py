@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplense_cli.export_modules import attention
 from deeplense_plugins._common import swap_classes
 
 
@@ -102,34 +103,13 @@ def from_windows(x: torch.Tensor, shape: torch.Size, window: int, dilated: bool)
     return x.reshape(b, h, w, c)
 
 
-def heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, N, heads * D) -> (B, heads, N, D): channel ``h * D + d`` is head h's d-th."""
-    b, n, c = x.shape
-    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-
-def heads_last(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, N, D) -> (B, N, heads * D)."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Any = None) -> torch.Tensor:
-    """softmax(q k^T + bias) v, with q already scaled."""
-    sim = q @ k.transpose(-1, -2)
-    if bias is not None:
-        sim = sim + bias
-    return sim.softmax(dim=-1) @ v
-
-
 def map_attention(attn: Any, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """Attention of a (B, H, W, heads * D) query map over a (B, H', W', 2 * heads * D) map
     of keys then values (``attn.heads``, ``attn.scale``), through ``attn.to_out``: the
     un-windowed attention of TwinsSVT's global and CvT's layers; returns (B, H, W, C)."""
     b, h, w, _ = q.shape
-    q = heads_first(q.reshape(b, h * w, q.shape[-1]), attn.heads)
-    k, v = (heads_first(t, attn.heads) for t in kv.flatten(1, 2).chunk(2, dim=-1))
-    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
+    k, v = kv.flatten(1, 2).chunk(2, dim=-1)
+    out = sequence(attn.to_out, attention(q.reshape(b, h * w, -1), k, v, attn.heads, attn.scale))
     return out.reshape(b, h, w, -1)
 
 
@@ -142,13 +122,12 @@ def crossformer_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     tokens = to_windows(norm_last(attn.norm, x), window, dilated)
     q, k, v = pointwise(attn.to_qkv, tokens).chunk(3, dim=-1)
-    q, k, v = (heads_first(t, heads) for t in (q, k, v))
     # the dynamic position bias, as upstream computes it (a constant of the weights, which
     # ONNX Runtime folds when it loads the model)
     pos = torch.arange(-window, window + 1, device=x.device)
     grid = torch.stack(torch.meshgrid(pos, pos, indexing="ij")).reshape(2, -1).t()
     bias = attn.dpb(grid.float())[attn.rel_pos_indices]
-    out = pointwise(attn.to_out, heads_last(attend(q * attn.scale, k, v, bias)))
+    out = pointwise(attn.to_out, attention(q, k, v, heads, attn.scale, bias))
     return from_windows(out, shape, window, dilated)
 
 
@@ -159,9 +138,10 @@ def twins_local_attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     """vit-pytorch ``twins_svt.LocalAttention`` on (B, H, W, C)."""
     shape, window = x.shape, attn.patch_size
     tokens = to_windows(norm_last(attn.norm, x), window, dilated=False)
-    q = heads_first(pointwise(attn.to_q, tokens), attn.heads)
-    k, v = (heads_first(t, attn.heads) for t in pointwise(attn.to_kv, tokens).chunk(2, dim=-1))
-    out = sequence(attn.to_out, heads_last(attend(q * attn.scale, k, v)))
+    k, v = pointwise(attn.to_kv, tokens).chunk(2, dim=-1)
+    out = sequence(
+        attn.to_out, attention(pointwise(attn.to_q, tokens), k, v, attn.heads, attn.scale)
+    )
     return from_windows(out, shape, window, dilated=False)
 
 

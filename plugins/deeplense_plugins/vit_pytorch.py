@@ -31,15 +31,6 @@ from deeplense_plugins._common import (
     training_space,
 )
 
-
-def fused_attention_exports(model: Any, family: str) -> None:
-    """Export ``model``'s vit-pytorch ``family`` attention layers with fused attention
-    (``_attention``; training unchanged). Imported here so this module stays torch-free."""
-    from deeplense_plugins._attention import fused_attention_exports as swap
-
-    swap(model, family)
-
-
 # --- CvT -------------------------------------------------------------------------------
 
 
@@ -166,7 +157,9 @@ def build_cct(
         attention_dropout=attention_dropout,
         stochastic_depth_rate=stochastic_depth_rate,
     )
-    fused_attention_exports(model, "cct")  # exports with fused attention (see the module)
+    from deeplense_plugins._attention import fused_attention_exports
+
+    fused_attention_exports(model, "cct")  # exported with fused attention (see the module)
     return model
 
 
@@ -566,7 +559,9 @@ def build_cross_vit(
     if not patch_norm:
         for embedder in (model.sm_image_embedder, model.lg_image_embedder):
             embedder.to_patch_embedding[1] = nn.Identity()
-    fused_attention_exports(model, "cross_vit")  # exports with fused attention (see the module)
+    from deeplense_plugins._attention import fused_attention_exports
+
+    fused_attention_exports(model, "cross_vit")  # exported with fused attention (see the module)
     return pad_to(model, image_size, target)
 
 
@@ -651,7 +646,9 @@ def build_pit(
         nn.init.trunc_normal_(
             param, std=embedding_init_std, a=-2 * embedding_init_std, b=2 * embedding_init_std
         )
-    fused_attention_exports(model, "pit")  # exports with fused attention (see the module)
+    from deeplense_plugins._attention import fused_attention_exports
+
+    fused_attention_exports(model, "pit")  # exported with fused attention (see the module)
     return pad_to(model, image_size, target)
 
 
@@ -718,7 +715,9 @@ def build_t2t_vit(
         dropout=dropout,
         emb_dropout=emb_dropout,
     )
-    fused_attention_exports(model, "vit")  # exports with fused attention (see the module)
+    from deeplense_plugins._attention import fused_attention_exports
+
+    fused_attention_exports(model, "vit")  # exported with fused attention (see the module)
     return model
 
 
