@@ -103,6 +103,7 @@ def run_cell(
         "auc": ev.get("auc"),
         "macro_auc": ev.get("macro_auc"),
         "micro_auc": ev.get("micro_auc"),
+        "axion_mass_bins": ev.get("axion_mass_bins"),
         "test_images": ev.get("n"),
         "train_images": split.get("sizes", {}).get("train"),
         "epochs": result.epochs_completed,
@@ -140,6 +141,32 @@ def _fmt_cell(r: dict[str, Any] | None) -> str:
     return f"{100 * r['accuracy']:.2f} ({aucs}; macro {macro_s})"
 
 
+def _axion_mass_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A table of axion recall per axion-mass bin, for the cells whose test images carry masses."""
+    with_bins = [r for r in rows if r.get("axion_mass_bins")]
+    if not with_bins:
+        return []
+    edges = sorted(
+        {
+            (b["log10_mass_min"], b["log10_mass_max"])
+            for r in with_bins
+            for b in r["axion_mass_bins"]
+        }
+    )
+    lines = [
+        "",
+        "Axion recall % by log10 axion mass in eV (the lightest axions make the longest vortices)",
+        "",
+        "| model | dataset | " + " | ".join(f"{lo:g} to {hi:g}" for lo, hi in edges) + " |",
+        "| --- | --- |" + " --- |" * len(edges),
+    ]
+    for r in with_bins:
+        by = {(b["log10_mass_min"], b["log10_mass_max"]): b for b in r["axion_mass_bins"]}
+        cells = [f"{100 * by[e]['recall']:.1f} (n={by[e]['n']})" if e in by else "-" for e in edges]
+        lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_table(bench_dir: str | Path) -> Path:
     """Rebuild ``results.md`` from the per-cell result files."""
     import json
@@ -172,6 +199,7 @@ def write_table(bench_dir: str | Path) -> Path:
             f"{r['wall_seconds'] / 60:.1f} min | {f'{speed:.0f}' if speed else '-'} | "
             f"{r['hardware']} |"
         )
+    lines += _axion_mass_lines(rows)
     out = bench_dir / "results.md"
     atomic.write_text(out, "\n".join(lines) + "\n")
     return out

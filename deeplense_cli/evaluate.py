@@ -73,8 +73,8 @@ def evaluate_run(
     """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png."""
     from deeplense_cli.device import prepare_cpu_threads, resolve_device
     from deeplense_cli.inference import predict_logits
-    from deeplense_cli.metrics import classification_metrics, roc_curves, softmax
-    from deeplense_cli.plots import save_confusion, save_roc
+    from deeplense_cli.metrics import axion_mass_bins, classification_metrics, roc_curves, softmax
+    from deeplense_cli.plots import save_axion_mass, save_confusion, save_roc
 
     images, idx, what = _select(run, split, splits, data, dataset, data_root)
     if len(idx) == 0:
@@ -98,6 +98,9 @@ def evaluate_run(
     probs = softmax(logits.astype(np.float64))
     loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     metrics = classification_metrics(labels, probs, classes, loss=loss)
+    by_mass = axion_mass_bins(labels, probs.argmax(axis=1), images.axion_mass[idx], classes)
+    if by_mass:
+        metrics["axion_mass_bins"] = by_mass
     ckpt = run.load_checkpoint(checkpoint)
     metrics.update(
         {
@@ -120,6 +123,12 @@ def evaluate_run(
     save_confusion(
         np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title
     )
+    stale = out_dir / "axion_mass.png"
+    if by_mass:
+        n_mass = sum(b["n"] for b in by_mass)
+        save_axion_mass(by_mass, stale, f"{metrics['model']} on {what}: {n_mass} axion images")
+    elif stale.exists():
+        stale.unlink()  # from an earlier evaluation on data that carried masses
     atomic.write_json(out_dir / "metrics.json", metrics)
     metrics["out_dir"] = str(out_dir)
     return metrics

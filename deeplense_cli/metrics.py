@@ -81,3 +81,54 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dic
         if per:
             curves["macro"] = (grid, np.mean(per, axis=0))
     return curves
+
+
+def axion_mass_bins(
+    labels: np.ndarray,
+    pred: np.ndarray,
+    axion_mass: np.ndarray,
+    classes: list[str],
+    dex: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Recall of the images that carry an axion mass, per bin of log10(m_a).
+
+    Axion images record the axion mass ``m_a`` (eV) that set their vortex's length
+    (half-length 0.03e-22 / m_a arcsec), so a single accuracy figure hides where a model is
+    blind: the bins show which masses it finds and what it takes the rest for. Bins are
+    ``dex`` wide on fixed edges (multiples of ``dex`` in log10 eV), so runs compare bin for
+    bin. Images without a mass (NaN) are left out; an empty list when none has one.
+    """
+    from deeplense_cli.simulate import axion_vortex_half_length
+
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    mass = np.asarray(axion_mass, dtype=np.float64)
+    has = np.isfinite(mass) & (mass > 0)
+    if not has.any():
+        return []
+    logm = np.log10(mass[has])
+    lo = math.floor(logm.min() / dex) * dex
+    hi = max(math.ceil(logm.max() / dex) * dex, lo + dex)
+    edges = np.arange(lo, hi + dex / 2, dex)
+    which = np.clip(np.searchsorted(edges, logm, side="right") - 1, 0, len(edges) - 2)
+    truth, guess = labels[has], pred[has]
+    out: list[dict[str, Any]] = []
+    for b in range(len(edges) - 1):
+        sel = which == b
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        m_lo, m_hi = float(10 ** edges[b]), float(10 ** edges[b + 1])
+        out.append(
+            {
+                "log10_mass_min": round(float(edges[b]), 6),
+                "log10_mass_max": round(float(edges[b + 1]), 6),
+                "vortex_half_length_arcsec": [
+                    axion_vortex_half_length(m_hi),
+                    axion_vortex_half_length(m_lo),
+                ],
+                "n": n,
+                "recall": float((guess[sel] == truth[sel]).mean()),
+                "predicted": {c: int((guess[sel] == i).sum()) for i, c in enumerate(classes)},
+            }
+        )
+    return out

@@ -68,3 +68,31 @@ def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     with atomic.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
+
+
+def save_axion_mass(bins: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Recall of the axion images per bin of log10(m_a), with each bin's count."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lo = np.array([b["log10_mass_min"] for b in bins])
+    hi = np.array([b["log10_mass_max"] for b in bins])
+    recall = np.array([b["recall"] for b in bins])
+    ax.bar((lo + hi) / 2, recall, width=(hi - lo) * 0.9, color="tab:blue")
+    for b, x, r in zip(bins, (lo + hi) / 2, recall, strict=True):
+        short, long = b["vortex_half_length_arcsec"]
+        ax.text(
+            x,
+            min(r + 0.02, 1.0),
+            f'n={b["n"]}\nL {short:.2g}-{long:.2g}"',
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_xticks(sorted({*lo, *hi}))
+    ax.set_ylim(0, 1.15)
+    ax.set_xlabel("log10 axion mass m_a (eV)  [L: vortex half-length]")
+    ax.set_ylabel("recall (correctly classified)")
+    ax.set_title(title, fontsize=9)
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)

@@ -164,3 +164,24 @@ def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
     table.add_row("micro", fmt_value(metrics.get("micro_auc")), "", "")
     table.add_row("accuracy", fmt_value(metrics.get("accuracy")), "", "")
     return table
+
+
+def axion_mass_table(bins: list[dict[str, Any]], classes: list[str]) -> Table:
+    """A rich table of ``metrics["axion_mass_bins"]``: recall per axion-mass bin."""
+    table = Table(title="Axion images by axion mass (vortex half-length L)")
+    table.add_column("log10 m_a (eV)")
+    table.add_column("L (arcsec)", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("recall", justify="right")
+    for c in classes:
+        table.add_column(f"-> {c}", justify="right")
+    for b in bins:
+        short, long = b["vortex_half_length_arcsec"]
+        table.add_row(
+            f"{b['log10_mass_min']:g} to {b['log10_mass_max']:g}",
+            f"{short:.3g}-{long:.3g}",
+            str(b["n"]),
+            fmt_value(b["recall"]),
+            *(str(b["predicted"][c]) for c in classes),
+        )
+    return table

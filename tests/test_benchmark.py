@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -61,6 +62,11 @@ def test_local_sweep_writes_table_and_skips_finished_cells(sim_root: Path, tmp_p
     history = [json.loads(line) for line in metrics]
     assert row["train_images_per_s"] == pytest.approx(history[0]["train_images_per_s"])
     assert f"| {row['train_images_per_s']:.0f} |" in table
+    # axion recall per axion-mass bin, from the test images' recorded masses
+    n_axion = sum(b["n"] for b in row["axion_mass_bins"])
+    evaluation = json.loads((Path(row["run_dir"]) / "evaluation" / "metrics.json").read_text())
+    assert n_axion == np.array(evaluation["confusion_matrix"])[0].sum() > 0
+    assert "Axion recall % by log10 axion mass" in table and "| ResNet18 | Model_III | " in table
     stamp = (out / "results" / "cct-Model_III.json").stat().st_mtime_ns
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.metrics import classification_metrics, roc_curves, softmax
+from deeplense_cli.metrics import axion_mass_bins, classification_metrics, roc_curves, softmax
 
 CLASSES = ["axion", "cdm", "no_sub"]
 
@@ -48,6 +48,26 @@ def test_perfect_and_missing_class_cases() -> None:
     assert "no_sub" not in curves and {"axion", "cdm", "micro", "macro"} <= set(curves)
 
 
+def test_axion_mass_bins_count_what_each_mass_range_was_taken_for() -> None:
+    # axion images (label 0) at four masses; cdm/no_sub images carry no mass (NaN)
+    mass = np.array([2e-24, 2.5e-24, 5e-24, 2e-23, 9e-23, np.nan, np.nan])
+    labels = np.array([0, 0, 0, 0, 0, 1, 2])
+    pred = np.array([1, 0, 0, 0, 2, 1, 2])
+    bins = axion_mass_bins(labels, pred, mass, CLASSES)
+    assert [(b["log10_mass_min"], b["log10_mass_max"]) for b in bins] == [
+        (-24.0, -23.5), (-23.5, -23.0), (-23.0, -22.5), (-22.5, -22.0)
+    ]  # fmt: skip
+    assert [b["n"] for b in bins] == [2, 1, 1, 1]
+    assert bins[0]["recall"] == 0.5 and bins[0]["predicted"] == {"axion": 1, "cdm": 1, "no_sub": 0}
+    assert bins[3]["recall"] == 0.0 and bins[3]["predicted"]["no_sub"] == 1
+    # the simulator's vortex: half-length 0.03e-22 / m_a arcsec (3" at 1e-24 eV)
+    assert bins[0]["vortex_half_length_arcsec"] == pytest.approx([0.03e-22 / 10**-23.5, 3.0])
+    # a mass exactly on the top edge lands in the last bin, not in a bin of its own
+    edge = axion_mass_bins(np.array([0, 0]), np.array([0, 0]), np.array([1e-24, 1e-22]), CLASSES)
+    assert [b["n"] for b in edge] == [1, 1] and edge[-1]["log10_mass_max"] == -22.0
+    assert axion_mass_bins(labels[5:], pred[5:], mass[5:], CLASSES) == []
+
+
 def test_evaluate_command_writes_metrics_and_plots(trained_run: Path) -> None:
     result = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--json"])
     assert result.exit_code == 0, result.output
@@ -58,9 +78,17 @@ def test_evaluate_command_writes_metrics_and_plots(trained_run: Path) -> None:
     assert (out / "roc.png").stat().st_size > 1000 and (
         out / "confusion_matrix.png"
     ).stat().st_size > 1000
+    # the simulated axion test images carry their axion mass: recall per mass bin
+    bins = m["axion_mass_bins"]
+    axion_row = np.array(m["confusion_matrix"])[CLASSES.index("axion")]
+    assert sum(b["n"] for b in bins) == axion_row.sum()
+    assert sum(b["predicted"]["axion"] for b in bins) == axion_row[0]
+    assert all(-24.0 <= b["log10_mass_min"] < b["log10_mass_max"] <= -22.0 for b in bins)
+    assert (out / "axion_mass.png").stat().st_size > 1000
     table = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--split", "val"])
     assert table.exit_code == 0, table.output
     assert "macro" in table.output and "accuracy" in table.output
+    assert "Axion images by axion mass" in table.output and "axion_mass.png" in table.output
 
 
 def test_evaluate_on_external_folder_and_class_mismatch(

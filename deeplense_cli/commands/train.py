@@ -225,5 +225,11 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
         console().print(
             metrics_table(result.evaluation, title=f"{config['model']['name']} on the test split")
         )
+        if result.evaluation.get("axion_mass_bins"):
+            from deeplense_cli.reporting import axion_mass_table
+
+            console().print(
+                axion_mass_table(result.evaluation["axion_mass_bins"], result.evaluation["classes"])
+            )
         err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")
     err_console().print(f"Run directory: {run.path}")
