@@ -107,6 +107,33 @@ def test_evaluate_on_external_folder_and_class_mismatch(
     assert "classes" in bad.output and "Traceback" not in bad.output
 
 
+def test_data_without_axion_masses_has_no_mass_bins(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """Axion files holding a bare image (no mass): no bins, and no stale plot left behind."""
+    from deeplense_cli.data.readers import read_image
+
+    runner = CliRunner()
+    with_mass = runner.invoke(
+        cli, ["evaluate", str(trained_run), "--data", str(sim_root / "Model_III_test"), "--json"]
+    )
+    assert with_mass.exit_code == 0, with_mass.output
+    out = Path(json.loads(with_mass.output)["out_dir"])
+    assert (out / "axion_mass.png").exists()
+    bare = tmp_path / "bare"
+    shutil.copytree(sim_root / "Model_III_test", bare)
+    for f in (bare / "axion").glob("*.npy"):
+        image, mass = read_image(f)
+        assert mass is not None
+        np.save(f, np.asarray(image))
+    without = runner.invoke(cli, ["evaluate", str(trained_run), "--data", str(bare), "--json"])
+    assert without.exit_code == 0, without.output
+    m = json.loads(without.output)
+    assert m["out_dir"] == str(out) and "axion_mass_bins" not in m
+    assert not (out / "axion_mass.png").exists()
+    assert "axion_mass_bins" not in json.loads((out / "metrics.json").read_text())
+
+
 def test_evaluate_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     not_run = runner.invoke(cli, ["evaluate", str(tmp_path)])
