@@ -123,12 +123,12 @@ def evaluate_run(
     save_confusion(
         np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title
     )
-    stale = out_dir / "axion_mass.png"
+    mass_plot = out_dir / "axion_mass.png"
     if by_mass:
         n_mass = sum(b["n"] for b in by_mass)
-        save_axion_mass(by_mass, stale, f"{metrics['model']} on {what}: {n_mass} axion images")
-    elif stale.exists():
-        stale.unlink()  # from an earlier evaluation on data that carried masses
+        save_axion_mass(by_mass, mass_plot, f"{metrics['model']} on {what}: {n_mass} axion images")
+    elif mass_plot.exists():
+        mass_plot.unlink()  # from an earlier evaluation on data that carried masses
     atomic.write_json(out_dir / "metrics.json", metrics)
     metrics["out_dir"] = str(out_dir)
     return metrics
