@@ -19,6 +19,13 @@ def _figure() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG atomically, then free it."""
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
 def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: str) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -32,9 +39,7 @@ def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: st
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    with atomic.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
@@ -65,9 +70,7 @@ def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
                     fontsize=9,
                 )
     fig.suptitle(title)
-    with atomic.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def save_axion_mass(bins: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -93,6 +96,4 @@ def save_axion_mass(bins: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("log10 axion mass m_a (eV)  [L: vortex half-length]")
     ax.set_ylabel("recall (correctly classified)")
     ax.set_title(title, fontsize=9)
-    with atomic.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    _save(plt, fig, path)

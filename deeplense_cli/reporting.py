@@ -185,3 +185,12 @@ def axion_mass_table(bins: list[dict[str, Any]], classes: list[str]) -> Table:
             *(str(b["predicted"][c]) for c in classes),
         )
     return table
+
+
+def evaluation_tables(metrics: dict[str, Any], title: str) -> list[Table]:
+    """What ``evaluate`` and ``train`` print after an evaluation: the metrics table, and the
+    axion-mass table when the evaluated images carried axion masses."""
+    tables = [metrics_table(metrics, title=title)]
+    if metrics.get("axion_mass_bins"):
+        tables.append(axion_mass_table(metrics["axion_mass_bins"], metrics["classes"]))
+    return tables

@@ -40,3 +40,4 @@ def test_quickstart_script_runs_end_to_end(tmp_path: Path) -> None:
     rows = (run / "real_samples.csv").read_text().splitlines()
     assert rows[0].startswith("path") and len(rows) == 4  # header + the three real samples
     assert "accuracy" in proc.stdout  # the metrics table was printed
+    assert "Axion images by axion mass" in proc.stdout  # and the axion-mass table

@@ -325,6 +325,16 @@ def test_jsonl_output_is_machine_readable(sim_root: Path, tmp_path: Path) -> Non
     assert kinds[0] == "start" and "epoch" in kinds and "end" in kinds and kinds[-1] == "evaluation"
 
 
+def test_rich_output_ends_with_the_evaluation_tables(sim_root: Path, tmp_path: Path) -> None:
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--batch-size", "16"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "ResNet18 on the test split" in result.output and "accuracy" in result.output
+    # the simulated axion test images carry masses: their table follows the metrics table
+    assert result.output.index("Axion images by axion mass") > result.output.index("accuracy")
+
+
 def test_run_dir_must_be_empty(sim_root: Path, tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

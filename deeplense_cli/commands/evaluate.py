@@ -40,7 +40,7 @@ def evaluate(
     """Evaluate a trained run: accuracy, per-class ROC AUC (softmax, one-vs-rest), macro and
     micro AUC, confusion matrix, precision and recall."""
     from deeplense_cli.evaluate import evaluate_run
-    from deeplense_cli.reporting import axion_mass_table, metrics_table
+    from deeplense_cli.reporting import evaluation_tables
     from deeplense_cli.rundir import RunDir
 
     run = RunDir.open(run_dir)
@@ -57,9 +57,8 @@ def evaluate(
     if as_json:
         print_json(metrics)
         return
-    console().print(metrics_table(metrics, title=f"{metrics['model']} on the {metrics['source']}"))
+    console().print(*evaluation_tables(metrics, f"{metrics['model']} on the {metrics['source']}"))
     written = "metrics.json, roc.png, confusion_matrix.png"
     if metrics.get("axion_mass_bins"):
-        console().print(axion_mass_table(metrics["axion_mass_bins"], metrics["classes"]))
         written += ", axion_mass.png"
     err_console().print(f"Wrote {written} to {metrics['out_dir']}")

@@ -202,7 +202,7 @@ def train(**kw: Any) -> None:
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
-    from deeplense_cli.reporting import make_reporter, metrics_table
+    from deeplense_cli.reporting import evaluation_tables, make_reporter
 
     if kw.get("slurm"):
         from deeplense_cli.commands.slurm_submit import submit_training
@@ -222,14 +222,7 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
     if result.evaluation and kw["output"] == "rich":
         from deeplense_cli.console import console
 
-        console().print(
-            metrics_table(result.evaluation, title=f"{config['model']['name']} on the test split")
-        )
-        if result.evaluation.get("axion_mass_bins"):
-            from deeplense_cli.reporting import axion_mass_table
-
-            console().print(
-                axion_mass_table(result.evaluation["axion_mass_bins"], result.evaluation["classes"])
-            )
+        title = f"{config['model']['name']} on the test split"
+        console().print(*evaluation_tables(result.evaluation, title))
         err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")
     err_console().print(f"Run directory: {run.path}")
