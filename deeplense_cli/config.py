@@ -50,6 +50,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "augment": True,  # flips and 90-degree rotations
     "early_stopping_metric": "val_macro_auc",  # or val_loss, val_accuracy
     "patience": 0,  # epochs without improvement before stopping; 0 disables
+    # early stopping counts an epoch as progress only when it beats the best by more than this
+    # (a frozen model's validation loss still moves by ~1e-7 with floating-point noise)
+    "min_delta": 1e-4,
     "seed": 0,
     "device": "auto",  # auto, cpu, cuda, cuda:N
     "amp": "auto",  # auto (bf16/fp16 on CUDA, bf16 on CPUs with bf16 instructions), bf16, fp16, off
@@ -219,6 +222,9 @@ def _validate_train(train: dict[str, Any]) -> None:
         raise DeepLenseError(
             "train.early_stopping_metric must be val_macro_auc, val_loss or val_accuracy"
         )
+    delta = train["min_delta"]
+    if not isinstance(delta, int | float) or isinstance(delta, bool) or not delta >= 0:
+        raise DeepLenseError(f"train.min_delta must be a number >= 0, got {delta!r}")
     bn = train["precise_bn_images"]
     if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
         raise DeepLenseError(

@@ -81,6 +81,21 @@ def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> b
     return float(row.get("val_loss", math.inf)) < float(best.get("val_loss", math.inf))
 
 
+def progressed(value: Any, reference: float | None, metric: str, min_delta: float) -> bool:
+    """Does ``value`` beat ``reference`` on ``metric`` by more than ``min_delta``?
+
+    Early stopping counts epochs without such progress. ``improved`` picks the best
+    checkpoint by any gain, but a change of 1e-7 in a frozen model's validation loss is
+    floating-point noise, not progress, and must not reset the patience.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if reference is None:
+        return True
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    return sign * (float(value) - float(reference)) > min_delta
+
+
 PLAN_PROBE_STEPS = 10  # steps timed to plan a time budget (after one untimed step)
 
 
@@ -305,6 +320,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.bad_epochs = 0
         self.metric = str(t["early_stopping_metric"])
+        self.min_delta = float(t.get("min_delta", 0.0))
+        self.progress_ref: float | None = None  # the metric at the last progress (patience)
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate factor at optimiser step ``step`` under the current plan."""
@@ -334,6 +351,7 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "progress_ref": self.progress_ref,
             "planned_epochs": self.epochs,
             "planned_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
@@ -357,6 +375,9 @@ class Trainer:
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.bad_epochs = int(state.get("bad_epochs", 0))
+        # Checkpoints from before min_delta: the best epoch's value is the reference.
+        ref = state.get("progress_ref", (self.best or {}).get(self.metric))
+        self.progress_ref = None if ref is None else float(ref)
         if self.max_minutes and state.get("planned_epochs"):
             self.epochs = min(self.epochs, int(state["planned_epochs"]))
             self.total_steps = int(state.get("planned_steps", self.steps_per_epoch * self.epochs))
@@ -591,6 +612,8 @@ class Trainer:
             if is_best:
                 self.best = {k: v for k, v in row.items() if k.startswith("val_")}
                 self.best_epoch = self.epoch
+            if progressed(row.get(self.metric), self.progress_ref, self.metric, self.min_delta):
+                self.progress_ref = float(row[self.metric])
                 self.bad_epochs = 0
             else:
                 self.bad_epochs += 1

@@ -285,6 +285,31 @@ def test_early_stopping(sim_root: Path, tmp_path: Path) -> None:
     assert len(run.read_metrics()) == 2
 
 
+def test_early_stopping_ignores_floating_point_noise() -> None:
+    from deeplense_cli.train import progressed
+
+    # what a frozen ResNet-18's validation loss did on a float32 CPU: 1.1643640 -> 1.1643639
+    assert not progressed(1.1643638530505835, 1.164363969966076, "val_loss", 1e-4)
+    assert progressed(1.16, 1.164363969966076, "val_loss", 1e-4)
+    assert not progressed(1.17, 1.16, "val_loss", 1e-4)  # worse
+    assert progressed(0.9, 0.8, "val_macro_auc", 1e-4) and not progressed(0.8, 0.9, "val_macro_auc", 0)
+    assert not progressed(0.80005, 0.8, "val_macro_auc", 1e-4)
+    assert progressed(1.1643638530505835, 1.164363969966076, "val_loss", 0.0)  # min_delta 0
+    assert progressed(0.5, None, "val_accuracy", 1e-4)  # the first epoch
+    assert not progressed(float("nan"), None, "val_loss", 1e-4)
+    assert not progressed(None, 0.5, "val_loss", 1e-4)
+
+
+def test_min_delta_flag_and_bad_values(tmp_path: Path) -> None:
+    args = ["train", "-m", "resnet18", "--data", str(tmp_path), "--print-config"]
+    result = CliRunner().invoke(cli, [*args, "--min-delta", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["train"]["min_delta"] == 0.01
+    result = CliRunner().invoke(cli, [*args, "--min-delta", "-1"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "train.min_delta must be a number >= 0" in result.output
+
+
 def test_ema_and_label_smoothing_run(sim_root: Path, tmp_path: Path) -> None:
     run = _train(
         sim_root,

@@ -81,6 +81,12 @@ def output_option(fn: Any) -> Any:
 @click.option(
     "--early-stopping-metric", type=click.Choice(["val_macro_auc", "val_loss", "val_accuracy"])
 )
+@click.option(
+    "--min-delta",
+    type=float,
+    help="Early stopping: an epoch counts as progress only when it beats the best by more "
+    "than this (default 1e-4).",
+)
 @click.option("--seed", type=int, help="Seed for initialisation, data order and augmentation.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -155,6 +161,7 @@ def train(**kw: Any) -> None:
                 "grad_clip",
                 "patience",
                 "early_stopping_metric",
+                "min_delta",
                 "seed",
                 "device",
                 "amp",
