@@ -122,6 +122,24 @@ class ModelInfo:
         )
 
 
+def int8_saturation_warning(info: ModelInfo, device: str, flags: set[str]) -> str | None:
+    """Why this int8 model may drift on this CPU (None when it will not).
+
+    ONNX Runtime's uint8 x int8 kernels saturate on x86 CPUs without VNNI when the weights use
+    all 8 bits; exports before ``deeplense.int8_scheme`` existed all did.
+    """
+    scheme = info.extra.get("deeplense.int8_scheme", "u8s8")
+    if info.precision != "int8" or device != "cpu" or scheme not in ("u8s8", "s8s8"):
+        return None
+    if "avx2" not in flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return None
+    return (
+        f"{info.path.name} is int8 with 8-bit weights ({scheme}), which can saturate ONNX "
+        "Runtime's integer kernels on this CPU (AVX2 without VNNI) and move its predictions; "
+        "re-export with the default --int8-scheme u8s8-7bit"
+    )
+
+
 def default_threads() -> int:
     """``OMP_NUM_THREADS`` when set, else the cores this process may use."""
     env = os.environ.get("OMP_NUM_THREADS", "")

@@ -161,6 +161,7 @@ class Summary:
     images: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     output: str | None = None
 
@@ -176,6 +177,7 @@ class Summary:
             "images": self.images,
             "counts": self.counts,
             "skipped": self.skipped,
+            "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "output": self.output,
@@ -334,6 +336,13 @@ def predict(
         counts={c: 0 for c in predictor.classes},
         output=str(output) if output is not None else None,
     )
+    info = getattr(predictor, "info", None)
+    if info is not None:
+        from deeplense_cli.machine import cpu_flags
+        from deeplense_cli.onnx_session import int8_saturation_warning
+
+        warning = int8_saturation_warning(info, predictor.device, cpu_flags())
+        summary.warnings += [warning] if warning else []
     if on_start is not None:
         on_start(summary, len(files))
     start = time.perf_counter()

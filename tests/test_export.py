@@ -302,6 +302,47 @@ def test_int8_export_is_smaller_and_reports_the_accuracy_change(
 
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ, not dynamic
+    assert metadata(int8)["deeplense.int8_scheme"] == "u8s8-7bit"
+    assert "int8 scheme: u8s8-7bit" in result.output
+    assert "decides" in result.output  # the column of images PyTorch decides
+    assert max_int8_weight(int8) <= 64  # 7-bit weights: no saturation on CPUs without VNNI
+
+
+def max_int8_weight(path: Path) -> int:
+    """The largest |value| of the model's int8 weight initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer]
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8)
+
+
+def test_int8_scheme_with_full_8bit_weights(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "u8s8.onnx"
+    args = ["export", "onnx", str(trained_run), "--precision", "int8", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--int8-scheme", "u8s8", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["int8_scheme"] == "u8s8" and metadata(out)["deeplense.int8_scheme"] == "u8s8"
+    assert max_int8_weight(out) > 64  # the full int8 range
+    assert all(c["judged_images"] is not None for c in info["checks"])
+
+
+def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
+    from deeplense_cli.export import near_ties
+
+    # p = (0.5, 0.49, ...): a near-tie; (0.88, 0.12, 0): decided
+    logits = np.log(np.array([[0.5, 0.49, 0.01], [0.88, 0.119, 0.001], [0.2, 0.7, 0.1]]))
+    assert near_ties(logits).tolist() == [True, False, False]
+    assert near_ties(np.array([[3.0, 3.0, 3.0]])).tolist() == [True]
+
+
+def test_int8_tolerance_text_names_the_near_tie_rule() -> None:
+    from deeplense_cli.export import _tolerance_text
+
+    text = _tolerance_text("int8", 0.9)
+    assert "90% of the images PyTorch decides" in text and "5% of probability" in text
 
 
 def test_failed_validation_writes_nothing(

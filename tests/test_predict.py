@@ -319,3 +319,25 @@ def test_optimized_graph_cache(exported: tuple[Path, Path], deeplense_home: Path
     cached.write_bytes(b"damaged")  # a damaged entry is rebuilt, not an error
     np.testing.assert_array_equal(OnnxModel(model, device="cpu").logits(x), first)
     assert cached.stat().st_size > 1000
+
+
+def test_int8_saturation_warning_on_cpus_without_vnni(tmp_path: Path) -> None:
+    from deeplense_cli.onnx_session import ModelInfo, int8_saturation_warning
+
+    def info(precision: str, **extra: str) -> ModelInfo:
+        return ModelInfo(
+            tmp_path / "m.onnx", "ResNet18", ["a", "b"], 64, 1, {}, precision, extra=extra
+        )
+
+    avx2, vnni = {"avx2", "fma"}, {"avx2", "avx512f", "avx512_vnni"}
+    old_export = info("int8")  # before deeplense.int8_scheme: 8-bit weights
+    assert "re-export with the default --int8-scheme u8s8-7bit" in str(
+        int8_saturation_warning(old_export, "cpu", avx2)
+    )
+    assert int8_saturation_warning(info("int8", **{"deeplense.int8_scheme": "u8s8"}), "cpu", avx2)
+    assert int8_saturation_warning(old_export, "cpu", vnni) is None
+    assert int8_saturation_warning(old_export, "cpu", {"asimd"}) is None  # ARM
+    assert int8_saturation_warning(old_export, "cuda", avx2) is None
+    assert int8_saturation_warning(info("fp32"), "cpu", avx2) is None
+    seven = info("int8", **{"deeplense.int8_scheme": "u8s8-7bit"})
+    assert int8_saturation_warning(seven, "cpu", avx2) is None

@@ -292,7 +292,9 @@ def test_early_stopping_ignores_floating_point_noise() -> None:
     assert not progressed(1.1643638530505835, 1.164363969966076, "val_loss", 1e-4)
     assert progressed(1.16, 1.164363969966076, "val_loss", 1e-4)
     assert not progressed(1.17, 1.16, "val_loss", 1e-4)  # worse
-    assert progressed(0.9, 0.8, "val_macro_auc", 1e-4) and not progressed(0.8, 0.9, "val_macro_auc", 0)
+    assert progressed(0.9, 0.8, "val_macro_auc", 1e-4) and not progressed(
+        0.8, 0.9, "val_macro_auc", 0
+    )
     assert not progressed(0.80005, 0.8, "val_macro_auc", 1e-4)
     assert progressed(1.1643638530505835, 1.164363969966076, "val_loss", 0.0)  # min_delta 0
     assert progressed(0.5, None, "val_accuracy", 1e-4)  # the first epoch

@@ -112,6 +112,16 @@ def export() -> None:
     "attention as ONNX Runtime's fused MultiHeadAttention (1.1-1.35x faster in ONNX Runtime "
     "on CPUs).",
 )
+@click.option(
+    "--int8-scheme",
+    type=click.Choice(["u8s8-7bit", "u8s8", "u8u8", "s8s8"]),
+    default="u8s8-7bit",
+    show_default=True,
+    help="With --precision int8: activation/weight integer types. u8s8-7bit gives the same "
+    "results on every x86 CPU; u8s8 (8-bit weights) is a little more precise on CPUs with "
+    "VNNI and on ARM, but saturates ONNX Runtime's kernels on x86 CPUs without VNNI; u8u8 "
+    "never saturates but is slower at large batches; s8s8 is slow on x86.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def onnx_command(
     run_dir: str,
@@ -122,6 +132,7 @@ def onnx_command(
     exporter: str,
     validation_images: int,
     standard_ops: bool,
+    int8_scheme: str,
     as_json: bool,
 ) -> None:
     """Export RUN_DIR's model to one self-contained ONNX file with a dynamic batch axis.
@@ -146,6 +157,7 @@ def onnx_command(
             exporter=exporter,
             validation_images=validation_images,
             standard_ops=standard_ops,
+            int8_scheme=int8_scheme,
             progress=lambda msg: status.update(msg),
         )
     finally:
@@ -156,17 +168,22 @@ def onnx_command(
     from rich.table import Table
 
     table = Table(title=f"ONNX Runtime vs PyTorch ({result.precision}, {result.data})")
-    for col in ("batch", "images", "max abs error", "max rel error", "top class agrees", "ok"):
+    judged = any(c.judged_images is not None for c in result.checks)
+    columns = ["batch", "images", "max abs error", "max rel error", "top class agrees"]
+    columns += ["on images PyTorch decides"] if judged else []
+    for col in [*columns, "ok"]:
         table.add_column(col, justify="right")
     for c in result.checks:
-        table.add_row(
+        cells = [
             str(c.batch_size),
             str(c.images),
             f"{c.max_abs_error:.2e}",
             f"{c.max_rel_error:.2e}",
             f"{c.argmax_agreement:.1%}",
-            "yes" if c.passed else "NO",
-        )
+        ]
+        if judged:
+            cells.append(f"{c.judged_agreement:.1%} of {c.judged_images}")
+        table.add_row(*cells, "yes" if c.passed else "NO")
     out = console()
     out.print(table)
     if result.accuracy_torch is not None and result.accuracy_onnx is not None:
@@ -179,6 +196,8 @@ def onnx_command(
         out.print(f"[yellow]Note:[/] {note}")
     out.print(f"Tolerance: {result.tolerance}")
     out.print(f"{result.precision}: {PRECISIONS[result.precision]}")
+    if result.int8_scheme:
+        out.print(f"int8 scheme: {result.int8_scheme} (--int8-scheme)")
     ops = (
         f"ONNX Runtime operators {', '.join(result.contrib_ops)} (--standard-ops to avoid)"
         if result.contrib_ops

@@ -100,6 +100,8 @@ def predict(
     def on_start(summary: Summary, n_files: int) -> None:
         classes.extend(summary.classes)
         err_console().print(f"{summary.model}: {n_files} file(s)")
+        for warning in summary.warnings:
+            err_console().print(f"[yellow]Warning:[/] {warning}")
         task.append(progress.add_task("predict", total=n_files, rate=""))
         progress.start()
 
