@@ -11,6 +11,8 @@ CPUs with native bf16) at 64 px, the two timed in alternating rounds.
 ``--optimizer`` compares torch's default AdamW with the fused one ``deeplense train`` builds
 (bf16 steps with gradient clipping, alternating).
 
+``--channels-last`` compares contiguous with channels-last memory for the same step.
+
 ``--openmp`` times the same training steps in child processes under three OpenMP wait
 policies (threads sleep at once, deeplense's short spin, libgomp's default long spin), on
 an idle machine and with ``--loads`` busy processes competing for the cores, the policies
@@ -134,6 +136,36 @@ def optimizer_rows(archs, names: list[str], batch: int, steps: int) -> None:
         )
 
 
+def channels_last_rows(archs, names: list[str], batch: int, steps: int) -> None:
+    """Contiguous against channels-last weights and activations, the step ``deeplense
+    train`` takes on this CPU (bf16 autocast where the CPU has native bf16, else float32),
+    the two alternating step by step. A one-channel batch has the same memory either way."""
+    import torch
+
+    from deeplense_cli.device import cpu_has_fast_bf16
+
+    bf16 = cpu_has_fast_bf16()
+    print(f"Training steps in {'bf16 autocast' if bf16 else 'float32'}, batch {batch}\n")
+    print("| model | Conv2d / Linear layers | contiguous img/s | channels-last img/s | speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        setups = {}
+        for channels_last in (False, True):
+            model = _bf16_model(archs, name) if bf16 else archs[name].build(image_size=64)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            setups[channels_last] = (model.train(), optimizer(model), bf16)
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in setups[True][0].modules())
+        linears = sum(isinstance(m, torch.nn.Linear) for m in setups[True][0].modules())
+        x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 3, (batch,))
+        speed = alternating_images_per_s(setups, x, y, steps, warmup=2)
+        print(
+            f"| {archs[name].name} | {convs} / {linears} | {speed[False]:.0f} | {speed[True]:.0f} "
+            f"| {speed[True] / speed[False]:.2f}x |",
+            flush=True,
+        )
+
+
 def openmp_child(archs, names: list[str], batch: int, steps: int) -> None:
     """Print one JSON line: model -> bf16 training images/s (median of ``steps``)."""
     import json
@@ -209,6 +241,9 @@ def main() -> None:
         "--float32", action="store_true", help="native vs 224 px in float32 (default: bf16)"
     )
     parser.add_argument("--optimizer", action="store_true", help="default vs fused AdamW")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="contiguous vs channels-last memory"
+    )
     parser.add_argument("--openmp", action="store_true", help="OpenMP wait policies, under load")
     parser.add_argument("--loads", default="0,2", help="--openmp: busy processes per level")
     parser.add_argument("--rounds", type=int, default=3, help="--openmp: children per policy")
@@ -229,6 +264,9 @@ def main() -> None:
         return
     if args.optimizer:
         optimizer_rows(archs, names, args.batch, args.steps)
+        return
+    if args.channels_last:
+        channels_last_rows(archs, names, args.batch, args.steps)
         return
     if args.openmp:
         openmp_rows(archs, names, args)
