@@ -329,6 +329,15 @@ def test_int8_scheme_with_full_8bit_weights(trained_run: Path, tmp_path: Path) -
     assert all(c["judged_images"] is not None for c in info["checks"])
 
 
+def test_int8_scheme_needs_int8_precision(trained_run: Path) -> None:
+    before = sorted(os.listdir(trained_run))
+    args = ["export", "onnx", str(trained_run), "--int8-scheme", "u8u8"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--int8-scheme applies to --precision int8, not fp32" in result.output
+    assert sorted(os.listdir(trained_run)) == before  # nothing written
+
+
 def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
     from deeplense_cli.export import near_ties
 

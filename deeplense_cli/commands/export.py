@@ -115,9 +115,8 @@ def export() -> None:
 @click.option(
     "--int8-scheme",
     type=click.Choice(["u8s8-7bit", "u8s8", "u8u8", "s8s8"]),
-    default="u8s8-7bit",
-    show_default=True,
-    help="With --precision int8: activation/weight integer types. u8s8-7bit gives the same "
+    help="With --precision int8: activation/weight integer types [default: u8s8-7bit]. "
+    "u8s8-7bit gives the same "
     "results on every x86 CPU; u8s8 (8-bit weights) is a little more precise on CPUs with "
     "VNNI and on ARM, but saturates ONNX Runtime's kernels on x86 CPUs without VNNI; u8u8 "
     "never saturates but is slower at large batches; s8s8 is slow on x86.",
@@ -132,7 +131,7 @@ def onnx_command(
     exporter: str,
     validation_images: int,
     standard_ops: bool,
-    int8_scheme: str,
+    int8_scheme: str | None,
     as_json: bool,
 ) -> None:
     """Export RUN_DIR's model to one self-contained ONNX file with a dynamic batch axis.
@@ -142,8 +141,11 @@ def onnx_command(
     with PyTorch on the run's test images (batch 1 and 32) before it is written; a model
     that does not match is not written.
     """
-    from deeplense_cli.export import PRECISIONS, export_onnx
+    from deeplense_cli.errors import DeepLenseError
+    from deeplense_cli.export import DEFAULT_INT8_SCHEME, PRECISIONS, export_onnx
 
+    if int8_scheme is not None and precision != "int8":
+        raise DeepLenseError(f"--int8-scheme applies to --precision int8, not {precision}")
     status = err_console().status("exporting", spinner="dots")
     if not as_json:
         status.start()
@@ -157,7 +159,7 @@ def onnx_command(
             exporter=exporter,
             validation_images=validation_images,
             standard_ops=standard_ops,
-            int8_scheme=int8_scheme,
+            int8_scheme=int8_scheme or DEFAULT_INT8_SCHEME,
             progress=lambda msg: status.update(msg),
         )
     finally:
