@@ -318,7 +318,11 @@ def max_int8_weight(path: Path) -> int:
     return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8)
 
 
-def test_int8_scheme_with_full_8bit_weights(trained_run: Path, tmp_path: Path) -> None:
+def test_int8_scheme_with_full_8bit_weights(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deeplense_cli import machine
+
     out = tmp_path / "u8s8.onnx"
     args = ["export", "onnx", str(trained_run), "--precision", "int8", "-o", str(out)]
     result = CliRunner().invoke(cli, [*args, "--int8-scheme", "u8s8", "--json"])
@@ -327,6 +331,14 @@ def test_int8_scheme_with_full_8bit_weights(trained_run: Path, tmp_path: Path) -
     assert info["int8_scheme"] == "u8s8" and metadata(out)["deeplense.int8_scheme"] == "u8s8"
     assert max_int8_weight(out) > 64  # the full int8 range
     assert all(c["judged_images"] is not None for c in info["checks"])
+    # predict warns when such a file runs on an x86 CPU without VNNI, and only there
+    image = tmp_path / "image.npy"
+    np.save(image, np.random.default_rng(0).random((64, 64)))
+    for flags, warned in (({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)):
+        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: set(flags))
+        result = CliRunner().invoke(cli, ["predict", str(out), str(image)])
+        assert result.exit_code == 0, result.output
+        assert ("Warning: u8s8.onnx is int8 with 8-bit weights" in result.output) is warned
 
 
 def test_int8_scheme_needs_int8_precision(trained_run: Path) -> None:
