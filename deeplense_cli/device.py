@@ -115,6 +115,24 @@ def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | Non
     return torch.float16
 
 
+def amp_warning(device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """Why this mixed precision will be slow here (None when it will not).
+
+    An explicit ``--amp bf16`` on a CPU without native bf16 (a config file written on another
+    machine, say) makes PyTorch emulate every bf16 product: ResNet18, CCT, CvT and Swin
+    trained 14-25x slower than in float32 on an AVX2 EPYC
+    (``benchmarks/bench_train_throughput.py --amp``).
+    """
+    import torch
+
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+        return (
+            "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and "
+            "training runs many times slower than in float32; use --amp auto (float32 here)"
+        )
+    return None
+
+
 @functools.cache
 def _fp32_conv_class() -> type:
     import torch

@@ -44,6 +44,8 @@ class RichReporter:
             f"{info['device']} (amp {info['amp']}); train {info['train']}, val {info['val']}, "
             f"test {info['test']} images; classes {', '.join(info['classes'])}"
         )
+        for warning in info.get("warnings", []):
+            self.console.print(f"[yellow]Warning:[/] {warning}")
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

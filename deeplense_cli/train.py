@@ -649,6 +649,8 @@ def train(
     on_data: Callable[[Splits], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``)."""
+    from deeplense_cli.device import amp_warning
+
     reporter = reporter or SilentReporter()
     if splits is None:
         splits = load_splits(config)
@@ -679,6 +681,7 @@ def train(
             "start_epoch": trainer.epoch,
             "steps_per_epoch": trainer.steps_per_epoch,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "warnings": [w for w in [amp_warning(trainer.device, trainer.amp_dtype)] if w],
         }
     )
     result = trainer.fit(reporter)

@@ -352,6 +352,29 @@ def test_jsonl_output_is_machine_readable(sim_root: Path, tmp_path: Path) -> Non
     assert kinds[0] == "start" and "epoch" in kinds and "end" in kinds and kinds[-1] == "evaluation"
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns(
+    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deeplense_cli import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    base = ["train", "-m", "cct", "--data", str(sim_root / "Model_III"), "--epochs", "1",
+            "--max-train-per-class", "4", "--batch-size", "4", "--no-evaluate"]  # fmt: skip
+    starts = {}
+    for amp in ("bf16", "auto"):
+        args = [*base, "--amp", amp, "--run-dir", str(tmp_path / amp), "--output", "jsonl"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        starts[amp] = json.loads(result.stdout.splitlines()[0])
+    assert starts["bf16"]["amp"] == "bfloat16"
+    assert "bf16 autocast is emulated" in starts["bf16"]["warnings"][0]
+    assert starts["auto"]["amp"] == "off" and starts["auto"]["warnings"] == []
+    # the rich display prints it under the header
+    args = [*base, "--amp", "bf16", "--run-dir", str(tmp_path / "rich")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "Warning: this CPU has no native bf16" in result.output
+
+
 def test_rich_output_ends_with_the_evaluation_tables(sim_root: Path, tmp_path: Path) -> None:
     args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
             "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--batch-size", "16"]  # fmt: skip
