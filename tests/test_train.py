@@ -493,7 +493,15 @@ def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Pat
     config = run.read_config()
     config["train"]["epochs"] = 6  # as --resume RUN --epochs 6
     trainer = Trainer(config, run, load_splits(config))
-    trainer.restore(torch.load(run.path / "checkpoints" / "last.pt", weights_only=True))
+    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
+    trainer.restore(state)
+    # early stopping's reference survives a resume; checkpoints from before it existed fall
+    # back to the best epoch's value
+    assert trainer.progress_ref == pytest.approx(run.read_metrics()[0][trainer.metric])
+    del state["progress_ref"]
+    legacy = Trainer(config, run, load_splits(config))
+    legacy.restore(state)
+    assert legacy.progress_ref == pytest.approx(state["best"][trainer.metric])
     done = trainer.scheduler.last_epoch
     assert done == trainer.steps_per_epoch and trainer.epoch == 1
     trainer.epochs, trainer.total_steps = 6, 6 * done  # the plan the first steps made
