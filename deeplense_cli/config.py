@@ -47,7 +47,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,  # max gradient norm; 0 disables
     "label_smoothing": 0.0,
     "ema_decay": 0.0,  # 0 disables the weight EMA; e.g. 0.999
-    "augment": True,  # flips and 90-degree rotations
+    # auto: rot180 on the DeepLense datasets (--dataset; their simulation fixes the main lens's
+    # orientation, so only the half turn maps the data onto itself), dihedral (all flips and
+    # 90-degree rotations) on other data; or dihedral, flips, rot180, none (true = dihedral)
+    "augment": "auto",
     "early_stopping_metric": "val_macro_auc",  # or val_loss, val_accuracy
     "patience": 0,  # epochs without improvement before stopping; 0 disables
     # early stopping counts an epoch as progress only when it beats the best by more than this
@@ -198,6 +201,8 @@ def resolve(
             )
     arch.canonical_params(set_params)  # an old and a new name set to different values
 
+    if train["augment"] == "auto":
+        train["augment"] = "rot180" if data.get("dataset") else "dihedral"
     _validate_train(train)
     return {
         "model": {"name": arch.name, "params": params},
@@ -221,6 +226,11 @@ def _validate_train(train: dict[str, Any]) -> None:
     if train["early_stopping_metric"] not in ("val_macro_auc", "val_loss", "val_accuracy"):
         raise DeepLenseError(
             "train.early_stopping_metric must be val_macro_auc, val_loss or val_accuracy"
+        )
+    if train["augment"] not in (True, False, "dihedral", "flips", "rot180", "none"):
+        raise DeepLenseError(
+            "train.augment must be auto, dihedral, flips, rot180, none, true (dihedral) or "
+            f"false (none), got {train['augment']!r}"
         )
     delta = train["min_delta"]
     if not isinstance(delta, int | float) or isinstance(delta, bool) or not delta >= 0:

@@ -1,8 +1,9 @@
 """Training: one loop used by `deeplense train`, `tune` and `benchmark`.
 
 AdamW with linear warm-up and cosine decay stepped per batch, gradient clipping,
-optional label smoothing and weight EMA, physics-respecting augmentation (the eight
-flips/rotations of the square: lensing images have no preferred orientation), AMP on
+optional label smoothing and weight EMA, physics-respecting augmentation (the symmetries of
+the data: the half turn on the DeepLense simulations, whose main lens has a fixed orientation;
+the eight flips/rotations of the square on other data), AMP on
 CUDA, atomic `last`/`best` checkpoints and exact resume from the last completed epoch.
 """
 
@@ -137,11 +138,32 @@ def lr_factor(
     return min_ratio + (top - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Apply one of the 8 symmetries of the square to each image (in place of x)."""
+# Augmentation groups: transform t rotates by 90 x (t % 4) degrees, after a left-right flip
+# when t >= 4. "dihedral" is all 8 symmetries of the square; "flips" the identity, both flips
+# and the half turn; "rot180" the identity and the half turn.
+AUGMENT_GROUPS: dict[str, tuple[int, ...]] = {
+    "dihedral": tuple(range(8)),
+    "flips": (0, 2, 4, 6),
+    "rot180": (0, 2),
+    "none": (0,),
+}
+
+
+def augment_group(setting: Any) -> str:
+    """The group name a ``train.augment`` setting means (true: dihedral, false: none)."""
+    if setting is True:
+        return "dihedral"
+    if setting is False or setting is None:
+        return "none"
+    return str(setting)
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, group: str = "dihedral") -> torch.Tensor:
+    """Apply one transform of ``AUGMENT_GROUPS[group]`` to each image (in place of x)."""
     import torch
 
-    choice = rng.integers(0, 8, size=x.shape[0])
+    members = np.asarray(AUGMENT_GROUPS[group])
+    choice = members[rng.integers(0, len(members), size=x.shape[0])]
     out = torch.empty_like(x)
     for t in range(8):
         sel = np.flatnonzero(choice == t)
@@ -321,6 +343,7 @@ class Trainer:
         self.bad_epochs = 0
         self.metric = str(t["early_stopping_metric"])
         self.min_delta = float(t.get("min_delta", 0.0))
+        self.augment_group = augment_group(t.get("augment", True))
         self.progress_ref: float | None = None  # the metric at the last progress (patience)
 
     def lr_factor(self, step: int) -> float:
@@ -399,7 +422,7 @@ class Trainer:
             apply_transform(np.asarray(self.splits.train.images[idx]), self.transform)
         )
         if rng is not None:
-            x = augment(x, rng)
+            x = augment(x, rng, self.augment_group)
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -412,7 +435,7 @@ class Trainer:
         rng = np.random.default_rng([self.seed, epoch])  # data order depends on (seed, epoch) only
         order = rng.permutation(self.splits.train_idx)
         labels_all = self.splits.train.labels
-        aug_rng = rng if self.t["augment"] else None
+        aug_rng = rng if self.augment_group != "none" else None
         self.model.train()
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()

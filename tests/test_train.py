@@ -169,19 +169,59 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert f[-1] == pytest.approx(0.01, abs=0.01)
 
 
-def test_augment_applies_square_symmetries() -> None:
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        (
+            "dihedral",
+            {"id", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "anti"},
+        ),
+        ("flips", {"id", "rot180", "flip_lr", "flip_ud"}),
+        ("rot180", {"id", "rot180"}),
+        ("none", {"id"}),
+    ],
+)
+def test_augment_applies_the_group_of_square_symmetries(group: str, expected: set[str]) -> None:
     import torch
 
-    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(64, 1, 1, 1)
-    out = augment(x, np.random.default_rng(0))
+    # an image with no symmetry of its own, so every transform gives a different image
+    a = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4) ** 2
+    variants = {
+        "id": a,
+        "rot90": torch.rot90(a, 1, (-2, -1)),
+        "rot180": torch.rot90(a, 2, (-2, -1)),
+        "rot270": torch.rot90(a, 3, (-2, -1)),
+        "flip_lr": a.flip(-1),
+        "flip_ud": a.flip(-2),
+        "transpose": a.transpose(-2, -1),
+        "anti": torch.rot90(a, 2, (-2, -1)).transpose(-2, -1),
+    }
+    out = augment(a.repeat(128, 1, 1, 1), np.random.default_rng(0), group)
     seen = set()
-    for a, b in zip(x, out, strict=True):
-        variants = [torch.rot90(a, k, (-2, -1)) for k in range(4)]
-        variants += [torch.rot90(a.flip(-1), k, (-2, -1)) for k in range(4)]
-        matches = [i for i, v in enumerate(variants) if torch.equal(v, b)]
-        assert matches, "augmented image is not a flip/rotation of the input"
+    for b in out:
+        matches = [name for name, v in variants.items() if torch.equal(v, b)]
+        assert len(matches) == 1, "augmented image is not a flip/rotation of the input"
         seen.add(matches[0])
-    assert len(seen) == 8
+    assert seen == expected
+
+
+def test_augment_setting_resolves_and_is_validated(tmp_path: Path) -> None:
+    def augment_of(*extra: str) -> Any:
+        result = CliRunner().invoke(cli, ["train", "-m", "resnet18", *extra, "--print-config"])
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load(result.output)["train"]["augment"]
+
+    # auto: the half turn on the DeepLense datasets (fixed lens orientation), all 8 elsewhere
+    assert augment_of("--dataset", "Model_III") == "rot180"
+    assert augment_of("--data", str(tmp_path)) == "dihedral"
+    assert augment_of("--dataset", "Model_III", "--augment", "flips") == "flips"
+    assert augment_of("--dataset", "Model_III", "--no-augment") == "none"
+    assert augment_of("--data", str(tmp_path), "--set", "train.augment=true") is True
+    result = CliRunner().invoke(
+        cli, ["train", "-m", "resnet18", "--data", str(tmp_path), "--set", "train.augment=rot45"]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "train.augment must be auto, dihedral, flips, rot180, none" in result.output
 
 
 def test_improved_uses_metric_direction_and_loss_tiebreak() -> None:

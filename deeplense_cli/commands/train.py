@@ -96,7 +96,13 @@ def output_option(fn: Any) -> Any:
     "instructions; off: float32.",
 )
 @click.option("--num-threads", type=int, help="CPU threads (default: available cores).")
-@click.option("--no-augment", is_flag=True, default=None, help="Disable flips/rotations.")
+@click.option(
+    "--augment",
+    type=click.Choice(["auto", "dihedral", "flips", "rot180", "none"]),
+    help="Training symmetries. auto: rot180 on --dataset Model_I/II/III (their main lens has "
+    "a fixed orientation), dihedral (flips and 90-degree rotations) on other data.",
+)
+@click.option("--no-augment", is_flag=True, default=None, help="Same as --augment none.")
 @click.option(
     "--set",
     "overrides",
@@ -170,8 +176,10 @@ def train(**kw: Any) -> None:
         },
         "slurm": slurm_flags(kw),
     }
+    if kw["augment"]:
+        flags["train"]["augment"] = kw["augment"]
     if kw["no_augment"]:
-        flags["train"]["augment"] = False
+        flags["train"]["augment"] = "none"
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
     if kw["print_config"]:
         import yaml
