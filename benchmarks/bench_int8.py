@@ -24,7 +24,6 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
 from bench_onnx import interleaved, machine  # noqa: E402  (sets OpenMP's policy first)
 
 
@@ -40,12 +39,13 @@ def main() -> int:
     from deeplense_cli.export import (
         INT8_SCHEMES,
         _load_data,
+        _ort_logits,
         compare,
         export_fp32,
         quantize_int8,
         torch_logits,
     )
-    from deeplense_cli.onnx_session import create_session
+    from deeplense_cli.onnx_session import INPUT_NAME, create_session
     from deeplense_cli.rundir import RunDir
 
     run = RunDir.open(args.run)
@@ -73,19 +73,14 @@ def main() -> int:
         ]
         lat1, lat64 = (
             interleaved(
-                {k: (lambda s=s, x=x: s.run(None, {"input": x})) for k, s in sessions.items()},
+                {k: (lambda s=s, x=x: s.run(None, {INPUT_NAME: x})) for k, s in sessions.items()},
                 repeats,
             )
             for x, repeats in ((data.test[:1], args.repeats), (data.test[:64], args.repeats // 4))
         )
         torch_acc = float((reference.argmax(1) == data.labels).mean())
         for name, session in sessions.items():
-            logits = np.concatenate(
-                [
-                    session.run(None, {session.get_inputs()[0].name: data.test[i : i + 64]})[0]
-                    for i in range(0, len(data.test), 64)
-                ]
-            )
+            logits = _ort_logits(session, data.test, 64)
             max_abs, _, agree = compare(logits, reference)
             acc = float((logits.argmax(1) == data.labels).mean())
             rows.append(

@@ -73,6 +73,15 @@ INT8_SCHEMES: dict[str, tuple[str, str, bool]] = {
     "s8s8": ("QInt8", "QInt8", False),
 }
 DEFAULT_INT8_SCHEME = "u8s8-7bit"
+
+
+def int8_scheme_types(scheme: str) -> tuple[str, str, bool]:
+    """``INT8_SCHEMES[scheme]``; an unknown scheme is a DeepLenseError."""
+    if scheme not in INT8_SCHEMES:
+        raise DeepLenseError(f"unknown int8 scheme {scheme!r}; use {', '.join(INT8_SCHEMES)}")
+    return INT8_SCHEMES[scheme]
+
+
 INT8_MIN_AGREEMENT = 0.9  # int8: share of images whose top class matches PyTorch
 # int8 is judged on the images PyTorch decides: where its two most probable classes are
 # closer than this, rounding alone can swap them (a 1-epoch model's near-ties did).
@@ -374,9 +383,7 @@ def quantize_int8(
 
     from deeplense_cli.onnx_graph import unshare_vectors
 
-    if scheme not in INT8_SCHEMES:
-        raise DeepLenseError(f"unknown int8 scheme {scheme!r}; use {', '.join(INT8_SCHEMES)}")
-    activations, weights, seven_bit = INT8_SCHEMES[scheme]
+    activations, weights, seven_bit = int8_scheme_types(scheme)
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
     src, dst = Path(src).resolve(), Path(dst).resolve()  # the block below changes directory
     pre = Path(workdir).resolve() / "preprocessed.onnx"
@@ -497,9 +504,9 @@ def validate(
 
 def near_ties(logits: np.ndarray) -> np.ndarray:
     """Rows whose two most probable classes are less than ``INT8_NEAR_TIE`` apart."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    top2 = np.sort(p, axis=1)[:, -2:]
+    from deeplense_cli.metrics import softmax
+
+    top2 = np.sort(softmax(logits.astype(np.float64)), axis=1)[:, -2:]
     return np.asarray(top2[:, 1] - top2[:, 0] < INT8_NEAR_TIE)
 
 
@@ -653,8 +660,7 @@ def export_onnx(
         raise DeepLenseError(f"opset {opset} is out of range; use 17 (default) to 23")
     if validation_images < 1:
         raise DeepLenseError("validation_images must be at least 1")
-    if int8_scheme not in INT8_SCHEMES:
-        raise DeepLenseError(f"unknown int8 scheme {int8_scheme!r}; use {', '.join(INT8_SCHEMES)}")
+    int8_scheme_types(int8_scheme)  # fail before the model loads
     if exporter not in EXPORTERS:
         raise DeepLenseError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
     run = RunDir.open(run_path)
