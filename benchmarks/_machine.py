@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from deeplense_cli.machine import cpu_model
+from deeplense_cli.core.cpu import cpu_model
 
 
 def machine() -> str:

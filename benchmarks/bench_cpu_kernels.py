@@ -1,6 +1,6 @@
 """The CPU training fixes deeplense applies, and what each buys, measured in one run.
 
-1. ``deeplense_cli.device.cpu_bf16_fixups``: strided grouped (depthwise) convolutions run in
+1. ``deeplense_cli.core.device.cpu_bf16_fixups``: strided grouped (depthwise) convolutions run in
    float32 under bf16 autocast (oneDNN's bf16 kernels for them are slow on CPUs without AMX).
 2. ``deeplense_plugins._common.fast_channel_norms``: vit-pytorch's channel LayerNorm (CvT,
    CrossFormer, TwinsSVT) as one fused ``layer_norm`` instead of var/mean reductions.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 from _timing import alternating_images_per_s, optimizer
 
-from deeplense_cli.device import configure_openmp
+from deeplense_cli.core.device import configure_openmp
 
 configure_openmp()  # what `deeplense train` runs under; before anything imports torch
 
@@ -109,7 +109,7 @@ def _compare_steps(
     ``note(count off, count on)`` is the last column, or None to leave the model out."""
     import torch
 
-    from deeplense_cli.plugins import architectures
+    from deeplense_cli.registry.manager import architectures
 
     archs = architectures()
     print(f"\n| model | {head[0]} img/s | {head[1]} img/s | speed-up | {head[2]} |")
@@ -138,7 +138,7 @@ def training_rows(names: list[str], steps: int) -> None:
     """Fixes 1 and 2 off (upstream's channel norms, bf16 strided convs) and on."""
     from deeplense_plugins._common import restore_channel_norms
 
-    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.core.device import cpu_bf16_fixups
 
     def prepare(model: Any, on: bool) -> int:
         return cpu_bf16_fixups(model) if on else restore_channel_norms(model)
@@ -151,7 +151,7 @@ def stage_rows(names: list[str], steps: int) -> None:
     """Fix 3: upstream's transformer stages against the channels-last ones (1 and 2 on)."""
     from deeplense_plugins._channels_last import upstream_stages
 
-    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.core.device import cpu_bf16_fixups
 
     def prepare(model: Any, on: bool) -> int:
         cpu_bf16_fixups(model)

@@ -2,7 +2,7 @@
 
 Needs a CUDA machine with ``onnxruntime-gpu`` (``pip install 'deeplense[gpu]'``, never
 together with ``onnxruntime``). Without CUDA it prints why and exits 0. Finishes in a few
-minutes: per model it exports fp32 and fp16 files with ``deeplense_cli.export.export_onnx``,
+minutes: per model it exports fp32 and fp16 files with ``deeplense_cli.deploy.export.export_onnx``,
 times images/s at one batch size for
 
 * PyTorch eager under autocast (bf16 where supported, else fp16), channels-last;
@@ -66,8 +66,8 @@ def eager_amp(name: str, batch: int, iters: int) -> tuple[float, str]:
 
 
 def ort_rate(path: Path, device: str, batch: int, iters: int) -> tuple[float | None, str]:
-    from deeplense_cli.errors import DeepLenseError
-    from deeplense_cli.onnx_session import OnnxModel
+    from deeplense_cli.core.errors import DeepLenseError
+    from deeplense_cli.deploy.onnx_session import OnnxModel
 
     t = time.perf_counter()
     try:
@@ -129,7 +129,7 @@ def main() -> None:
     from bench_onnx import machine
     from bench_predict import make_run
 
-    from deeplense_cli.export import export_onnx
+    from deeplense_cli.deploy.export import export_onnx
 
     print(f"GPU: {torch.cuda.get_device_name(0)}; {machine()}")
     print(f"ORT providers: {', '.join(ort.get_available_providers())}")

@@ -5,7 +5,7 @@ with VNNI that is one exact instruction; on AVX2 and AVX-512 CPUs without VNNI, 
 VPMADDUBSW, which adds pairs of products into 16 bits and saturates when they do not fit. With
 8-bit weights that happens (255 x 127 x 2 > 32,767) and logits drift; 7-bit weights
 (``reduce_range``) cannot overflow there. This script exports a trained run's model once in
-fp32, quantizes it with every scheme deeplense knows (``deeplense_cli.export.INT8_SCHEMES``),
+fp32, quantizes it with every scheme deeplense knows (``deeplense_cli.deploy.export.INT8_SCHEMES``),
 and reports, on the run's own test images:
 
 * top-class agreement with PyTorch, the largest logit error, and test accuracy;
@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--out", help="also write the markdown to this file")
     args = ap.parse_args()
 
-    from deeplense_cli.export import (
+    from deeplense_cli.deploy.export import (
         INT8_SCHEMES,
         _load_data,
         _ort_logits,
@@ -45,8 +45,8 @@ def main() -> int:
         quantize_int8,
         torch_logits,
     )
-    from deeplense_cli.onnx_session import INPUT_NAME, create_session
-    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.deploy.onnx_session import INPUT_NAME, create_session
+    from deeplense_cli.runs.rundir import RunDir
 
     run = RunDir.open(args.run)
     arch = str(run.read_config()["model"]["name"])

@@ -43,8 +43,8 @@ warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 
-from deeplense_cli.device import configure_openmp  # noqa: E402
-from deeplense_cli.machine import cpu_flags, cpu_model  # noqa: E402
+from deeplense_cli.core.cpu import cpu_flags, cpu_model  # noqa: E402
+from deeplense_cli.core.device import configure_openmp  # noqa: E402
 
 configure_openmp()  # PyTorch runs as under `deeplense predict RUN` (set before torch loads)
 
@@ -87,14 +87,14 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, fl
 def build(name: str) -> Any:
     import torch
 
-    from deeplense_cli.plugins import get_architecture
+    from deeplense_cli.registry.manager import get_architecture
 
     torch.manual_seed(0)
     return get_architecture(name).build(image_size=64, num_classes=3, in_channels=1).eval()
 
 
 def export_model(model: Any, workdir: Path, precision: str, exporter: str = "auto") -> Path:
-    from deeplense_cli.export import export_fp32, quantize_int8
+    from deeplense_cli.deploy.export import export_fp32, quantize_int8
 
     rng = np.random.default_rng(0)
     x = rng.random((64, 1, 64, 64), dtype=np.float32)
@@ -107,7 +107,7 @@ def export_model(model: Any, workdir: Path, precision: str, exporter: str = "aut
     if precision == "int8":
         quantize_int8(fp32, out, x, workdir)
     else:
-        from deeplense_cli.export import convert_fp16
+        from deeplense_cli.deploy.export import convert_fp16
 
         convert_fp16(fp32, out)
     return out
@@ -192,7 +192,7 @@ def compile_via_eager(r: dict[str, Any]) -> float | None:
 def session(path: Path, threads: int, **kwargs: Any) -> Any:
     import onnxruntime as ort
 
-    from deeplense_cli.onnx_session import session_options
+    from deeplense_cli.deploy.onnx_session import session_options
 
     return ort.InferenceSession(
         str(path), session_options(threads, **kwargs), providers=["CPUExecutionProvider"]
@@ -246,12 +246,12 @@ def bench_variants(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_model(model, Path(tmp), "fp32")
-        from deeplense_cli.export import export_fp32
+        from deeplense_cli.deploy.export import export_fp32
 
         plain = Path(tmp) / "no-rewrites.onnx"
         x64 = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
         export_fp32(model, x64, plain, rewrite=False)
-        from deeplense_cli.export_modules import unfused_attention
+        from deeplense_cli.deploy.layers import unfused_attention
 
         unfused = Path(tmp) / "unfused-attention.onnx"
         with unfused_attention():
@@ -338,7 +338,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def main() -> None:
-    from deeplense_cli.plugins import architectures
+    from deeplense_cli.registry.manager import architectures
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="comma-separated architecture names [default: all]")

@@ -1,7 +1,7 @@
 """End-to-end ``deeplense predict`` over a folder of .npy files vs the raw model throughput.
 
 Raw: ``session.run`` on batches already in memory (the same ONNX Runtime session
-deeplense builds). End to end: ``deeplense_cli.predict.predict`` -- finding the files,
+deeplense builds). End to end: ``deeplense_cli.deploy.predict.predict`` -- finding the files,
 reading and checking each .npy, the transform, inference, softmax and writing the CSV --
 and the ``deeplense predict`` command in a fresh process (start-up and model loading
 included). Goal: end to end >= 80% of raw. Raw and predict() alternate for ``--rounds`` rounds
@@ -33,9 +33,9 @@ from bench_onnx import machine  # noqa: E402
 def make_run(path: Path, model: str) -> Path:
     import torch
 
-    from deeplense_cli.plugins import get_architecture
-    from deeplense_cli.rundir import RunDir
-    from deeplense_cli.transforms import default_transform
+    from deeplense_cli.data.transforms import default_transform
+    from deeplense_cli.registry.manager import get_architecture
+    from deeplense_cli.runs.rundir import RunDir
 
     torch.manual_seed(0)
     arch = get_architecture(model)
@@ -59,10 +59,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args()
 
-    from deeplense_cli.export import export_onnx
-    from deeplense_cli.onnx_session import OnnxModel
-    from deeplense_cli.predict import predict
-    from deeplense_cli.transforms import apply_transform
+    from deeplense_cli.data.transforms import apply_transform
+    from deeplense_cli.deploy.export import export_onnx
+    from deeplense_cli.deploy.onnx_session import OnnxModel
+    from deeplense_cli.deploy.predict import predict
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from deeplense_cli import simulate as S
-from deeplense_cli.machine import cpu_model
+from deeplense_cli.core.cpu import cpu_model
 
 FULL_MODEL_II = 3 * 30000 + 3 * 5000
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 from _timing import alternating_images_per_s, optimizer
 
-from deeplense_cli.device import OPENMP_SPIN_COUNT, configure_openmp
+from deeplense_cli.core.device import OPENMP_SPIN_COUNT, configure_openmp
 
 configure_openmp()  # what `deeplense train` runs under; before anything imports torch
 
@@ -53,7 +53,7 @@ def resolution_rows(archs, names: list[str], batch: int, steps: int, bf16: bool)
     import torch
     import torch.nn as nn
 
-    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.core.device import cpu_bf16_fixups
 
     print(
         f"Training steps in {'bf16 autocast' if bf16 else 'float32'}, batch {batch}, "
@@ -106,7 +106,7 @@ def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
 def _bf16_model(archs, name: str):
     import torch
 
-    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.core.device import cpu_bf16_fixups
 
     torch.manual_seed(0)
     model = archs[name].build(image_size=64)
@@ -142,7 +142,7 @@ def channels_last_rows(archs, names: list[str], batch: int, steps: int) -> None:
     the two alternating step by step. A one-channel batch has the same memory either way."""
     import torch
 
-    from deeplense_cli.device import cpu_has_fast_bf16
+    from deeplense_cli.core.device import cpu_has_fast_bf16
 
     bf16 = cpu_has_fast_bf16()
     print(f"Training steps in {'bf16 autocast' if bf16 else 'float32'}, batch {batch}\n")
@@ -229,7 +229,7 @@ def openmp_rows(archs, names: list[str], args) -> None:
 def main() -> None:
     import torch
 
-    from deeplense_cli.plugins import architectures
+    from deeplense_cli.registry.manager import architectures
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="all")
@@ -271,7 +271,7 @@ def main() -> None:
     if args.openmp:
         openmp_rows(archs, names, args)
         return
-    from deeplense_cli.device import cpu_has_fast_bf16
+    from deeplense_cli.core.device import cpu_has_fast_bf16
 
     resolution_rows(archs, names, args.batch, args.steps, cpu_has_fast_bf16() and not args.float32)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deeplense_cli.machine import cpu_model
+from deeplense_cli.core.cpu import cpu_model
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -73,11 +73,11 @@ def main() -> int:
     import ray
     import torch
 
-    from deeplense_cli.config import resolve
-    from deeplense_cli.evaluate import evaluate_run
-    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.evaluation.evaluate import evaluate_run
+    from deeplense_cli.runs.config import resolve
+    from deeplense_cli.runs.rundir import RunDir
     from deeplense_cli.simulate import simulate_dataset
-    from deeplense_cli.train import train
+    from deeplense_cli.training.loop import train
     from deeplense_cli.tune import TuneSettings, build_space, run_tune
 
     start_load = load()

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from deeplense_cli.hookspecs import hookimpl
-from deeplense_cli.registry import Architecture
+from deeplense_cli.registry.architecture import Architecture
+from deeplense_cli.registry.hookspecs import hookimpl
 
 __all__ = ["Architecture", "__version__", "hookimpl"]

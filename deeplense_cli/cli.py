@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from deeplense_cli import __version__
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 # name -> "module:attribute"; the order is the order in --help.
 COMMANDS = {
@@ -71,13 +71,13 @@ def cli() -> None:
 
 def _add_plugin_commands() -> None:
     # Only plugins that add commands are consulted; listing does not import torch.
-    from deeplense_cli.plugins import get_plugin_manager
+    from deeplense_cli.registry.manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(cli=cli)
 
 
 def main() -> None:
-    from deeplense_cli.device import configure_openmp
+    from deeplense_cli.core.device import configure_openmp
 
     configure_openmp()  # before any command imports torch
     try:

@@ -54,7 +54,7 @@ def deeplense_home(
 def fake_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Install a plugin as a fake distribution (a dist-info folder on sys.path), the way
     pytest tests entry-point discovery: nothing is pip-installed."""
-    from deeplense_cli import plugins
+    from deeplense_cli.registry import manager as plugins
 
     site = tmp_path / "fake-site"
     site.mkdir()

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deeplense_cli.contract import check_architecture
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.plugins import architectures, get_architecture
-from deeplense_cli.registry import Architecture
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.registry.architecture import Architecture
+from deeplense_cli.registry.contract import check_architecture
+from deeplense_cli.registry.manager import architectures, get_architecture
 
 EXPECTED = {
     "CvT",
@@ -167,7 +167,7 @@ def test_twins_svt_embeds_raw_pixels_without_normalising_each_patch() -> None:
 def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
     """TwinsSVT's first_patch_norm is now patch_norm (as on CaiT and CrossViT): runs and
     config files written with the old name build the same model."""
-    from deeplense_cli.config import resolve
+    from deeplense_cli.runs.config import resolve
 
     arch = get_architecture("TwinsSVT")
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     from deeplense_plugins._channels_last import upstream_stages
     from deeplense_plugins._common import restore_channel_norms
 
-    from deeplense_cli.export_modules import export_copy
+    from deeplense_cli.deploy.layers import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64)
@@ -279,7 +279,7 @@ def test_attention_layers_train_as_upstream_and_export_fused(key: str, layers: i
     one multi_head_attention call) compute the same function from the same parameters."""
     import copy
 
-    from deeplense_cli.export_modules import export_copy
+    from deeplense_cli.deploy.layers import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64).eval()
@@ -341,7 +341,7 @@ def test_channels_last_stages_compute_upstreams_function(key: str) -> None:
     for ga, gb in zip(grads_a, grads_b, strict=True):
         assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-3)
     # ONNX export keeps the channels-last stages, except CvT's (ORT runs upstream's faster)
-    from deeplense_cli.export_modules import export_copy
+    from deeplense_cli.deploy.layers import export_copy
 
     exported, _ = export_copy(model)
     kinds = {type(m).__module__ for m in exported.modules() if "Transformer" in type(m).__name__}
@@ -351,7 +351,7 @@ def test_channels_last_stages_compute_upstreams_function(key: str) -> None:
 def test_cpu_bf16_fixups_run_strided_depthwise_convs_in_float32() -> None:
     """oneDNN's bf16 strided depthwise convolutions are slow on CPUs without AMX; under CPU
     autocast they run in float32 (output float32, the float32 result), nothing else moves."""
-    from deeplense_cli.device import cpu_bf16_fixups
+    from deeplense_cli.core.device import cpu_bf16_fixups
 
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deeplense_cli import atomic
+from deeplense_cli.core import atomic
 
 
 def test_write_replaces_whole_file_with_umask_permissions(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeplense_cli.benchmark import Cell, plan
 from deeplense_cli.cli import cli
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.training.benchmark import Cell, plan
 
 
 def test_plan_expands_models_and_datasets() -> None:

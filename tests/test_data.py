@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deeplense_cli.cli import cli
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data import (
     SUPPORTED_EXTENSIONS,
     DataSource,
@@ -27,7 +28,6 @@ from deeplense_cli.data import (
     resolve_source,
 )
 from deeplense_cli.data.safe_pickle import safe_loads
-from deeplense_cli.errors import DeepLenseError
 
 CLASSES = ["axion", "cdm", "no_sub"]
 

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data import load_image_set
 from deeplense_cli.data.download import download_dataset, fetch, unpack_archive
-from deeplense_cli.errors import DeepLenseError
 
 CLASSES = ["axion", "cdm", "no_sub"]
 

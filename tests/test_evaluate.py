@@ -11,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.metrics import axion_mass_bins, classification_metrics, roc_curves, softmax
+from deeplense_cli.evaluation.metrics import (
+    axion_mass_bins,
+    classification_metrics,
+    roc_curves,
+    softmax,
+)
 
 CLASSES = ["axion", "cdm", "no_sub"]
 

@@ -88,8 +88,8 @@ def test_example_plugin_installs_and_registers_through_its_entry_point(
 
     # looked up by case-insensitive name and checked against the full contract
     out = _run(
-        "from deeplense_cli.plugins import get_architecture\n"
-        "from deeplense_cli.contract import check_architecture\n"
+        "from deeplense_cli.registry.manager import get_architecture\n"
+        "from deeplense_cli.registry.contract import check_architecture\n"
         "arch = get_architecture('tinycnn')\n"
         "check_architecture(arch)\n"
         "print(arch.name, arch.plugin)\n"
@@ -100,7 +100,7 @@ def test_example_plugin_installs_and_registers_through_its_entry_point(
 def test_blocking_the_example_plugin_hides_its_architecture(installed_example: None) -> None:
     out = _run(
         "import os; os.environ['DEEPLENSE_BLOCK_PLUGINS'] = 'example'\n"
-        "from deeplense_cli.plugins import architectures\n"
+        "from deeplense_cli.registry.manager import architectures\n"
         "print(sorted(a.name for a in architectures().values()))\n"
     )
     assert "TinyCNN" not in out and "CCT" in out
@@ -112,7 +112,7 @@ def test_example_plugin_meets_the_contract_without_installing() -> None:
     try:
         from deeplense_example_plugin import TINY_CNN
 
-        from deeplense_cli.contract import check_architecture
+        from deeplense_cli.registry.contract import check_architecture
 
         check_architecture(TINY_CNN)
         assert TINY_CNN.name == "TinyCNN"

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.rundir import RunDir
-from deeplense_cli.transforms import default_transform
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.transforms import default_transform
+from deeplense_cli.runs.rundir import RunDir
 
 CLASSES = ["axion", "cdm", "no_sub"]
 # All eleven export (fp32, then fp16 and int8 from it) in ~3 min on a 2-core machine, the
@@ -31,7 +31,7 @@ def make_untrained_run(path: Path, model: str, image_size: int = 64, seed: int =
     a synthetic validation batch)."""
     import torch
 
-    from deeplense_cli.plugins import get_architecture
+    from deeplense_cli.registry.manager import get_architecture
 
     torch.manual_seed(seed)
     arch = get_architecture(model)
@@ -69,7 +69,7 @@ def optimized_op_types(path: Path, out: Path) -> list[str]:
     import onnx
     import onnxruntime as ort
 
-    from deeplense_cli.onnx_session import session_options
+    from deeplense_cli.deploy.onnx_session import session_options
 
     options = session_options(1, optimized_model_path=out)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -114,7 +114,7 @@ def test_export_command_writes_one_validated_file(trained_run: Path) -> None:
 def test_exported_model_has_a_dynamic_batch_and_matches_pytorch(trained_run: Path) -> None:
     import torch
 
-    from deeplense_cli.export import export_onnx
+    from deeplense_cli.deploy.export import export_onnx
 
     out = trained_run / "dyn.onnx"
     result = export_onnx(trained_run, output=out, validation_images=16)
@@ -133,7 +133,7 @@ def test_exported_model_has_a_dynamic_batch_and_matches_pytorch(trained_run: Pat
     FAST_ARCHITECTURES + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_ARCHITECTURES],
 )
 def test_every_architecture_exports(model: str, tmp_path: Path) -> None:
-    from deeplense_cli.export import export_onnx
+    from deeplense_cli.deploy.export import export_onnx
 
     run = make_untrained_run(tmp_path / model, model)
     result = export_onnx(run.path, validation_images=8)
@@ -195,7 +195,7 @@ def test_a_failed_first_exporter_prints_nothing(tmp_path: Path, capfd) -> None:
     import torch
     import torch.nn.functional as F
 
-    from deeplense_cli.export import export_fp32
+    from deeplense_cli.deploy.export import export_fp32
 
     class RuntimeShapeNorm(torch.nn.Module):
         def __init__(self) -> None:
@@ -223,7 +223,7 @@ def check_lower_precisions(fp32: Path, tmp_path: Path) -> None:
     so int8 agreement is not asserted here (the trained-run test does)."""
     import onnx
 
-    from deeplense_cli.export import convert_fp16, quantize_int8, validate
+    from deeplense_cli.deploy.export import convert_fp16, quantize_int8, validate
 
     x = np.random.default_rng(2).random((8, 1, 64, 64), dtype=np.float32)
     reference = ort_logits(fp32, x)
@@ -250,7 +250,7 @@ def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
     """Without the unsharing, ONNX Runtime's quantizer really fails on TwinsSVT's graph: the
     user gets one line, no traceback, and no file (the per-architecture export test checks
     that the unsharing makes it succeed)."""
-    import deeplense_cli.onnx_graph as onnx_graph
+    import deeplense_cli.deploy.onnx_graph as onnx_graph
 
     monkeypatch.setattr(onnx_graph, "unshare_vectors", lambda model: 0)
     run = make_untrained_run(tmp_path / "twins", "TwinsSVT")
@@ -321,7 +321,7 @@ def max_int8_weight(path: Path) -> int:
 def test_int8_scheme_with_full_8bit_weights(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deeplense_cli import machine
+    from deeplense_cli.core import cpu as machine
 
     out = tmp_path / "u8s8.onnx"
     args = ["export", "onnx", str(trained_run), "--precision", "int8", "-o", str(out)]
@@ -351,7 +351,7 @@ def test_int8_scheme_needs_int8_precision(trained_run: Path) -> None:
 
 
 def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
-    from deeplense_cli.export import near_ties
+    from deeplense_cli.deploy.export import near_ties
 
     # p = (0.5, 0.49, ...): a near-tie; (0.88, 0.12, 0): decided
     logits = np.log(np.array([[0.5, 0.49, 0.01], [0.88, 0.119, 0.001], [0.2, 0.7, 0.1]]))
@@ -360,7 +360,7 @@ def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
 
 
 def test_int8_tolerance_text_names_the_near_tie_rule() -> None:
-    from deeplense_cli.export import _tolerance_text
+    from deeplense_cli.deploy.export import _tolerance_text
 
     text = _tolerance_text("int8", 0.9)
     assert "90% of the images PyTorch decides" in text and "5% of probability" in text
@@ -369,7 +369,7 @@ def test_int8_tolerance_text_names_the_near_tie_rule() -> None:
 def test_failed_validation_writes_nothing(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deeplense_cli import export
+    from deeplense_cli.deploy import export
 
     target = tmp_path / "out" / "model.onnx"
     target.parent.mkdir()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeplense_cli.onnx_graph import rewrite_einsum
+from deeplense_cli.deploy.onnx_graph import rewrite_einsum
 
 # (equation, shape of A, shape of B, B is a stored weight)
 CASES = [
@@ -101,7 +101,7 @@ def test_unfold_as_convolution_is_exact(kernel, stride, padding, channels, size)
     import torch
     from torch import nn
 
-    from deeplense_cli.export_modules import UnfoldAsConv, export_copy
+    from deeplense_cli.deploy.layers import UnfoldAsConv, export_copy
 
     unfold = nn.Unfold(kernel_size=kernel, stride=stride, padding=padding)
     x = torch.randn(3, channels, size, size)
@@ -159,8 +159,8 @@ def test_gelu_reorder_is_exact_and_onnx_runtime_fuses_it(
     import onnx
     import onnxruntime as ort
 
-    from deeplense_cli.onnx_graph import reorder_gelu
-    from deeplense_cli.onnx_session import session_options
+    from deeplense_cli.deploy.onnx_graph import reorder_gelu
+    from deeplense_cli.deploy.onnx_session import session_options
 
     model, c = _gelu_graph(half_first, x_first)
     a = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
@@ -189,7 +189,7 @@ def test_gelu_reorder_is_exact_and_onnx_runtime_fuses_it(
 
 
 def test_gelu_reorder_leaves_other_arithmetic_alone() -> None:
-    from deeplense_cli.onnx_graph import reorder_gelu
+    from deeplense_cli.deploy.onnx_graph import reorder_gelu
 
     model, _ = _gelu_graph(True, True, half=0.7)  # not a GELU
     assert reorder_gelu(model) == 0
@@ -199,7 +199,7 @@ def test_unshare_vectors_gives_each_reader_a_fresh_name() -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from deeplense_cli.onnx_graph import unshare_vectors
+    from deeplense_cli.deploy.onnx_graph import unshare_vectors
 
     gain = helper.make_tensor("g", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
     nodes = [
@@ -256,7 +256,7 @@ def test_multi_head_attention_exports_as_one_fused_node_that_matches(bias_rank, 
     import torch.nn.functional as F
     from torch import nn
 
-    from deeplense_cli.export_modules import (
+    from deeplense_cli.deploy.layers import (
         multi_head_attention,
         split_projection,
         unfused_attention,

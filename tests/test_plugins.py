@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deeplense_cli import hookspecs, plugins
 from deeplense_cli.cli import cli
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.registry import hookspecs
+from deeplense_cli.registry import manager as plugins
 
 TINY = """
     from deeplense_cli import Architecture, hookimpl

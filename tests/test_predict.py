@@ -24,7 +24,7 @@ REAL_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 @pytest.fixture(scope="module")
 def exported(trained_run: Path) -> tuple[Path, Path]:
     """(run directory, its model.onnx): ResNet-18 trained for one epoch on simulated data."""
-    from deeplense_cli.export import export_onnx
+    from deeplense_cli.deploy.export import export_onnx
 
     return trained_run, export_onnx(trained_run, validation_images=8).path
 
@@ -142,7 +142,7 @@ def test_resize_bilinear_matches_torch() -> None:
     import torch
     import torch.nn.functional as F
 
-    from deeplense_cli.predict import resize_bilinear
+    from deeplense_cli.deploy.predict import resize_bilinear
 
     rng = np.random.default_rng(3)
     for shape, size in [((80, 80), (64, 64)), ((150, 150), (64, 64)), ((40, 50), (64, 64))]:
@@ -154,8 +154,8 @@ def test_resize_bilinear_matches_torch() -> None:
 
 
 def test_streams_in_batches_and_bad_files(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from deeplense_cli.onnx_session import OnnxModel
-    from deeplense_cli.predict import Summary, iter_predictions
+    from deeplense_cli.deploy.onnx_session import OnnxModel
+    from deeplense_cli.deploy.predict import Summary, iter_predictions
 
     _, model = exported
     folder = tmp_path / "many"
@@ -232,7 +232,7 @@ def test_explicit_gpu_provider_never_falls_back_silently(
 ) -> None:
     import onnxruntime as ort
 
-    from deeplense_cli.onnx_session import create_session
+    from deeplense_cli.deploy.onnx_session import create_session
 
     _, model = exported
     for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "Tensorrt")):
@@ -252,7 +252,7 @@ def test_explicit_gpu_provider_never_falls_back_silently(
 
 
 def test_session_options() -> None:
-    from deeplense_cli.onnx_session import session_options
+    from deeplense_cli.deploy.onnx_session import session_options
 
     so = session_options(threads=3)
     assert so.intra_op_num_threads == 3
@@ -305,7 +305,7 @@ def test_missing_onnxruntime_says_how_to_install(
 def test_optimized_graph_cache(exported: tuple[Path, Path], deeplense_home: Path) -> None:
     import onnxruntime as ort
 
-    from deeplense_cli.onnx_session import OnnxModel, optimized_cache_path
+    from deeplense_cli.deploy.onnx_session import OnnxModel, optimized_cache_path
 
     _, model = exported
     x = np.random.default_rng(0).random((4, 1, 64, 64), dtype=np.float32)
@@ -322,7 +322,7 @@ def test_optimized_graph_cache(exported: tuple[Path, Path], deeplense_home: Path
 
 
 def test_int8_saturation_warning_on_cpus_without_vnni(tmp_path: Path) -> None:
-    from deeplense_cli.onnx_session import ModelInfo, int8_saturation_warning
+    from deeplense_cli.deploy.onnx_session import ModelInfo, int8_saturation_warning
 
     def info(precision: str, **extra: str) -> ModelInfo:
         return ModelInfo(

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from deeplense_cli import simulate as S
 from deeplense_cli.cli import cli
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 REAL_SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_samples"
 FILE_RE = re.compile(r"^(axion|cdm|no_sub)_sim_(\d+)\.npy$")

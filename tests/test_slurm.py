@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import slurm_cluster_problem
 
-from deeplense_cli import slurm
 from deeplense_cli.cli import cli
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.cluster import slurm
+from deeplense_cli.core.errors import DeepLenseError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import slurm_cluster_problem
 
 from deeplense_cli.cli import cli
-from deeplense_cli.rundir import RunDir
+from deeplense_cli.runs.rundir import RunDir
 
 pytestmark = [
     pytest.mark.slurm,

@@ -17,10 +17,10 @@ import yaml
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.config import resolve
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.rundir import RunDir
-from deeplense_cli.train import augment, improved, lr_factor
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.runs.config import resolve
+from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training.loop import augment, improved, lr_factor
 
 QUICK = ["--epochs", "2", "--batch-size", "16", "--output", "quiet", "--num-threads", "1"]
 
@@ -115,7 +115,7 @@ def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path: Path)
     assert printed["lr"] == 3e-4 and isinstance(printed["lr"], float)
     assert printed["weight_decay"] == 1e-2 and printed["min_lr_ratio"] == 1e-3
     assert printed["grad_clip"] == 5.0
-    from deeplense_cli.config import parse_value
+    from deeplense_cli.runs.config import parse_value
 
     assert parse_value("5e-4") == 5e-4 and parse_value("-2E+3") == -2000.0
     # what is not a float stays what it was
@@ -256,7 +256,7 @@ def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
     }
     # standardised with the training images' statistics (after min-max), not val/test's
     from deeplense_cli.data import make_splits, resolve_source
-    from deeplense_cli.transforms import normalize
+    from deeplense_cli.data.transforms import normalize
 
     splits = make_splits(
         resolve_source(dataset="Model_III", data=None, data_root=str(sim_root)),
@@ -326,7 +326,7 @@ def test_early_stopping(sim_root: Path, tmp_path: Path) -> None:
 
 
 def test_early_stopping_ignores_floating_point_noise() -> None:
-    from deeplense_cli.train import progressed
+    from deeplense_cli.training.loop import progressed
 
     # what a frozen ResNet-18's validation loss did on a float32 CPU: 1.1643640 -> 1.1643639
     assert not progressed(1.1643638530505835, 1.164363969966076, "val_loss", 1e-4)
@@ -395,7 +395,7 @@ def test_jsonl_output_is_machine_readable(sim_root: Path, tmp_path: Path) -> Non
 def test_bf16_on_a_cpu_without_native_bf16_warns(
     sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deeplense_cli import machine
+    from deeplense_cli.core import cpu as machine
 
     monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
     base = ["train", "-m", "cct", "--data", str(sim_root / "Model_III"), "--epochs", "1",
@@ -526,7 +526,7 @@ def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Pat
 
     import torch
 
-    from deeplense_cli.train import Trainer, load_splits
+    from deeplense_cli.training.loop import Trainer, load_splits
 
     args = ["--epochs", "1", "--max-minutes", "30", "--no-evaluate"]
     run = _train(sim_root, tmp_path / "budget", *args, "--set", "train.warmup_epochs=0")
@@ -562,7 +562,7 @@ def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Pat
 def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
     import torch
 
-    from deeplense_cli.train import _param_groups, make_optimizer
+    from deeplense_cli.training.loop import _param_groups, make_optimizer
 
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
@@ -585,7 +585,7 @@ def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
 
 
 def test_openmp_spin_is_bounded_unless_the_user_chose() -> None:
-    from deeplense_cli.device import OPENMP_SPIN_COUNT, configure_openmp
+    from deeplense_cli.core.device import OPENMP_SPIN_COUNT, configure_openmp
 
     env: dict[str, str] = {}
     assert configure_openmp(env) == f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
@@ -622,7 +622,7 @@ def test_the_cli_sets_openmp_before_torch_is_imported() -> None:
 def test_cpu_mixed_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from deeplense_cli import device as dev
+    from deeplense_cli.core import device as dev
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
@@ -640,12 +640,12 @@ def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(
 ) -> None:
     import torch
 
-    import deeplense_cli.device
+    import deeplense_cli.core.device
 
     changed: list[int] = []
-    fixups = deeplense_cli.device.cpu_bf16_fixups
+    fixups = deeplense_cli.core.device.cpu_bf16_fixups
     monkeypatch.setattr(
-        deeplense_cli.device, "cpu_bf16_fixups", lambda m: changed.append(fixups(m)) or 0
+        deeplense_cli.core.device, "cpu_bf16_fixups", lambda m: changed.append(fixups(m)) or 0
     )
     args = ("--amp", "bf16", "--epochs", "1", "--no-evaluate")
     run = _train(sim_root, tmp_path / "bf16", *args, model="cvt")
@@ -665,7 +665,7 @@ def test_precise_batch_norm_recomputes_the_running_statistics(
     images at the current weights, saved with the checkpoint, without touching torch's RNG."""
     import torch
 
-    from deeplense_cli.train import Trainer, load_splits
+    from deeplense_cli.training.loop import Trainer, load_splits
 
     args = ["--epochs", "1", "--no-evaluate", "--set", "train.precise_bn_images=48"]
     run = _train(sim_root, tmp_path / "run", *args)
@@ -700,7 +700,7 @@ def _budget_trainer(
     into its first epoch."""
     from types import SimpleNamespace
 
-    from deeplense_cli.train import Trainer
+    from deeplense_cli.training.loop import Trainer
 
     t = Trainer.__new__(Trainer)
     t.steps_per_epoch, t.batch_size = steps_per_epoch, 32

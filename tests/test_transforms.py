@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.transforms import (
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.transforms import (
     STATS_SAMPLE,
     apply_transform,
     default_transform,

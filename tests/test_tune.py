@@ -23,8 +23,8 @@ import yaml
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.config import load_config_file, resolve
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.runs.config import load_config_file, resolve
 from deeplense_cli.tune import (
     TuneSettings,
     build_space,
@@ -480,7 +480,7 @@ def test_slurm_runs_the_whole_search_as_one_job(
 ) -> None:
     """`--slurm --wait`: one job starts Ray on its CPUs and runs the search; the results land
     in the same experiment folder as a local search."""
-    from deeplense_cli import slurm
+    from deeplense_cli.cluster import slurm
 
     if not slurm.slurm_available():
         pytest.skip("the local SLURM cluster is not running (.ci/slurm.sh start)")
@@ -515,7 +515,7 @@ def test_trial_restored_without_a_ray_checkpoint_resumes_from_its_run(
     session calls are replaced here; the training is real."""
     from ray import tune
 
-    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.runs.rundir import RunDir
     from deeplense_cli.tune import _run_trial
 
     reported: list[dict[str, Any]] = []

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
-from deeplense_cli.console import console, err_console
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.errors import DeepLenseError
 
 
 @click.command(context_settings={"show_default": True})
@@ -54,9 +54,9 @@ def benchmark(**kw: Any) -> None:
     run one after another; with --slurm they run as a job array, and the table is rewritten
     as each job finishes (RUN_ROOT/benchmark/results.md by default).
     """
-    from deeplense_cli import paths
-    from deeplense_cli.benchmark import plan, result_path, run_cell, write_table
-    from deeplense_cli.config import load_config_file, parse_overrides
+    from deeplense_cli.core import paths
+    from deeplense_cli.runs.config import load_config_file, parse_overrides
+    from deeplense_cli.training.benchmark import plan, result_path, run_cell, write_table
 
     bench_dir = Path(kw["out_dir"]) if kw["out_dir"] else paths.run_root() / "benchmark"
     if kw["table_only"]:
@@ -101,7 +101,7 @@ def benchmark(**kw: Any) -> None:
         return
     for i, cell in enumerate(todo, 1):
         err_console().print(f"[{i}/{len(todo)}] {cell.model} on {cell.dataset}")
-        from deeplense_cli.reporting import RichReporter, fmt_value
+        from deeplense_cli.training.reporters import RichReporter, fmt_value
 
         row = run_cell(cell, bench_dir, settings, reporter=RichReporter())
         err_console().print(
@@ -113,10 +113,10 @@ def benchmark(**kw: Any) -> None:
 
 
 def _submit(todo: list[Any], bench_dir: Path, settings: dict[str, Any], kw: dict[str, Any]) -> None:
-    from deeplense_cli.benchmark import CellJob, write_table
+    from deeplense_cli.cluster.slurm import check_partition, require_slurm, submit_array, wait
     from deeplense_cli.commands.slurm_submit import options_from_config
-    from deeplense_cli.config import SLURM_DEFAULTS
-    from deeplense_cli.slurm import check_partition, require_slurm, submit_array, wait
+    from deeplense_cli.runs.config import SLURM_DEFAULTS
+    from deeplense_cli.training.benchmark import CellJob, write_table
 
     require_slurm()
     section = dict(SLURM_DEFAULTS)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deeplense_cli.console import console, err_console, print_json
+from deeplense_cli.core.console import console, err_console, print_json
 
 _DATA_ROOT = click.option(
     "--data-root",
@@ -118,9 +118,9 @@ def show(
     data_root: str | None,
 ) -> None:
     """Draw example images of each class into a PNG grid (labelled with class and axion mass)."""
+    from deeplense_cli.core.errors import DeepLenseError
     from deeplense_cli.data.imageset import load_image_set
     from deeplense_cli.data.summary import save_example_grid, source_for
-    from deeplense_cli.errors import DeepLenseError
 
     source = source_for(target, data_root)
     folder = source.train_dir
@@ -163,7 +163,7 @@ def download(dataset: str, data_root: str | None, url_base: str | None, keep_arc
         TransferSpeedColumn,
     )
 
-    from deeplense_cli import paths
+    from deeplense_cli.core import paths
     from deeplense_cli.data.download import download_dataset
 
     with Progress(

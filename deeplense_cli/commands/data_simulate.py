@@ -72,9 +72,9 @@ def simulate(
     from rich.table import Table
     from rich.text import Text
 
-    from deeplense_cli import paths
     from deeplense_cli import simulate as engine
-    from deeplense_cli.console import console
+    from deeplense_cli.core import paths
+    from deeplense_cli.core.console import console
 
     spec = engine.model_spec(model)
     selected = engine.parse_classes(classes)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from deeplense_cli.console import console, err_console, print_json
+from deeplense_cli.core.console import console, err_console, print_json
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 PRECISION_HELP = (
@@ -28,7 +28,7 @@ class ExportGroup(click.Group):
     """The ``export`` group: built-in formats plus those plugins register (loaded on use)."""
 
     def _plugin_formats(self) -> dict[str, click.Command]:
-        from deeplense_cli.plugins import get_plugin_manager, warn
+        from deeplense_cli.registry.manager import get_plugin_manager, warn
 
         found: dict[str, click.Command] = {}
         pm = get_plugin_manager()
@@ -141,8 +141,8 @@ def onnx_command(
     with PyTorch on the run's test images (batch 1 and 32) before it is written; a model
     that does not match is not written.
     """
-    from deeplense_cli.errors import DeepLenseError
-    from deeplense_cli.export import DEFAULT_INT8_SCHEME, PRECISIONS, export_onnx
+    from deeplense_cli.core.errors import DeepLenseError
+    from deeplense_cli.deploy.export import DEFAULT_INT8_SCHEME, PRECISIONS, export_onnx
 
     if int8_scheme is not None and precision != "int8":
         raise DeepLenseError(f"--int8-scheme applies to --precision int8, not {precision}")

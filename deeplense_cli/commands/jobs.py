@@ -34,8 +34,8 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from deeplense_cli import slurm
-    from deeplense_cli.console import console, print_json
+    from deeplense_cli.cluster import slurm
+    from deeplense_cli.core.console import console, print_json
 
     infos = slurm.list_jobs()
     if as_json:
@@ -75,7 +75,7 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 )
 def logs(job_id: str, err: bool, follow: bool) -> None:
     """Print the output of job JOB_ID so far."""
-    from deeplense_cli import slurm
+    from deeplense_cli.cluster import slurm
 
     if follow:
         if err:
@@ -96,8 +96,8 @@ def logs(job_id: str, err: bool, follow: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def cancel(job_id: str, as_json: bool) -> None:
     """Cancel job JOB_ID (scancel)."""
-    from deeplense_cli import slurm
-    from deeplense_cli.console import console
+    from deeplense_cli.cluster import slurm
+    from deeplense_cli.core.console import console
 
     slurm.cancel(job_id)
     if as_json:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deeplense_cli.console import console, err_console
+from deeplense_cli.core.console import console, err_console
 
 
 @click.command()
@@ -80,8 +80,8 @@ def predict(
     )
     from rich.table import Table
 
-    from deeplense_cli.predict import Prediction, Summary, prediction_record
-    from deeplense_cli.predict import predict as run_predict
+    from deeplense_cli.deploy.predict import Prediction, Summary, prediction_record
+    from deeplense_cli.deploy.predict import predict as run_predict
 
     rows: list[Prediction] = []
     classes: list[str] = []

@@ -6,8 +6,8 @@ import json
 import re
 from typing import Any
 
-from deeplense_cli.console import err_console
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.console import err_console
+from deeplense_cli.core.errors import DeepLenseError
 
 
 def minutes(value: Any) -> int:
@@ -33,7 +33,7 @@ def minutes(value: Any) -> int:
 
 
 def options_from_config(section: dict[str, Any]) -> Any:
-    from deeplense_cli.slurm import SlurmOptions
+    from deeplense_cli.cluster.slurm import SlurmOptions
 
     opts = SlurmOptions(
         partition=section.get("partition"),
@@ -50,7 +50,7 @@ def options_from_config(section: dict[str, Any]) -> Any:
 
 def follow(job: Any) -> Any:
     """Stream a job's progress (its JSON-lines output) until it ends."""
-    from deeplense_cli.slurm import wait
+    from deeplense_cli.cluster.slurm import wait
 
     console = err_console()
 
@@ -79,8 +79,8 @@ def follow(job: Any) -> Any:
 def submit_training(
     config: dict[str, Any], run: Any, resume: bool, wait: bool, output: str
 ) -> None:
-    from deeplense_cli.slurm import Resumable, check_partition, require_slurm, submit
-    from deeplense_cli.train import train_job
+    from deeplense_cli.cluster.slurm import Resumable, check_partition, require_slurm, submit
+    from deeplense_cli.training.loop import train_job
 
     require_slurm()
     options = options_from_config(config.get("slurm") or {})
@@ -103,7 +103,7 @@ def submit_training(
         summary = follow(job)
         test = (summary or {}).get("test") or {}
         if test.get("accuracy") is not None:
-            from deeplense_cli.reporting import fmt_value
+            from deeplense_cli.training.reporters import fmt_value
 
             err_console().print(
                 f"Finished: test accuracy {fmt_value(test['accuracy'])}, "

@@ -9,8 +9,8 @@ import click
 
 from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
 from deeplense_cli.commands.train import data_flags, data_options, output_option
-from deeplense_cli.console import console, err_console
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.errors import DeepLenseError
 
 METRICS = ["val_macro_auc", "val_loss", "val_accuracy"]
 # Options that describe a new search; --resume takes them from the experiment instead.
@@ -144,7 +144,7 @@ def tune(ctx: click.Context, **kw: Any) -> None:
 
 
 def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
-    from deeplense_cli.config import SLURM_DEFAULTS
+    from deeplense_cli.runs.config import SLURM_DEFAULTS
 
     flags = slurm_flags(kw)
     return {**SLURM_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
@@ -152,7 +152,7 @@ def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
 
 def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
     from deeplense_cli import tune as engine
-    from deeplense_cli.config import load_config_file, parse_overrides, resolve
+    from deeplense_cli.runs.config import load_config_file, parse_overrides, resolve
 
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
     flags = {
@@ -191,7 +191,7 @@ def _submit(request: dict[str, Any], slurm_section: dict[str, Any], kw: dict[str
     )
     click.echo(job.job_id)
     if kw["wait"]:
-        from deeplense_cli.slurm import wait
+        from deeplense_cli.cluster.slurm import wait
 
         def on_update(state: str, lines: list[str]) -> None:
             for line in lines:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 
-from deeplense_cli import paths
+from deeplense_cli.core import paths
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.sources import KNOWN_DATASETS, canonical_name
-from deeplense_cli.errors import DeepLenseError
 
 DRIVE_BASE = "https://drive.google.com"
 URL_ENV = "DEEPLENSE_DOWNLOAD_URL"

@@ -10,7 +10,7 @@ folders sorted by name), checks every file, and writes a compact cache::
         stats.npy       float64 (N, 3): min, max, mean of each image
         meta.json       files, classes, bad files and reasons, source dtypes, manifest
 
-The cache root is ``deeplense_cli.paths.home()/cache`` unless ``cache_dir`` is given. The
+The cache root is ``deeplense_cli.core.paths.home()/cache`` unless ``cache_dir`` is given. The
 manifest digest covers every file's relative path, size and mtime_ns, so adding, removing or
 touching a file makes a new cache; the folder's older caches are then deleted. A cache is
 built in a temporary folder and renamed into place, so readers never see half of one.
@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli import paths
+from deeplense_cli.core import paths
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import (
     BadImageError,
     has_supported_extension,
     read_image,
     read_npy_header,
 )
-from deeplense_cli.errors import DeepLenseError
 
 CACHE_VERSION = 1
 SHOW_BAD = 5

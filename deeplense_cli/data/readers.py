@@ -32,8 +32,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.safe_pickle import safe_loads
-from deeplense_cli.errors import DeepLenseError
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     ".npy",

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 _NUMERIC_KINDS = "biufc"
 _MAX_DEPTH = 8

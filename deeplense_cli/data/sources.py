@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from deeplense_cli import paths
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core import paths
+from deeplense_cli.core.errors import DeepLenseError
 
 KNOWN_DATASETS = ("Model_I", "Model_II", "Model_III")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.sources import DataSource
-from deeplense_cli.errors import DeepLenseError
 
 
 @dataclass

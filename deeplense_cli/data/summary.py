@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli import atomic
+from deeplense_cli.core import atomic
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.imageset import ImageSet, Progress, load_image_set
 from deeplense_cli.data.sources import DataSource, resolve_source
-from deeplense_cli.errors import DeepLenseError
 
 
 def source_for(target: str, data_root: str | os.PathLike[str] | None = None) -> DataSource:

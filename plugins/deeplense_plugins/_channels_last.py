@@ -14,7 +14,7 @@ over the last axis, and one reshape + transpose into and out of the windows per 
 They are the models' forward for training and export alike (state-dict keys unchanged, so
 older checkpoints load), except CvT's, which trains in this form (its depth-wise convolutions
 run on the (B, C, H, W) view of channels-last memory) but exports in upstream's
-(``export_as``, see :mod:`deeplense_cli.export_modules`): ONNX Runtime runs upstream's faster
+(``export_as``, see :mod:`deeplense_cli.deploy.layers`): ONNX Runtime runs upstream's faster
 at batch 64. ``benchmarks/bench_cpu_kernels.py`` and ``bench_onnx.py --variants`` measure
 them against upstream's.
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplense_cli.export_modules import attention
+from deeplense_cli.deploy.layers import attention
 from deeplense_plugins._common import swap_classes
 
 

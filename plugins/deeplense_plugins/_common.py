@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -131,7 +131,7 @@ def _fast_channel_norm(upstream: type) -> type:
         return y.permute(0, 3, 1, 2)
 
     # export_as: ONNX export uses upstream's ops, which ONNX Runtime runs faster at batch 64
-    # (0.75-0.94x with the fused form; deeplense_cli.export_modules).
+    # (0.75-0.94x with the fused form; deeplense_cli.deploy.layers).
     return type(upstream.__name__, (upstream,), {"forward": forward, "export_as": upstream})
 
 

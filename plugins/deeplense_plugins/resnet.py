@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import deeplense_cli
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.registry import Architecture
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.registry.architecture import Architecture
 from deeplense_plugins._common import choice, train_defaults, training_space
 
 STEMS = ("small", "standard")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli import atomic
+from deeplense_cli.core import atomic
 
 
 def _figure() -> Any:

@@ -1,6 +1,6 @@
 """The contract every registered architecture must meet, as a check plugin authors can run.
 
-    from deeplense_cli.contract import check_architecture
+    from deeplense_cli.registry.contract import check_architecture
     check_architecture(MY_ARCH)              # every size in MY_ARCH.image_sizes
     check_architecture(MY_ARCH, [64])        # only 64x64
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from deeplense_cli.registry import Architecture
+from deeplense_cli.registry.architecture import Architecture
 
 if TYPE_CHECKING:
     import torch

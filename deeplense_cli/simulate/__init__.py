@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 MODELS = ("Model_I", "Model_II", "Model_III")
 CLASSES = ("axion", "cdm", "no_sub")
@@ -662,7 +662,7 @@ def _save_sample(path: Path, image: np.ndarray, axion_mass: float) -> None:
         arr[0] = np.ascontiguousarray(image, dtype=np.float64)
         arr[1] = np.float64(axion_mass)
     # Temp file + os.replace: readers and resumed runs never see half a file. Unlike
-    # deeplense_cli.atomic there is no fsync per file (it cut throughput ~10x); after a power
+    # deeplense_cli.core.atomic there is no fsync per file (it cut throughput ~10x); after a power
     # loss a damaged file fails the load check on the next run and is simply rewritten.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

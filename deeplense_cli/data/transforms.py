@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 NORMALIZATIONS = ("minmax", "none")
 

@@ -5,7 +5,7 @@ Layout::
     RUN/
       config.yaml        resolved configuration the run used
       classes.json       class names, in label order
-      transform.json     the input transform (see deeplense_cli.transforms)
+      transform.json     the input transform (see deeplense_cli.data.transforms)
       split.json         data source, split seed and sizes
       metrics.jsonl      one JSON object per epoch
       checkpoints/last.pt  everything needed to resume (weights, optimizer, RNG; atomic)
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deeplense_cli import atomic, yamlio
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core import atomic, yamlio
+from deeplense_cli.core.errors import DeepLenseError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -154,7 +154,7 @@ class RunDir:
 
     def build_model(self, which: str = "best") -> nn.Module:
         """Rebuild the run's model, load its weights and put it in eval mode."""
-        from deeplense_cli.plugins import get_architecture
+        from deeplense_cli.registry.manager import get_architecture
 
         config = self.read_config()
         model_cfg = config["model"]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli import atomic
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.rundir import RunDir
+from deeplense_cli.core import atomic
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     from deeplense_cli.data import ImageSet, Splits
@@ -41,7 +41,7 @@ def _select(
             )
         return images, np.arange(len(images.labels)), str(folder)
     if splits is None:
-        from deeplense_cli.train import load_splits
+        from deeplense_cli.training.loop import load_splits
 
         splits = load_splits(run.read_config())
     if list(splits.classes) != list(classes):
@@ -71,10 +71,15 @@ def evaluate_run(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png."""
-    from deeplense_cli.device import prepare_cpu_threads, resolve_device
-    from deeplense_cli.inference import predict_logits
-    from deeplense_cli.metrics import axion_mass_bins, classification_metrics, roc_curves, softmax
-    from deeplense_cli.plots import save_axion_mass, save_confusion, save_roc
+    from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
+    from deeplense_cli.evaluation.inference import predict_logits
+    from deeplense_cli.evaluation.metrics import (
+        axion_mass_bins,
+        classification_metrics,
+        roc_curves,
+        softmax,
+    )
+    from deeplense_cli.evaluation.plots import save_axion_mass, save_confusion, save_roc
 
     images, idx, what = _select(run, split, splits, data, dataset, data_root)
     if len(idx) == 0:

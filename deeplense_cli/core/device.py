@@ -7,7 +7,7 @@ import os
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
-    from deeplense_cli.machine import cpu_flags
+    from deeplense_cli.core.cpu import cpu_flags
 
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from deeplense_cli import __version__
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.rundir import RunDir
-from deeplense_cli.transforms import apply_transform, default_transform, pixel_statistics
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.transforms import apply_transform, default_transform, pixel_statistics
+from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -271,13 +271,13 @@ class Trainer:
     def __init__(self, config: dict[str, Any], run: RunDir, splits: Splits) -> None:
         import torch
 
-        from deeplense_cli.device import (
+        from deeplense_cli.core.device import (
             autocast_dtype,
             cpu_bf16_fixups,
             prepare_cpu_threads,
             resolve_device,
         )
-        from deeplense_cli.plugins import get_architecture
+        from deeplense_cli.registry.manager import get_architecture
 
         self.config, self.run, self.splits = config, run, splits
         t = config["train"]
@@ -590,8 +590,8 @@ class Trainer:
             model.eval()
 
     def validate(self) -> dict[str, Any]:
-        from deeplense_cli.inference import predict_logits
-        from deeplense_cli.metrics import classification_metrics, softmax
+        from deeplense_cli.evaluation.inference import predict_logits
+        from deeplense_cli.evaluation.metrics import classification_metrics, softmax
 
         val_idx = self.splits.val_idx
         if len(val_idx) == 0:
@@ -672,7 +672,7 @@ def train(
     on_data: Callable[[Splits], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``)."""
-    from deeplense_cli.device import amp_warning
+    from deeplense_cli.core.device import amp_warning
 
     reporter = reporter or SilentReporter()
     if splits is None:
@@ -709,7 +709,7 @@ def train(
     )
     result = trainer.fit(reporter)
     if evaluate and len(splits.test_idx):
-        from deeplense_cli.evaluate import evaluate_run
+        from deeplense_cli.evaluation.evaluate import evaluate_run
 
         result.evaluation = evaluate_run(run, splits=splits, device=str(trainer.device))
     reporter.end(
@@ -753,7 +753,7 @@ def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict
 def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
     """Entry point of a batch job (SLURM): train into ``run_path``, resuming from its last
     checkpoint when one exists (after preemption or a requeue), and return a summary."""
-    from deeplense_cli.reporting import JsonlReporter
+    from deeplense_cli.training.reporters import JsonlReporter
 
     run = RunDir(run_path)
     resume = run.checkpoint_path("last").exists()

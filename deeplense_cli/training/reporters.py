@@ -141,7 +141,7 @@ def make_reporter(mode: str) -> Any:
     if mode == "jsonl":
         return JsonlReporter()
     if mode == "quiet":
-        from deeplense_cli.train import SilentReporter
+        from deeplense_cli.training.loop import SilentReporter
 
         return SilentReporter()
     return RichReporter()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli.transforms import apply_transform
+from deeplense_cli.data.transforms import apply_transform
 
 if TYPE_CHECKING:
     import torch

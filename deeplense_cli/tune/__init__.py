@@ -1,6 +1,6 @@
 """Hyper-parameter search with Ray Tune and the ASHA scheduler.
 
-Every trial runs :func:`deeplense_cli.train.train` (the loop behind ``deeplense train``) with a
+Every trial runs :func:`deeplense_cli.training.loop.train` (the loop behind ``deeplense train``) with a
 reporter that hands each epoch's validation metrics and its ``last`` checkpoint to
 ``ray.tune.report``; ASHA stops the trials that fall behind at each rung. There is no
 second training loop.
@@ -43,8 +43,9 @@ from typing import Any
 
 import yaml
 
-from deeplense_cli import __version__, atomic, paths, yamlio
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli import __version__
+from deeplense_cli.core import atomic, paths, yamlio
+from deeplense_cli.core.errors import DeepLenseError
 
 METRIC_MODES = {"val_macro_auc": "max", "val_accuracy": "max", "val_loss": "min"}
 SPACE_TYPES = ("loguniform", "uniform", "randint", "choice")
@@ -242,7 +243,7 @@ def check_space(
 def build_space(config: dict[str, Any], override: dict[str, Any] | None = None) -> dict[str, Any]:
     """The architecture's ``tune_space`` updated by ``override`` (a ``--space`` file; ``None``
     values remove a dimension), checked against ``config`` (a resolved config)."""
-    from deeplense_cli.plugins import get_architecture
+    from deeplense_cli.registry.manager import get_architecture
 
     arch = get_architecture(config["model"]["name"])
     space = check_space(
@@ -299,7 +300,7 @@ def to_ray_space(space: dict[str, Any]) -> dict[str, Any]:
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """``base`` (a resolved config) with a trial's sampled values, resolved and checked again."""
-    from deeplense_cli.config import resolve
+    from deeplense_cli.runs.config import resolve
 
     overrides = {(k if k.startswith("model.") else f"train.{k}"): v for k, v in params.items()}
     return resolve(copy.deepcopy(base), {}, overrides)
@@ -427,8 +428,8 @@ def _run_trial(
     os.environ.update(env)
     from ray import tune
 
-    from deeplense_cli.rundir import RunDir
-    from deeplense_cli.train import init_run, load_splits, train
+    from deeplense_cli.runs.rundir import RunDir
+    from deeplense_cli.training.loop import init_run, load_splits, train
 
     config = trial_config(base, params)
     config["train"]["num_threads"] = threads
@@ -593,7 +594,7 @@ def _check_resources(settings: TuneSettings) -> float:
 def prepare_data(config: dict[str, Any]) -> Any:
     """Load (and on first use pack) the dataset once in the driver, so trials only open the
     memory-mapped cache; check the split has a validation set for ASHA to compare on."""
-    from deeplense_cli.train import load_splits
+    from deeplense_cli.training.loop import load_splits
 
     splits = load_splits(config)
     if len(splits.val_idx) == 0:
@@ -617,7 +618,7 @@ def run_tune(
 ) -> TuneOutcome:
     """Run a new ASHA search over ``space`` starting from the resolved ``config``.
 
-    :param config: a resolved config (``deeplense_cli.config.resolve``); its ``train.epochs``
+    :param config: a resolved config (``deeplense_cli.runs.config.resolve``); its ``train.epochs``
         is replaced by ``settings.max_epochs``.
     :param space: a checked plain-data space (:func:`build_space`).
     :param address: an existing Ray cluster to use; else this process's Ray runtime, or a
@@ -856,7 +857,7 @@ def _value(row: dict[str, Any], metric: str) -> float | None:
 def summarize(name: str) -> TuneOutcome:
     """Summarise an experiment from Ray's trial states and the trials' run directories;
     write ``trials.json``, ``best_config.yaml`` and ``learning_curves.png``."""
-    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.runs.rundir import RunDir
 
     state = read_state(name)
     exp = experiment_dir(name)
@@ -916,7 +917,7 @@ def summarize(name: str) -> TuneOutcome:
 
 
 def _best_loss(trial: TrialSummary) -> float:
-    from deeplense_cli.rundir import RunDir
+    from deeplense_cli.runs.rundir import RunDir
 
     for row in RunDir(trial.run_dir).read_metrics():
         if int(row.get("epoch", -1)) == trial.best_epoch:
@@ -1048,9 +1049,9 @@ def _print_event(event: dict[str, Any]) -> None:
 
 
 def submit_tune_job(request: dict[str, Any], options: Any) -> Any:
-    """Submit :func:`tune_job` as one SLURM job (``options``: ``deeplense_cli.slurm.SlurmOptions``);
+    """Submit :func:`tune_job` as one SLURM job (``options``: ``deeplense_cli.cluster.slurm.SlurmOptions``);
     its files (submitit's) go to ``tune/NAME/slurm/<job id>``."""
-    from deeplense_cli import slurm
+    from deeplense_cli.cluster import slurm
 
     name = str(request.get("resume") or request["name"])
     exp = experiment_dir(name)

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli import __version__, atomic
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
-from deeplense_cli.rundir import RunDir
-from deeplense_cli.transforms import apply_transform
+from deeplense_cli import __version__
+from deeplense_cli.core import atomic
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.transforms import apply_transform
+from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
+from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -180,7 +181,7 @@ def _load_data(
     run: RunDir, transform: dict[str, Any], n_test: int, n_calibration: int, seed: int = 0
 ) -> _Data:
     """Test and calibration images of the run; a synthetic batch when its data is missing."""
-    from deeplense_cli.train import load_splits
+    from deeplense_cli.training.loop import load_splits
 
     rng = np.random.default_rng(seed)
     try:
@@ -244,8 +245,8 @@ def export_fp32(
     """Export ``model`` with a dynamic batch axis to ONE file; returns (exporter, opset).
 
     ``rewrite`` (default) applies the exact speed rewrites: nn.Unfold as a convolution
-    and the models' export forms (:mod:`deeplense_cli.export_modules`), einsums as MatMuls
-    (:mod:`deeplense_cli.onnx_graph`); ``False`` is for measuring what they buy.
+    and the models' export forms (:mod:`deeplense_cli.deploy.layers`), einsums as MatMuls
+    (:mod:`deeplense_cli.deploy.onnx_graph`); ``False`` is for measuring what they buy.
     ``standard_ops`` keeps attention in standard ONNX operators instead of ONNX Runtime's
     fused ``com.microsoft`` MultiHeadAttention (for other runtimes; slower in ONNX Runtime).
 
@@ -260,7 +261,7 @@ def export_fp32(
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
     if len(x) < 2:  # batch 2, so that no size-1 batch gets specialised
         x = torch.cat([x, x])
-    from deeplense_cli.export_modules import export_copy, unfused_attention
+    from deeplense_cli.deploy.layers import export_copy, unfused_attention
 
     if rewrite:
         model, _ = export_copy(model)  # same numbers, a graph ORT runs faster (see the module)
@@ -312,10 +313,10 @@ def export_fp32(
 
 def _rewrite_graph(path: str | os.PathLike[str]) -> int:
     """Einsums to MatMuls, GELUs into the order ONNX Runtime fuses
-    (:mod:`deeplense_cli.onnx_graph`); returns how many nodes were rewritten."""
+    (:mod:`deeplense_cli.deploy.onnx_graph`); returns how many nodes were rewritten."""
     import onnx
 
-    from deeplense_cli.onnx_graph import reorder_gelu, rewrite_einsum
+    from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum
 
     model = onnx.load(os.fspath(path))
     count = rewrite_einsum(model) + reorder_gelu(model)
@@ -381,7 +382,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from deeplense_cli.onnx_graph import unshare_vectors
+    from deeplense_cli.deploy.onnx_graph import unshare_vectors
 
     activations, weights, seven_bit = int8_scheme_types(scheme)
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
@@ -472,7 +473,7 @@ def validate(
     """
     import onnx
 
-    from deeplense_cli.onnx_session import create_session
+    from deeplense_cli.deploy.onnx_session import create_session
 
     try:
         onnx.checker.check_model(os.fspath(path))
@@ -504,7 +505,7 @@ def validate(
 
 def near_ties(logits: np.ndarray) -> np.ndarray:
     """Rows whose two most probable classes are less than ``INT8_NEAR_TIE`` apart."""
-    from deeplense_cli.metrics import softmax
+    from deeplense_cli.evaluation.metrics import softmax
 
     top2 = np.sort(softmax(logits.astype(np.float64)), axis=1)[:, -2:]
     return np.asarray(top2[:, 1] - top2[:, 0] < INT8_NEAR_TIE)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pluggy
 
-from deeplense_cli import hookspecs
-from deeplense_cli.errors import DeepLenseError
-from deeplense_cli.registry import Architecture, validate
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.registry import hookspecs
+from deeplense_cli.registry.architecture import Architecture, validate
 
 ENTRY_POINT_GROUP = "deeplense"
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deeplense_cli import __version__, atomic
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli import __version__
+from deeplense_cli.core import atomic
+from deeplense_cli.core.errors import DeepLenseError
 
 DATASETS = ("Model_I", "Model_II", "Model_III")
 
@@ -31,7 +32,7 @@ class Cell:
 def plan(models: str, datasets: str) -> list[Cell]:
     """Cells for ``models`` ("all" or comma list) x ``datasets`` (comma list)."""
     from deeplense_cli.data.sources import canonical_name
-    from deeplense_cli.plugins import architectures, get_architecture
+    from deeplense_cli.registry.manager import architectures, get_architecture
 
     if models.strip().lower() == "all":
         names = [a.name for a in architectures().values()]
@@ -56,10 +57,10 @@ def hardware() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:  # pragma: no cover
         pass
-    from deeplense_cli.machine import cpu_model
+    from deeplense_cli.core.cpu import cpu_model
 
     cpu = cpu_model()
-    from deeplense_cli.device import available_cores
+    from deeplense_cli.core.device import available_cores
 
     return f"{cpu} ({available_cores()} cores)"
 
@@ -74,9 +75,9 @@ def run_cell(
     """Train and test one cell (idempotent: a finished cell returns its stored result)."""
     import json
 
-    from deeplense_cli.config import resolve
-    from deeplense_cli.rundir import RunDir
-    from deeplense_cli.train import train
+    from deeplense_cli.runs.config import resolve
+    from deeplense_cli.runs.rundir import RunDir
+    from deeplense_cli.training.loop import train
 
     bench_dir = Path(bench_dir)
     done = result_path(bench_dir, cell)
@@ -208,7 +209,7 @@ def write_table(bench_dir: str | Path) -> Path:
 def run_cell_job(cell: Cell, bench_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A batch job's entry point: one cell, then refresh the table (so the table is complete
     when the last job of the array finishes)."""
-    from deeplense_cli.reporting import JsonlReporter
+    from deeplense_cli.training.reporters import JsonlReporter
 
     row = run_cell(cell, bench_dir, settings, reporter=JsonlReporter(batch_every=60.0))
     write_table(bench_dir)

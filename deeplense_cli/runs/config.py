@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from deeplense_cli import yamlio
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core import yamlio
+from deeplense_cli.core.errors import DeepLenseError
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": None,  # Model_I / Model_II / Model_III under the data root
@@ -145,7 +145,7 @@ def resolve(
     :param overrides: dotted ``--set`` values: ``train.lr``, ``data.val_fraction``,
         ``model.depth`` (a bare key is looked up in train, then data, then model params).
     """
-    from deeplense_cli.plugins import get_architecture
+    from deeplense_cli.registry.manager import get_architecture
 
     file_config = copy.deepcopy(file_config or {})
     flags = {

@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from deeplense_cli.registry import Architecture
+    from deeplense_cli.registry.architecture import Architecture
 
 hookspec = pluggy.HookspecMarker("deeplense")
 hookimpl = pluggy.HookimplMarker("deeplense")

@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deeplense_cli import paths
-from deeplense_cli.atomic import write_json
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core import paths
+from deeplense_cli.core.atomic import write_json
+from deeplense_cli.core.errors import DeepLenseError
 
 NO_SLURM_HINT = "run on a cluster login node or start the local cluster with .ci/slurm.sh start"
 NO_SLURM = f"SLURM not found: sbatch is not on PATH; {NO_SLURM_HINT}"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -42,7 +42,7 @@ METADATA_KEYS = (
     "deeplense.classes",  # JSON list, in label order
     "deeplense.image_size",
     "deeplense.in_channels",
-    "deeplense.transform",  # JSON, deeplense_cli.transforms spec
+    "deeplense.transform",  # JSON, deeplense_cli.data.transforms spec
     "deeplense.version",
     "deeplense.source_run",
     "deeplense.checkpoint",
@@ -301,7 +301,7 @@ def optimized_cache_path(ort: Any, path: Path) -> Path:
     """Where the CPU-optimised graph of ``path`` is cached: keyed by the model's bytes, the
     ONNX Runtime version and this CPU's instruction sets (ORT_ENABLE_ALL graphs contain
     hardware-specific layouts, so a cached graph is only reused where it was made)."""
-    from deeplense_cli import paths
+    from deeplense_cli.core import paths
 
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -313,7 +313,7 @@ def optimized_cache_path(ort: Any, path: Path) -> Path:
 
 
 def _cpu_flags() -> str:
-    from deeplense_cli.machine import cpu_flags
+    from deeplense_cli.core.cpu import cpu_flags
 
     return " ".join(sorted(cpu_flags())) or "unknown"
 
@@ -321,7 +321,7 @@ def _cpu_flags() -> str:
 def _cached_cpu_session(ort: Any, path: Path, threads: int | None, spinning: bool) -> Any | None:
     """A CPU session from the cached optimised graph, creating the cache entry on a miss.
     None when caching is not possible here (the caller then builds a session normally)."""
-    from deeplense_cli import atomic
+    from deeplense_cli.core import atomic
 
     try:
         cached = optimized_cache_path(ort, path)
