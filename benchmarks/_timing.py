@@ -12,7 +12,7 @@ def optimizer(model: Any, fused: bool = True) -> Any:
     ``fused=False`` is torch's default per-parameter implementation."""
     import torch
 
-    from deeplense_cli.training.loop import _param_groups, make_optimizer
+    from deeplense_cli.training.optim import _param_groups, make_optimizer
 
     if fused:
         return make_optimizer(model, 0.05, 1e-4, torch.device("cpu"))

@@ -25,6 +25,8 @@ import numpy as np
 
 from deeplense_cli import simulate as S
 from deeplense_cli.core.cpu import cpu_model
+from deeplense_cli.data import KNOWN_CLASSES
+from deeplense_cli.simulate.dataset import _save_sample
 
 FULL_MODEL_II = 3 * 30000 + 3 * 5000
 
@@ -48,7 +50,7 @@ def bench_model(model: str, n: int, rounds: int) -> list[dict[str, object]]:
     fast = S.FastSimulator(model)
     fast.render(S.draw_params(model, "axion", np.random.default_rng(0)))  # compile numba
     rows = []
-    for cls in S.CLASSES:
+    for cls in KNOWN_CLASSES:
         ref = S.ReferenceSimulator(model, cls)
         t_ref = t_fast = 0.0
         worst = 0.0
@@ -142,7 +144,7 @@ def file_write_seconds(model: str, n: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         for i in range(n):
-            S._save_sample(Path(tmp) / f"cdm_sim_{i}.npy", image, float("nan"))
+            _save_sample(Path(tmp) / f"cdm_sim_{i}.npy", image, float("nan"))
         return (time.perf_counter() - t0) / n
 
 

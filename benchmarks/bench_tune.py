@@ -74,9 +74,9 @@ def main() -> int:
     import torch
 
     from deeplense_cli.evaluation.evaluate import evaluate_run
-    from deeplense_cli.runs.config import resolve
     from deeplense_cli.runs.rundir import RunDir
     from deeplense_cli.simulate import simulate_dataset
+    from deeplense_cli.training.config import resolve
     from deeplense_cli.training.loop import train
     from deeplense_cli.tune import TuneSettings, build_space, run_tune
 

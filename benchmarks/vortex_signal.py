@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 
 from deeplense_cli import simulate as S
+from deeplense_cli.data.physics import axion_vortex_half_length
 
 LOG10_MASSES = (-23.9, -23.7, -23.5, -23.25, -23.0, -22.5, -22.1)
 
@@ -46,7 +47,7 @@ def main() -> None:
     print('| substructure | vortex half-length L (") | max|diff| / max | sum|diff| / sum |')
     print("| --- | --- | --- | --- |")
     for logm in LOG10_MASSES:
-        half = S.axion_vortex_half_length(10**logm)
+        half = axion_vortex_half_length(10**logm)
         rows = []
         for _ in range(args.draws):
             p = S.draw_params(args.dataset, "axion", rng)

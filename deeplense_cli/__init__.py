@@ -1,8 +1,47 @@
-"""deeplense: train, tune, evaluate and deploy dark-matter substructure classifiers."""
+"""deeplense: train, tune, evaluate and deploy dark-matter substructure classifiers.
 
-__version__ = "0.1.0"
+This module is the public API for plugin authors: what they may import is what it exports.
+``import deeplense_cli`` stays light; the torch-based helpers load on first use.
+"""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.version import __version__
 from deeplense_cli.registry.architecture import Architecture
+from deeplense_cli.registry.contract import check_architecture
 from deeplense_cli.registry.hookspecs import hookimpl
+from deeplense_cli.registry.manager import architectures, get_architecture
 
-__all__ = ["Architecture", "__version__", "hookimpl"]
+if TYPE_CHECKING:
+    from deeplense_cli.deploy.layers import attention, multi_head_attention, split_projection
+
+# name -> module, imported on first access (they import torch)
+_LAZY = {
+    "attention": "deeplense_cli.deploy.layers",
+    "multi_head_attention": "deeplense_cli.deploy.layers",
+    "split_projection": "deeplense_cli.deploy.layers",
+}
+
+__all__ = [
+    "Architecture",
+    "DeepLenseError",
+    "__version__",
+    "architectures",
+    "attention",
+    "check_architecture",
+    "get_architecture",
+    "hookimpl",
+    "multi_head_attention",
+    "split_projection",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deeplense_cli' has no attribute {name!r}")

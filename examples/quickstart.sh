@@ -11,8 +11,7 @@ TEST=${QUICKSTART_TEST:-200}
 EPOCHS=${QUICKSTART_EPOCHS:-6}
 MODEL=${QUICKSTART_MODEL:-resnet18}
 export DEEPLENSE_HOME=${DEEPLENSE_HOME:-$PWD/.deeplense}
-SAMPLES=${QUICKSTART_SAMPLES:-../shared/data/real_samples}
-[ -d "$SAMPLES" ] || SAMPLES=examples/real_samples
+SAMPLES=${QUICKSTART_SAMPLES:-examples/real_samples}  # the three real released images
 
 if [ "${QUICKSTART_SKIP_INSTALL:-0}" != 1 ]; then
   python3 -m venv .venv

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from deeplense_cli.runs.rundir import RunDir
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REAL_SAMPLES = SHARED / "data" / "real_samples"
 
 
 def _use_home(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -141,3 +141,29 @@ def slurm_cluster_problem() -> str | None:
     if proc.returncode != 0:
         return f"SLURM cluster not answering ({proc.stderr.strip()}); run .ci/slurm.sh start"
     return None
+
+
+@pytest.fixture
+def quick_train(sim_root: Path) -> Callable[..., RunDir]:
+    """Train on ``sim_root`` through the CLI (2 small epochs, one thread) into ``run_dir``;
+    extra flags override the defaults."""
+    from click.testing import CliRunner
+
+    from deeplense_cli.cli import cli
+
+    quick = ["--epochs", "2", "--batch-size", "16", "--output", "quiet", "--num-threads", "1"]
+
+    def train(run_dir: Path, *extra: str, model: str = "resnet18") -> RunDir:
+        args = ["train", "-m", model, "--dataset", "Model_III", "--data-root", str(sim_root)]
+        result = CliRunner().invoke(cli, [*args, "--run-dir", str(run_dir), *quick, *extra])
+        assert result.exit_code == 0, result.output
+        return RunDir.open(run_dir)
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def real_samples() -> Path:
+    """The three real released Model_III images (no_sub, cdm, axion), kept in the repository
+    so a plain clone has them (the same files as the shared ``data/real_samples``)."""
+    return REPO / "examples" / "real_samples"

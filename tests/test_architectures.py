@@ -167,7 +167,7 @@ def test_twins_svt_embeds_raw_pixels_without_normalising_each_patch() -> None:
 def test_renamed_hyper_parameter_still_reads_old_configs() -> None:
     """TwinsSVT's first_patch_norm is now patch_norm (as on CaiT and CrossViT): runs and
     config files written with the old name build the same model."""
-    from deeplense_cli.runs.config import resolve
+    from deeplense_cli.training.config import resolve
 
     arch = get_architecture("TwinsSVT")
     torch.manual_seed(0)

@@ -80,12 +80,9 @@ def test_read_released_layout_npy_and_axion(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, img.astype(np.float32))
 
 
-def test_real_samples_read() -> None:
-    real = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_samples"
-    if not real.is_dir():
-        pytest.skip("shared real samples not present")
+def test_real_samples_read(real_samples: Path) -> None:
     for name in ("no_sub", "cdm", "axion"):
-        img, _ = read_image(real / f"{name}.npy")
+        img, _ = read_image(real_samples / f"{name}.npy")
         assert img.shape == (64, 64) and float(img.max()) == pytest.approx(1.0)
 
 

@@ -321,7 +321,7 @@ def max_int8_weight(path: Path) -> int:
 def test_int8_scheme_with_full_8bit_weights(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deeplense_cli.core import cpu as machine
+    from deeplense_cli.deploy import predict
 
     out = tmp_path / "u8s8.onnx"
     args = ["export", "onnx", str(trained_run), "--precision", "int8", "-o", str(out)]
@@ -335,7 +335,7 @@ def test_int8_scheme_with_full_8bit_weights(
     image = tmp_path / "image.npy"
     np.save(image, np.random.default_rng(0).random((64, 64)))
     for flags, warned in (({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)):
-        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: set(flags))
+        monkeypatch.setattr(predict, "cpu_flags", lambda flags=flags: set(flags))
         result = CliRunner().invoke(cli, ["predict", str(out), str(image)])
         assert result.exit_code == 0, result.output
         assert ("Warning: u8s8.onnx is int8 with 8-bit weights" in result.output) is warned

@@ -120,6 +120,27 @@ def test_blocking_a_plugin(fake_plugin, monkeypatch) -> None:
     assert "cvt" not in plugins.architectures()
 
 
+def test_a_plugin_failing_in_register_commands_is_skipped(
+    fake_plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_plugin(
+        "badcmd",
+        """
+        from deeplense_cli import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            raise RuntimeError("boom")
+        """,
+    )
+    plugins.add_commands(cli)
+    assert "plugin 'badcmd' failed in register_commands and was skipped: boom" in (
+        capsys.readouterr().err
+    )
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+
+
 def test_register_commands_hook_adds_a_subcommand(fake_plugin) -> None:
     fake_plugin(
         "cmd",
@@ -135,7 +156,7 @@ def test_register_commands_hook_adds_a_subcommand(fake_plugin) -> None:
                 click.echo("hello from a plugin")
         """,
     )
-    plugins.get_plugin_manager().hook.register_commands(cli=cli)
+    plugins.add_commands(cli)
     try:
         result = CliRunner().invoke(cli, ["hello-plugin"])
         assert result.exit_code == 0, result.output
@@ -210,3 +231,36 @@ def test_every_hook_has_a_test() -> None:
     for name in names:
         # count uses beyond this file's own mention list
         assert corpus.count(f"def {name}") >= 1, f"hook {name} has no test implementing it"
+
+
+def test_the_plugin_api_is_the_top_level_package() -> None:
+    """What plugin authors import is what ``deeplense_cli`` exports, and importing it stays
+    light: the torch-based helpers load on first use."""
+    code = (
+        "import sys\n"
+        "import deeplense_cli\n"
+        "light = 'torch' not in sys.modules\n"
+        "names = sorted(deeplense_cli.__all__)\n"
+        "missing = [n for n in names if getattr(deeplense_cli, n, None) is None]\n"
+        "print(light, names, missing, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    light, rest = out.stdout.split(" ", 1)
+    assert light == "True"
+    for name in ("Architecture", "DeepLenseError", "hookimpl", "check_architecture"):
+        assert f"'{name}'" in rest
+    for name in ("get_architecture", "architectures", "attention", "multi_head_attention"):
+        assert f"'{name}'" in rest
+    assert "[] True" in rest  # every name resolves; the attention helpers brought torch in
+
+    import deeplense_cli
+    from deeplense_cli.core.errors import DeepLenseError
+    from deeplense_cli.deploy.layers import split_projection
+    from deeplense_cli.registry.architecture import Architecture
+
+    assert deeplense_cli.DeepLenseError is DeepLenseError
+    assert deeplense_cli.Architecture is Architecture
+    assert deeplense_cli.split_projection is split_projection
+    with pytest.raises(AttributeError):
+        _ = deeplense_cli.no_such_name

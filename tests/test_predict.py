@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from deeplense_cli.cli import cli
 
 CLASSES = ["axion", "cdm", "no_sub"]
-REAL_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_samples"
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +97,20 @@ def test_jsonl_json_and_stdout_outputs(
     assert [r["path"] for r in rows] == [r["path"] for r in lines if "/cdm/" in r["path"]]
 
 
-def test_real_samples_and_axion_object_arrays(exported: tuple[Path, Path], tmp_path: Path) -> None:
+def test_real_samples_and_axion_object_arrays(
+    exported: tuple[Path, Path], tmp_path: Path, real_samples: Path
+) -> None:
     _, model = exported
     folder = tmp_path / "mixed"
     folder.mkdir()
-    image = np.load(REAL_SAMPLES / "cdm.npy")
+    image = np.load(real_samples / "cdm.npy")
     pair = np.empty(2, dtype=object)
     pair[0], pair[1] = image.astype(np.float64), 1.5e-23  # the released axion layout
     np.save(folder / "axion_obj.npy", pair, allow_pickle=True)
     np.save(folder / "plain.npy", image)
     out = tmp_path / "p.jsonl"
     result = CliRunner().invoke(
-        cli, ["predict", str(model), str(folder), str(REAL_SAMPLES), "-o", str(out)]
+        cli, ["predict", str(model), str(folder), str(real_samples), "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}

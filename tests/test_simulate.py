@@ -13,44 +13,43 @@ from click.testing import CliRunner
 from deeplense_cli import simulate as S
 from deeplense_cli.cli import cli
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data import KNOWN_CLASSES, KNOWN_DATASETS, physics
 
-REAL_SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_samples"
 FILE_RE = re.compile(r"^(axion|cdm|no_sub)_sim_(\d+)\.npy$")
 
 
-def _real_sample(name: str) -> np.ndarray:
-    path = REAL_SAMPLES / f"{name}.npy"
-    if not path.exists():
-        pytest.skip(f"real sample {path} not present (needs ../shared/data/real_samples)")
-    return np.load(path, allow_pickle=False)
+def _real_sample(folder: Path, name: str) -> np.ndarray:
+    return np.load(folder / f"{name}.npy", allow_pickle=False)
 
 
 # --- physics and fidelity -------------------------------------------------------------
 def test_einstein_radius_of_main_halo_matches_published_value() -> None:
-    assert float(S.einstein_radius(1e12)) == pytest.approx(1.2815, abs=1e-4)
+    assert float(physics.einstein_radius(1e12)) == pytest.approx(1.2815, abs=1e-4)
     # theta_E scales as sqrt(M): a 1e8 Msun subhalo has 1e-2 of the main halo's radius
-    assert float(S.einstein_radius(1e8)) == pytest.approx(float(S.einstein_radius(1e12)) / 100)
+    assert float(physics.einstein_radius(1e8)) == pytest.approx(
+        float(physics.einstein_radius(1e12)) / 100
+    )
 
 
 @pytest.mark.parametrize("model", ["Model_II", "Model_III"])
 def test_multi_plane_deflection_scale_matches_distance_ratios(model: str) -> None:
     from astropy.cosmology import FlatLambdaCDM
 
-    cosmo = FlatLambdaCDM(**S.LENSING_COSMOLOGY)
+    cosmo = FlatLambdaCDM(**physics.LENSING_COSMOLOGY)
 
     def ratio(z_s: float) -> float:
-        d_ls = cosmo.angular_diameter_distance(S.Z_LENS, z_s)
+        d_ls = cosmo.angular_diameter_distance(physics.Z_LENS, z_s)
         return float(d_ls / cosmo.angular_diameter_distance(z_s))
 
-    expected = ratio(S.Z_SOURCE) / ratio(S.Z_SOURCE_CONVENTION)
+    expected = ratio(physics.Z_SOURCE) / ratio(physics.Z_SOURCE_CONVENTION)
     scale = S.fast_simulator(model).deflection_scale
     assert scale == pytest.approx(expected, rel=1e-9)
     assert 0.62 < scale < 0.65  # facts: ~0.634
     assert S.fast_simulator("Model_I").deflection_scale == 1.0
 
 
-@pytest.mark.parametrize("model", S.MODELS)
-@pytest.mark.parametrize("cls", S.CLASSES)
+@pytest.mark.parametrize("model", KNOWN_DATASETS)
+@pytest.mark.parametrize("cls", KNOWN_CLASSES)
 def test_fast_path_equals_straightforward_lenstronomy(model: str, cls: str) -> None:
     reference = S.ReferenceSimulator(model, cls)
     fast = S.fast_simulator(model)
@@ -97,32 +96,32 @@ def _fit_source_centre(model: str, target: np.ndarray) -> tuple[np.ndarray, floa
     return fit.x, float(np.sqrt(np.mean(fit.fun**2)))
 
 
-def test_model_iii_reproduces_real_no_sub_sample() -> None:
-    real = _real_sample("no_sub")
+def test_model_iii_reproduces_real_no_sub_sample(real_samples: Path) -> None:
+    real = _real_sample(real_samples, "no_sub")
     assert real.shape == (64, 64)
     centre, rms = _fit_source_centre("Model_III", real)
     assert rms < 1e-10, rms
     assert centre == pytest.approx([-0.0617, 0.0845], abs=5e-4)
 
 
-def test_model_ii_settings_do_not_fit_the_model_iii_sample() -> None:
+def test_model_ii_settings_do_not_fit_the_model_iii_sample(real_samples: Path) -> None:
     # the check above can fail: other instrument settings leave a large residual
-    _, rms = _fit_source_centre("Model_II", _real_sample("no_sub"))
+    _, rms = _fit_source_centre("Model_II", _real_sample(real_samples, "no_sub"))
     assert rms > 1e-3
 
 
-def test_axion_sample_fits_better_with_a_vortex() -> None:
+def test_axion_sample_fits_better_with_a_vortex(real_samples: Path) -> None:
     from scipy.optimize import least_squares
 
-    real = _real_sample("axion")
+    real = _real_sample(real_samples, "axion")
     sim = S.fast_simulator("Model_III")
-    theta_e = float(S.einstein_radius(S.VORTEX_MASS / S.VORTEX_POINTS))
+    theta_e = float(physics.einstein_radius(physics.VORTEX_MASS / S.VORTEX_POINTS))
 
     def image(p: np.ndarray, vortex: bool) -> np.ndarray:
         params = S.LensParams(float(p[0]), float(p[1]))
         if vortex:
             coords = np.linspace(-p[2], p[2], S.VORTEX_POINTS)
-            params.sub_mass = np.full(S.VORTEX_POINTS, S.VORTEX_MASS / S.VORTEX_POINTS)
+            params.sub_mass = np.full(S.VORTEX_POINTS, physics.VORTEX_MASS / S.VORTEX_POINTS)
             params.sub_x, params.sub_y = coords * np.cos(p[3]), coords * np.sin(p[3])
         out = sim.render(params)
         return out / out.max()
@@ -167,12 +166,12 @@ def test_axion_draws_follow_the_recipe() -> None:
     assert np.mean(np.log10(masses)) == pytest.approx(-23.0, abs=0.1)  # log-uniform
     d = draws[0]
     assert d.sub_mass.size == 100 and d.sub_mass.sum() == pytest.approx(3e10)
-    half = S.axion_vortex_half_length(d.axion_mass)
+    half = physics.axion_vortex_half_length(d.axion_mass)
     ends = np.hypot(d.sub_x[[0, -1]], d.sub_y[[0, -1]])
     assert ends == pytest.approx([half, half])
     # a straight line through the centre
     assert np.abs(d.sub_x * d.sub_y[-1] - d.sub_y * d.sub_x[-1]).max() < 1e-12
-    assert S.axion_vortex_half_length(1e-22) == pytest.approx(0.03)
+    assert physics.axion_vortex_half_length(1e-22) == pytest.approx(0.03)
 
 
 def test_no_sub_has_no_point_masses_and_model_i_draws_exposures() -> None:
@@ -232,7 +231,7 @@ def test_file_names_are_deterministic_128_bit_and_distinct() -> None:
     names = {
         S.file_name(0, "Model_II", sp, c, i)
         for sp in S.SPLITS
-        for c in S.CLASSES
+        for c in KNOWN_CLASSES
         for i in range(50)
     }
     assert len(names) == 300
@@ -269,7 +268,7 @@ def test_dataset_layout_contents_and_resume(tmp_path: Path) -> None:
     )
     assert summary["written"] == 9 and summary["skipped"] == 0 and sum(seen) == 9
     for split_dir, n in (("Model_III", 2), ("Model_III_test", 1)):
-        for cls in S.CLASSES:
+        for cls in KNOWN_CLASSES:
             files = sorted((tmp_path / split_dir / cls).iterdir())
             assert len(files) == n
             assert all(FILE_RE.match(f.name) and f.name.startswith(cls) for f in files)

@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import slurm_cluster_problem
 
+from deeplense_cli import cluster
 from deeplense_cli.cli import cli
-from deeplense_cli.cluster import slurm
+from deeplense_cli.cluster.slurm import _expand_ids
 from deeplense_cli.core.errors import DeepLenseError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -107,7 +108,9 @@ def _wait_requeued(job_id: str) -> None:
     revoked") and ends FAILED. The test cluster keeps that hold short (cred_expire=10).
     """
     state = _until(
-        lambda: (s := slurm.sacct_states([job_id]).get(job_id, ("", ""))[0]) in ("PENDING",) and s,
+        lambda: (
+            (s := cluster.sacct_states([job_id]).get(job_id, ("", ""))[0]) in ("PENDING",) and s
+        ),
         30,
         f"job {job_id} back in PENDING after the requeue",
     )
@@ -119,10 +122,10 @@ def _wait_requeued(job_id: str) -> None:
 
 def test_no_slurm_on_path_is_a_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    assert slurm.slurm_available() is False
+    assert cluster.slurm_available() is False
     with pytest.raises(DeepLenseError) as err:
-        slurm.submit(add, 1, 2)
-    assert str(err.value) == slurm.NO_SLURM
+        cluster.submit(add, 1, 2)
+    assert str(err.value) == cluster.NO_SLURM
     assert "sbatch is not on PATH" in str(err.value) and ".ci/slurm.sh start" in str(err.value)
     # Records made elsewhere still list, with states UNKNOWN and a hint.
     record = {"job_id": "7", "name": "old", "run_dir": None, "submitted": "2026-01-01T00:00:00"}
@@ -140,10 +143,10 @@ def test_no_slurm_on_path_is_a_clear_error(home: Path, monkeypatch: pytest.Monke
 
 def test_options_are_validated_before_anything_runs() -> None:
     with pytest.raises(DeepLenseError, match="mem"):
-        slurm.SlurmOptions(mem="lots").validate()
+        cluster.SlurmOptions(mem="lots").validate()
     with pytest.raises(DeepLenseError, match="gpus"):
-        slurm.SlurmOptions(gpus=-1).validate()
-    params = slurm.SlurmOptions(
+        cluster.SlurmOptions(gpus=-1).validate()
+    params = cluster.SlurmOptions(
         partition="gpu", gpus=2, cpus=8, mem="32g", time=90
     ).executor_parameters()
     assert params == {
@@ -155,10 +158,42 @@ def test_options_are_validated_before_anything_runs() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "value, minutes",
+    [
+        (None, 240),  # the default section's 04:00:00
+        (90, 90),  # a number in a config file: minutes
+        (90.7, 90),
+        ("90", 90),  # a bare number is minutes, as sbatch reads --time
+        ("15", 15),
+        ("0", 1),
+        ("90:30", 91),  # MM:SS, rounded up to whole minutes
+        ("00:10:00", 10),
+        ("04:00:00", 240),
+        ("1-12", 2160),
+        ("1-12:30", 2190),
+        ("1-00:00:30", 1441),
+        ("2h", 120),  # units, as --time-budget reads them
+        ("1h30m", 90),
+        ("90s", 2),
+        ("1.5h", 90),
+        ("1d", 1440),
+    ],
+)
+def test_time_limit_reads_sbatch_syntax_and_units(value: object, minutes: int) -> None:
+    assert cluster.time_limit_minutes(value) == minutes
+    assert cluster.options_from_config({"time": value}).time == minutes
+
+
+def test_bad_time_limit_is_an_error() -> None:
+    with pytest.raises(DeepLenseError, match="cannot read time limit 'soon'"):
+        cluster.time_limit_minutes("soon")
+
+
 def test_expand_pending_array_ids() -> None:
-    assert slurm._expand_ids("41_[1-3%2]") == ["41_1", "41_2", "41_3"]
-    assert slurm._expand_ids("41_[0,4]") == ["41_0", "41_4"]
-    assert slurm._expand_ids("41_2") == ["41_2"]
+    assert _expand_ids("41_[1-3%2]") == ["41_1", "41_2", "41_3"]
+    assert _expand_ids("41_[0,4]") == ["41_0", "41_4"]
+    assert _expand_ids("41_2") == ["41_2"]
 
 
 # ---- against the real cluster ----------------------------------------------------------
@@ -167,14 +202,14 @@ def test_expand_pending_array_ids() -> None:
 @pytest.mark.slurm
 @needs_cluster
 def test_submit_returns_the_result_and_records_the_job(home: Path, tmp_path: Path) -> None:
-    assert slurm.slurm_available()
+    assert cluster.slurm_available()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     t0 = time.monotonic()
-    job = slurm.submit(add, 2, 3, name="adder", run_dir=run_dir)
+    job = cluster.submit(add, 2, 3, name="adder", run_dir=run_dir)
     seen: list[tuple[str, list[str]]] = []
     assert (
-        slurm.wait(job, poll=0.2, on_update=lambda s, lines: seen.append((s, lines)), timeout=60)
+        cluster.wait(job, poll=0.2, on_update=lambda s, lines: seen.append((s, lines)), timeout=60)
         == 5
     )
     roundtrip = time.monotonic() - t0
@@ -185,13 +220,13 @@ def test_submit_returns_the_result_and_records_the_job(home: Path, tmp_path: Pat
     assert record["run_dir"] == str(run_dir.resolve())
     assert record["folder"] == str(home / "runs" / "slurm" / job.job_id)
     assert "add(2, 3)" in record["command"]
-    assert "adding 2 and 3" in slurm.job_logs(job.job_id)
+    assert "adding 2 and 3" in cluster.job_logs(job.job_id)
 
 
 @pytest.mark.slurm
 @needs_cluster
 def test_job_array_respects_parallelism(home: Path) -> None:
-    jobs = slurm.submit_array(square, [(1,), (2,), (3,)], name="squares", parallelism=2)
+    jobs = cluster.submit_array(square, [(1,), (2,), (3,)], name="squares", parallelism=2)
     assert len(jobs) == 3
     array_ids = {j.job_id.split("_")[0] for j in jobs}
     assert len(array_ids) == 1
@@ -203,16 +238,16 @@ def test_job_array_respects_parallelism(home: Path) -> None:
         ["scontrol", "show", "job", array_id], capture_output=True, text=True, timeout=20
     ).stdout
     assert "ArrayTaskThrottle=2" in throttle or not throttle  # gone already if all finished
-    assert [slurm.wait(j, poll=0.2, timeout=60) for j in jobs] == [1, 4, 9]
+    assert [cluster.wait(j, poll=0.2, timeout=60) for j in jobs] == [1, 4, 9]
     assert sorted(p.stem for p in (home / "jobs").glob("*.json")) == sorted(j.job_id for j in jobs)
 
 
 @pytest.mark.slurm
 @needs_cluster
 def test_failing_job_shows_the_remote_traceback(home: Path) -> None:
-    job = slurm.submit(explode, 42, name="exploder")
+    job = cluster.submit(explode, 42, name="exploder")
     with pytest.raises(DeepLenseError) as err:
-        slurm.wait(job, poll=0.2, timeout=60)
+        cluster.wait(job, poll=0.2, timeout=60)
     message = str(err.value)
     assert f"SLURM job {job.job_id} (exploder) failed: ValueError: bad lens 42" in message
     assert ", in explode" in message  # the remote traceback's last lines
@@ -222,29 +257,29 @@ def test_failing_job_shows_the_remote_traceback(home: Path) -> None:
 @pytest.mark.slurm
 @needs_cluster
 def test_cancelled_job_is_a_clear_error_without_hanging(home: Path) -> None:
-    job = slurm.submit(nap, 120, name="sleeper")
+    job = cluster.submit(nap, 120, name="sleeper")
     _until(lambda: job.state() == "RUNNING", 30, "the job to start")
     with pytest.raises(
         DeepLenseError, match=f"job {job.job_id} \\(sleeper\\) is still RUNNING after 1 s"
     ):
-        slurm.wait(job, poll=0.2, timeout=1)
+        cluster.wait(job, poll=0.2, timeout=1)
     t0 = time.monotonic()
-    slurm.cancel(job.job_id)
+    cluster.cancel(job.job_id)
     with pytest.raises(DeepLenseError) as err:
-        slurm.wait(job, poll=0.2, timeout=60)
+        cluster.wait(job, poll=0.2, timeout=60)
     assert time.monotonic() - t0 < 15
     assert f"SLURM job {job.job_id} (sleeper) was cancelled before returning a result" in str(
         err.value
     )
     with pytest.raises(DeepLenseError, match="already finished"):
-        slurm.cancel(job.job_id)
+        cluster.cancel(job.job_id)
 
 
 @pytest.mark.slurm
 @needs_cluster
 def test_unknown_partition_is_refused_before_submitting(home: Path) -> None:
     with pytest.raises(DeepLenseError) as err:
-        slurm.submit(add, 1, 1, options=slurm.SlurmOptions(partition="no-such-queue"))
+        cluster.submit(add, 1, 1, options=cluster.SlurmOptions(partition="no-such-queue"))
     assert "unknown SLURM partition 'no-such-queue'" in str(err.value)
     assert "debug" in str(err.value)
     assert not (home / "jobs").exists()
@@ -256,7 +291,7 @@ def test_job_the_cluster_cannot_hold_is_refused_clearly(
     home: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(DeepLenseError) as err:
-        slurm.submit(add, 1, 1, options=slurm.SlurmOptions(extra={"mem": "999999G"}))
+        cluster.submit(add, 1, 1, options=cluster.SlurmOptions(extra={"mem": "999999G"}))
     assert str(err.value).startswith("sbatch refused the job: ")
     assert "Memory specification can not be satisfied" in str(err.value)
     assert "sbatch: error" not in capfd.readouterr().err  # said once, in the error
@@ -274,9 +309,9 @@ def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -
         + json.dumps({"epoch": 2, "val_auc": 0.8125})
         + "\n"
     )
-    done = slurm.submit(add, 20, 22, name="answer", run_dir=run_dir)
+    done = cluster.submit(add, 20, 22, name="answer", run_dir=run_dir)
     assert done.result(timeout=60, poll=0.2) == 42
-    sleeper = slurm.submit(nap, 120, name="sleeper")
+    sleeper = cluster.submit(nap, 120, name="sleeper")
     _until(lambda: sleeper.state() == "RUNNING", 30, "the sleeper to start")
     _until(lambda: done.state() == "COMPLETED", 15, "sacct to show COMPLETED")
     runner = CliRunner()
@@ -297,7 +332,7 @@ def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -
     err = runner.invoke(cli, ["jobs", "logs", done.job_id, "--err"])
     assert err.exit_code == 0 and "stderr says 42" in err.output and "adding" not in err.output
 
-    short = slurm.submit(nap, 1.5, name="short")
+    short = cluster.submit(nap, 1.5, name="short")
     followed = runner.invoke(cli, ["jobs", "logs", short.job_id, "--follow"])
     assert followed.exit_code == 0, followed.output
     assert "napping" in followed.output and "Job completed successfully" in followed.output
@@ -321,17 +356,17 @@ def test_jobs_command_lists_shows_logs_and_cancels(home: Path, tmp_path: Path) -
 def test_requeued_job_resumes_and_finishes(home: Path, tmp_path: Path) -> None:
     progress = tmp_path / "progress.txt"
     t0 = time.monotonic()
-    job = slurm.submit(slurm.Resumable(count_to, str(progress), 30, 0.25))
+    job = cluster.submit(cluster.Resumable(count_to, str(progress), 30, 0.25))
     assert job.name == "count_to"
     _until(lambda: len(_lines(progress)) >= 4, 30, "progress before the requeue")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=20)
     _wait_requeued(job.job_id)
-    result = slurm.wait(job, poll=0.3, timeout=90)
+    result = cluster.wait(job, poll=0.3, timeout=90)
     print(f"requeue roundtrip: {time.monotonic() - t0:.1f} s")
     assert result["restarts"] == 1
     assert result["started_at"] >= 4  # resumed, did not start over
     assert _lines(progress) == [str(i) for i in range(1, 31)]  # every step once, in order
-    log = slurm.job_logs(job.job_id)
+    log = cluster.job_logs(job.job_id)
     assert "resuming from 0 (restart 0)" in log
     assert f"resuming from {result['started_at']} (restart 1)" in log
 
@@ -342,11 +377,11 @@ def test_requeued_job_resumes_and_finishes(home: Path, tmp_path: Path) -> None:
 def test_preemption_signal_checkpoints_and_requeues(home: Path, tmp_path: Path) -> None:
     """USR2 is what SLURM sends before preemption/time limit (--signal=USR2@90)."""
     progress = tmp_path / "progress.txt"
-    job = slurm.submit(slurm.Resumable(count_to, str(progress), 30, 0.25), name="preempted")
+    job = cluster.submit(cluster.Resumable(count_to, str(progress), 30, 0.25), name="preempted")
     _until(lambda: len(_lines(progress)) >= 4, 30, "progress before the signal")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=20)
     _wait_requeued(job.job_id)
-    result = slurm.wait(job, poll=0.3, timeout=90)
+    result = cluster.wait(job, poll=0.3, timeout=90)
     assert result["restarts"] == 1 and result["started_at"] >= 4
     assert _lines(progress) == [str(i) for i in range(1, 31)]
-    assert "Caught signal SIGUSR2" in slurm.job_logs(job.job_id, err=True)
+    assert "Caught signal SIGUSR2" in cluster.job_logs(job.job_id, err=True)

@@ -2,7 +2,7 @@
 
 The Ray tests share one local Ray runtime (2 CPUs, short session dir: Unix socket paths are
 capped at 107 bytes) and one small search over the simulated Model_III set; they are marked
-slow (Ray starts in ~8 s, the search takes ~30-60 s on 2 cores).
+slow, as they start Ray and train every trial.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import yaml
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
+from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.runs.config import load_config_file, resolve
+from deeplense_cli.training.config import load_config_file, resolve
 from deeplense_cli.tune import (
     TuneSettings,
     build_space,
     check_space,
     default_point,
-    parse_duration,
     to_ray_space,
     trial_config,
 )
@@ -164,6 +164,19 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("1.5h", 5400), ("2H", 7200), (" 1d ", 86400), ("02:30", 150), ("90.5", 90.5), (45, 45)],
+)
+def test_parse_duration_more_forms(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, seconds", [("1-12", 129600), ("1-00:30", 88200), ("0-1:2:3", 3723)])
+def test_time_budget_takes_slurm_day_syntax(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
 def test_bad_duration_is_an_error() -> None:
     with pytest.raises(DeepLenseError, match="cannot read duration"):
         parse_duration("soon")
@@ -176,7 +189,7 @@ def test_bad_duration_is_an_error() -> None:
     "content, message",
     [
         ("lr: [unclosed", "is not valid YAML"),
-        ("- lr\n- wd\n", "must map setting names to dimensions"),
+        ("- lr\n- wd\n", "must hold a mapping: setting names to dimensions"),
         ("model.nope: {type: choice, values: [1]}\n", "'model.nope' is not a ResNet18"),
         ("lr: {type: loguniform, low: -1, high: 1}\n", "needs low > 0"),
     ],
@@ -480,9 +493,9 @@ def test_slurm_runs_the_whole_search_as_one_job(
 ) -> None:
     """`--slurm --wait`: one job starts Ray on its CPUs and runs the search; the results land
     in the same experiment folder as a local search."""
-    from deeplense_cli.cluster import slurm
+    from deeplense_cli import cluster
 
-    if not slurm.slurm_available():
+    if not cluster.slurm_available():
         pytest.skip("the local SLURM cluster is not running (.ci/slurm.sh start)")
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
@@ -516,7 +529,7 @@ def test_trial_restored_without_a_ray_checkpoint_resumes_from_its_run(
     from ray import tune
 
     from deeplense_cli.runs.rundir import RunDir
-    from deeplense_cli.tune import _run_trial
+    from deeplense_cli.tune.trials import _run_trial
 
     reported: list[dict[str, Any]] = []
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)

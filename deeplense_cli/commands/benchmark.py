@@ -7,9 +7,13 @@ from typing import Any
 
 import click
 
-from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
+from deeplense_cli.cluster import wait
+from deeplense_cli.commands.display import RichReporter, fmt_value
+from deeplense_cli.commands.slurm import slurm_flags, slurm_options
+from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.training.config import load_config_file, parse_overrides
 
 
 @click.command(context_settings={"show_default": True})
@@ -54,8 +58,7 @@ def benchmark(**kw: Any) -> None:
     run one after another; with --slurm they run as a job array, and the table is rewritten
     as each job finishes (RUN_ROOT/benchmark/results.md by default).
     """
-    from deeplense_cli.core import paths
-    from deeplense_cli.runs.config import load_config_file, parse_overrides
+    # The engine is imported here, not at the top: `deeplense --help` loads every command.
     from deeplense_cli.training.benchmark import plan, result_path, run_cell, write_table
 
     bench_dir = Path(kw["out_dir"]) if kw["out_dir"] else paths.run_root() / "benchmark"
@@ -101,8 +104,6 @@ def benchmark(**kw: Any) -> None:
         return
     for i, cell in enumerate(todo, 1):
         err_console().print(f"[{i}/{len(todo)}] {cell.model} on {cell.dataset}")
-        from deeplense_cli.training.reporters import RichReporter, fmt_value
-
         row = run_cell(cell, bench_dir, settings, reporter=RichReporter())
         err_console().print(
             f"  test accuracy {fmt_value(row['accuracy'])}, macro AUC {fmt_value(row['macro_auc'])}"
@@ -113,28 +114,10 @@ def benchmark(**kw: Any) -> None:
 
 
 def _submit(todo: list[Any], bench_dir: Path, settings: dict[str, Any], kw: dict[str, Any]) -> None:
-    from deeplense_cli.cluster.slurm import check_partition, require_slurm, submit_array, wait
-    from deeplense_cli.commands.slurm_submit import options_from_config
-    from deeplense_cli.runs.config import SLURM_DEFAULTS
-    from deeplense_cli.training.benchmark import CellJob, write_table
+    from deeplense_cli.cluster.jobs import submit_benchmark
+    from deeplense_cli.training.benchmark import write_table
 
-    require_slurm()
-    section = dict(SLURM_DEFAULTS)
-    section.update((settings["file_config"] or {}).get("slurm") or {})
-    flags = slurm_flags(kw)
-    section.update({k: v for k, v in flags.items() if v is not None})
-    options = options_from_config(section)
-    check_partition(options.partition)
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    jobs = submit_array(
-        CellJob(),
-        [(cell, str(bench_dir), settings) for cell in todo],
-        options=options,
-        folder=bench_dir / "slurm" / "%j",
-        name="benchmark",
-        parallelism=kw["parallelism"],
-        run_dirs=[bench_dir / "runs" / cell.key for cell in todo],
-    )
+    jobs = submit_benchmark(todo, bench_dir, settings, slurm_flags(kw), kw["parallelism"])
     for job, cell in zip(jobs, todo, strict=True):
         err_console().print(f"Submitted {job.job_id}: {cell.model} on {cell.dataset}")
     err_console().print(f"The table is rewritten as jobs finish: {bench_dir / 'results.md'}")

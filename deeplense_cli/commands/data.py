@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from deeplense_cli.cli import DeepLenseGroup
+from deeplense_cli.commands.group import DeepLenseGroup
 
 SUBCOMMANDS = {
     "simulate": "deeplense_cli.commands.data_simulate:simulate",
-    "download": "deeplense_cli.commands.data_inspect:download",
+    "download": "deeplense_cli.commands.data_download:download",
     "info": "deeplense_cli.commands.data_inspect:info",
     "show": "deeplense_cli.commands.data_inspect:show",
 }

@@ -1,4 +1,4 @@
-"""``deeplense data info|show|download``: describe, draw and fetch datasets."""
+"""``deeplense data info|show``: describe and draw datasets."""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
-
-_DATA_ROOT = click.option(
-    "--data-root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder holding the released datasets (default: DEEPLENSE_DATA_ROOT or ~/.deeplense/data).",
-)
+from deeplense_cli.core.errors import DeepLenseError
 
 
 @contextlib.contextmanager
@@ -54,7 +49,7 @@ def _fmt_mass(m: dict[str, Any] | None) -> str:
 @click.command()
 @click.argument("target", metavar="PATH|NAME")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@_DATA_ROOT
+@data_root_option
 def info(target: str, as_json: bool, data_root: str | None) -> None:
     """Describe a dataset: classes, counts per split, image shape and dtype, value and
     axion-mass ranges, bad files.
@@ -107,7 +102,7 @@ def info(target: str, as_json: bool, data_root: str | None) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Which examples to pick.")
 @click.option("--test", "use_test", is_flag=True, help="Draw from the test folder.")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable files instead of failing.")
-@_DATA_ROOT
+@data_root_option
 def show(
     target: str,
     output: str,
@@ -118,7 +113,6 @@ def show(
     data_root: str | None,
 ) -> None:
     """Draw example images of each class into a PNG grid (labelled with class and axion mass)."""
-    from deeplense_cli.core.errors import DeepLenseError
     from deeplense_cli.data.imageset import load_image_set
     from deeplense_cli.data.summary import save_example_grid, source_for
 
@@ -138,57 +132,3 @@ def show(
         markup=False,
         soft_wrap=True,
     )
-
-
-@click.command()
-@click.argument("dataset", metavar="Model_I|Model_II|Model_III")
-@_DATA_ROOT
-@click.option(
-    "--url-base",
-    default=None,
-    help="Mirror serving URL/<Name>.tgz and URL/<Name>_test.tgz instead of Google Drive "
-    "(or set DEEPLENSE_DOWNLOAD_URL).",
-)
-@click.option("--keep-archive", is_flag=True, help="Keep the .tgz files after unpacking.")
-def download(dataset: str, data_root: str | None, url_base: str | None, keep_archive: bool) -> None:
-    """Download a released dataset (train and test archives), verify and unpack it.
-
-    An interrupted download resumes where it stopped when the command is run again.
-    """
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from deeplense_cli.core import paths
-    from deeplense_cli.data.download import download_dataset
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console(),
-        transient=False,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, done: int, total: int | None) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
-
-        results = download_dataset(
-            dataset,
-            data_root=data_root,
-            url_base=url_base,
-            progress=progress,
-            keep_archive=keep_archive,
-        )
-    for r in results:
-        console().print(f"{r.status}: {r.folder}", markup=False, soft_wrap=True)
-    console().print(f"Data root: {paths.data_root(data_root)}", markup=False, soft_wrap=True)

@@ -7,6 +7,11 @@ from typing import Any
 
 import click
 
+from deeplense_cli import simulate as engine
+from deeplense_cli.core import paths
+from deeplense_cli.core.console import console
+from deeplense_cli.data import KNOWN_CLASSES
+
 
 @click.command(name="simulate")
 @click.argument("model", metavar="MODEL")
@@ -41,9 +46,9 @@ import click
 )
 @click.option(
     "--classes",
-    default="axion,cdm,no_sub",
+    default=",".join(KNOWN_CLASSES),
     show_default=True,
-    help="Comma-separated subset of axion,cdm,no_sub.",
+    help=f"Comma-separated subset of {','.join(KNOWN_CLASSES)}.",
 )
 def simulate(
     model: str,
@@ -71,10 +76,6 @@ def simulate(
     )
     from rich.table import Table
     from rich.text import Text
-
-    from deeplense_cli import simulate as engine
-    from deeplense_cli.core import paths
-    from deeplense_cli.core.console import console
 
     spec = engine.model_spec(model)
     selected = engine.parse_classes(classes)

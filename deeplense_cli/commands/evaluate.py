@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from deeplense_cli.commands.display import evaluation_tables
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.runs.rundir import RunDir
 
 
 @click.command()
@@ -40,8 +42,6 @@ def evaluate(
     """Evaluate a trained run: accuracy, per-class ROC AUC (softmax, one-vs-rest), macro and
     micro AUC, confusion matrix, precision and recall."""
     from deeplense_cli.evaluation.evaluate import evaluate_run
-    from deeplense_cli.runs.rundir import RunDir
-    from deeplense_cli.training.reporters import evaluation_tables
 
     run = RunDir.open(run_dir)
     metrics = evaluate_run(

@@ -7,14 +7,12 @@ Plugins add formats with the ``register_export_formats(register)`` hook:
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import click
 
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.registry.manager import export_formats, warn
 
-_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 PRECISION_HELP = (
     "fp32: the reference, runs everywhere. "
     "fp16: half the size, for GPUs (CUDA/TensorRT); on a CPU it is slower than fp32. "
@@ -28,32 +26,13 @@ class ExportGroup(click.Group):
     """The ``export`` group: built-in formats plus those plugins register (loaded on use)."""
 
     def _plugin_formats(self) -> dict[str, click.Command]:
-        from deeplense_cli.registry.manager import get_plugin_manager, warn
-
         found: dict[str, click.Command] = {}
-        pm = get_plugin_manager()
-        for impl in pm.hook.register_export_formats.get_hookimpls():
-            plugin = impl.plugin_name
-
-            def register(name: Any, command: Any, _plugin: str = plugin) -> None:
-                if not isinstance(name, str) or not _NAME.match(name):
-                    warn(f"plugin {_plugin!r} registered an invalid export format name {name!r}")
-                    return
-                if not isinstance(command, click.Command):
-                    warn(f"plugin {_plugin!r}: export format {name!r} is not a click command")
-                    return
-                if name in self.commands or name in found:
-                    warn(
-                        f"plugin {_plugin!r}: export format {name!r} is already registered; skipped"
-                    )
-                    return
-                command.name = name
-                found[name] = command
-
-            try:
-                impl.function(register=register)
-            except Exception as exc:  # a broken plugin must not break `deeplense export`
-                warn(f"plugin {plugin!r} failed in register_export_formats and was skipped: {exc}")
+        for name, fmt in export_formats(reserved=self.commands).items():
+            if not isinstance(fmt.command, click.Command):
+                warn(f"plugin {fmt.plugin!r}: export format {name!r} is not a click command")
+                continue
+            fmt.command.name = name
+            found[name] = fmt.command
         return found
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -141,7 +120,6 @@ def onnx_command(
     with PyTorch on the run's test images (batch 1 and 32) before it is written; a model
     that does not match is not written.
     """
-    from deeplense_cli.core.errors import DeepLenseError
     from deeplense_cli.deploy.export import DEFAULT_INT8_SCHEME, PRECISIONS, export_onnx
 
     if int8_scheme is not None and precision != "int8":

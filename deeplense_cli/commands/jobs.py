@@ -7,6 +7,10 @@ import json
 from typing import Any
 
 import click
+from rich.table import Table
+
+from deeplense_cli import cluster
+from deeplense_cli.core.console import console, print_json
 
 
 def _metric_text(metric: dict[str, Any] | None) -> str:
@@ -34,18 +38,13 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from deeplense_cli.cluster import slurm
-    from deeplense_cli.core.console import console, print_json
-
-    infos = slurm.list_jobs()
+    infos = cluster.list_jobs()
     if as_json:
         print_json([dataclasses.asdict(info) for info in infos])
         return
     if not infos:
-        console().print(f"No jobs recorded in {slurm.jobs_dir()}.")
+        console().print(f"No jobs recorded in {cluster.jobs_dir()}.")
         return
-    from rich.table import Table
-
     table = Table(title="SLURM jobs")
     for col in ("job id", "name", "state", "elapsed", "run dir", "last metric"):
         table.add_column(col, overflow="fold")
@@ -61,9 +60,9 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
             _metric_text(info.last_metric),
         )
     console().print(table)
-    if any(info.state == "UNKNOWN" for info in infos) and not slurm.slurm_available():
+    if any(info.state == "UNKNOWN" for info in infos) and not cluster.slurm_available():
         console().print(
-            f"SLURM is not answering here, so states are UNKNOWN; {slurm.NO_SLURM_HINT}."
+            f"SLURM is not answering here, so states are UNKNOWN; {cluster.NO_SLURM_HINT}."
         )
 
 
@@ -75,15 +74,13 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 )
 def logs(job_id: str, err: bool, follow: bool) -> None:
     """Print the output of job JOB_ID so far."""
-    from deeplense_cli.cluster import slurm
-
     if follow:
         if err:
             raise click.UsageError("--follow streams stdout; use --err without --follow")
-        state = slurm.follow(job_id, lambda lines: click.echo("\n".join(lines)))
+        state = cluster.follow(job_id, lambda lines: click.echo("\n".join(lines)))
         click.echo(f"(job {job_id} ended: {state})", err=True)
         return
-    text = slurm.job_logs(job_id, err=err)
+    text = cluster.job_logs(job_id, err=err)
     if not text:
         which = "stderr" if err else "stdout"
         click.echo(f"(job {job_id} has written nothing to {which} yet)", err=True)
@@ -96,10 +93,7 @@ def logs(job_id: str, err: bool, follow: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def cancel(job_id: str, as_json: bool) -> None:
     """Cancel job JOB_ID (scancel)."""
-    from deeplense_cli.cluster import slurm
-    from deeplense_cli.core.console import console
-
-    slurm.cancel(job_id)
+    cluster.cancel(job_id)
     if as_json:
         click.echo(json.dumps({"job_id": job_id, "cancelled": True}))
     else:

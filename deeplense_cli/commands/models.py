@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from deeplense_cli.core.console import console, print_json
+from deeplense_cli.registry.manager import architectures, get_architecture, plugin_summary
 
 
 def _count_parameters(arch: Any) -> int | None:
@@ -25,7 +26,6 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """List registered architectures (name, plugin, parameters, input sizes)."""
     if ctx.invoked_subcommand is not None:
         return
-    from deeplense_cli.registry.manager import architectures
 
     rows: list[dict[str, Any]] = []
     for arch in architectures().values():
@@ -61,7 +61,6 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(name: str, as_json: bool) -> None:
     """Show an architecture's default hyper-parameters and training defaults."""
-    from deeplense_cli.registry.manager import get_architecture
 
     arch = get_architecture(name)
     info = {
@@ -85,7 +84,6 @@ def show(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins(as_json: bool) -> None:
     """List installed plugins and what each registers."""
-    from deeplense_cli.registry.manager import plugin_summary
 
     rows = plugin_summary()
     if as_json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import click
+
 
 def option_group(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """One decorator applying ``options`` in the order given (as if stacked in that order
@@ -16,3 +18,12 @@ def option_group(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return fn
 
     return decorate
+
+
+# The data root of the dataset commands (train has its own, in a group of data flags).
+data_root_option = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder holding the released datasets (default: DEEPLENSE_DATA_ROOT or ~/.deeplense/data).",
+)

@@ -7,9 +7,13 @@ from typing import Any
 
 import click
 
+from deeplense_cli.commands.display import evaluation_tables, make_reporter
 from deeplense_cli.commands.options import option_group
-from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
-from deeplense_cli.core.console import err_console
+from deeplense_cli.commands.slurm import slurm_flags, slurm_options, train_on_slurm
+from deeplense_cli.core import paths
+from deeplense_cli.core.console import console, err_console
+from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
 
 # Where the data is and how it is split: the flags that :func:`data_flags` reads.
 data_options = option_group(
@@ -138,10 +142,6 @@ def train(**kw: Any) -> None:
       deeplense train -m resnet18 --data ./my_data --epochs 5 --set model.dropout=0.1
       deeplense train --resume ~/.deeplense/runs/20261128-...-cct-Model_III-ab12
     """
-    from deeplense_cli.core import paths
-    from deeplense_cli.runs.config import load_config_file, parse_overrides, resolve
-    from deeplense_cli.runs.rundir import RunDir
-    from deeplense_cli.training.loop import resume_config
 
     if kw["resume_run"]:
         config, run = resume_config(kw["resume_run"], epochs=kw["epochs"])
@@ -217,12 +217,9 @@ def train(**kw: Any) -> None:
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
-    from deeplense_cli.training.reporters import evaluation_tables, make_reporter
 
     if kw.get("slurm"):
-        from deeplense_cli.commands.slurm_submit import submit_training
-
-        submit_training(config, run, resume=resume, wait=kw.get("wait", False), output=kw["output"])
+        train_on_slurm(config, run, resume=resume, follow=kw.get("wait", False))
         return
     from deeplense_cli.training.loop import train as run_training
 
@@ -235,8 +232,6 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
             click.echo(json.dumps({"event": "evaluation", **result.evaluation}, default=str))
         return
     if result.evaluation and kw["output"] == "rich":
-        from deeplense_cli.core.console import console
-
         title = f"{config['model']['name']} on the test split"
         console().print(*evaluation_tables(result.evaluation, title))
         err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")

@@ -6,13 +6,22 @@ import json
 from typing import Any
 
 import click
+from rich.table import Table
 
-from deeplense_cli.commands.slurm_options import slurm_flags, slurm_options
+from deeplense_cli.cluster import wait
+from deeplense_cli.commands.slurm import slurm_flags, slurm_options
 from deeplense_cli.commands.train import data_flags, data_options, output_option
 from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.training.config import (
+    METRICS,
+    SLURM_DEFAULTS,
+    load_config_file,
+    parse_overrides,
+    resolve,
+)
 
-METRICS = ["val_macro_auc", "val_loss", "val_accuracy"]
 # Options that describe a new search; --resume takes them from the experiment instead.
 NEW_SEARCH_OPTIONS = (
     "model",
@@ -101,6 +110,7 @@ def tune(ctx: click.Context, **kw: Any) -> None:
       deeplense tune -m resnet18 --dataset Model_III --space space.yaml --time-budget 2h
       deeplense tune --resume cct-Model_III-20261128-101500
     """
+    # The engine is imported here, not at the top: `deeplense --help` loads every command.
     from deeplense_cli import tune as engine
 
     listener = _listener(kw["output"])
@@ -144,15 +154,12 @@ def tune(ctx: click.Context, **kw: Any) -> None:
 
 
 def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
-    from deeplense_cli.runs.config import SLURM_DEFAULTS
-
     flags = slurm_flags(kw)
     return {**SLURM_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
     from deeplense_cli import tune as engine
-    from deeplense_cli.runs.config import load_config_file, parse_overrides, resolve
 
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
     flags = {
@@ -168,7 +175,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
         reduction_factor=kw["reduction_factor"],
         cpus_per_trial=kw["cpus_per_trial"],
         gpus_per_trial=kw["gpus_per_trial"],
-        time_budget_s=engine.parse_duration(kw["time_budget"]) if kw["time_budget"] else None,
+        time_budget_s=parse_duration(kw["time_budget"]) if kw["time_budget"] else None,
         metric=kw["metric"],
         seed=kw["seed"],
         default_trial=not kw["no_default_trial"],
@@ -181,9 +188,9 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
 
 def _submit(request: dict[str, Any], slurm_section: dict[str, Any], kw: dict[str, Any]) -> None:
     from deeplense_cli import tune as engine
-    from deeplense_cli.commands.slurm_submit import options_from_config
+    from deeplense_cli.cluster.jobs import submit_tune
 
-    job = engine.submit_tune_job(request, options_from_config(slurm_section))
+    job = submit_tune(request, slurm_section)
     name = request.get("name") or request.get("resume")
     err_console().print(
         f"Submitted SLURM job {job.job_id} (tune {name}); results in "
@@ -191,7 +198,6 @@ def _submit(request: dict[str, Any], slurm_section: dict[str, Any], kw: dict[str
     )
     click.echo(job.job_id)
     if kw["wait"]:
-        from deeplense_cli.cluster.slurm import wait
 
         def on_update(state: str, lines: list[str]) -> None:
             for line in lines:
@@ -244,8 +250,6 @@ def _listener(output: str) -> Any:
 
 
 def _report(outcome: Any, output: str) -> None:
-    from rich.table import Table
-
     if output == "jsonl":
         click.echo(
             json.dumps(

@@ -7,6 +7,7 @@ import os
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
+from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.errors import DeepLenseError
 
 if TYPE_CHECKING:
@@ -30,13 +31,10 @@ def configure_openmp(environ: MutableMapping[str, str] | None = None) -> str | N
     libgomp (PyTorch's OpenMP on Linux) reads its settings once, when torch is first
     imported, so ``deeplense`` calls this before any command imports torch, and the
     setting reaches SLURM jobs and Ray workers through the environment. Each of a training
-    step's hundreds of small kernels wakes the worker threads. Measured on 2 cores
-    (``benchmarks/bench_train_throughput.py --openmp``, bf16 training steps): sleeping at
-    once (``OMP_WAIT_POLICY=PASSIVE``) cost 1.1-1.9x on an idle machine (LeViT 245 vs 461
-    images/s); libgomp's long default spin cost 1.1-1.4x with two busy processes on the
-    cores; a spin of 3,000 was within 7% of the default when idle and the fastest of the
-    three under load for LeViT and ResNet18 (CaiT: 120 vs 142 images/s sleeping at once).
-    A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins. Returns what was set.
+    step's hundreds of small kernels wakes the worker threads: sleeping at once is slow on an
+    idle machine, libgomp's long default spin is slow beside busy processes, and a short spin
+    does well in both (BENCHMARKS.md, 'OpenMP threads waiting'). A user's own
+    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins. Returns what was set.
     """
     env = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
@@ -80,7 +78,6 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
-    from deeplense_cli.core.cpu import cpu_flags
 
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -90,8 +87,8 @@ def autocast_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | Non
     """The autocast dtype for training (None = full precision).
 
     CUDA: bf16 where the card supports it, else fp16 (with a gradient scaler). CPU: bf16
-    where the CPU has native bf16 instructions (``benchmarks/bench_train_throughput.py
-    --amp``: 1.1-1.9x more training images/s on an AVX512-BF16 EPYC), else full precision.
+    where the CPU has native bf16 instructions (it trains faster there: BENCHMARKS.md,
+    'bf16 autocast versus float32'), else full precision.
     Weights, optimiser state and checkpoints stay float32 either way.
     """
     import torch
@@ -119,9 +116,8 @@ def amp_warning(device: torch.device, dtype: torch.dtype | None) -> str | None:
     """Why this mixed precision will be slow here (None when it will not).
 
     An explicit ``--amp bf16`` on a CPU without native bf16 (a config file written on another
-    machine, say) makes PyTorch emulate every bf16 product: ResNet18, CCT, CvT and Swin
-    trained 14-25x slower than in float32 on an AVX2 EPYC
-    (``benchmarks/bench_train_throughput.py --amp``).
+    machine, say) makes PyTorch emulate every bf16 product, many times slower than float32
+    (BENCHMARKS.md, 'bf16 autocast versus float32').
     """
     import torch
 
@@ -154,11 +150,10 @@ def _fp32_conv_class() -> type:
 def cpu_bf16_fixups(model: torch.nn.Module) -> int:
     """Run the convolutions that oneDNN is slow at in bf16 in float32 instead.
 
-    Strided grouped (depthwise) convolutions took 16-39 ms forward + backward in bf16 on our
-    AVX512-BF16 EPYC against 2-30 ms in float32 (CvT's key/value projections, PiT's
-    pooling; ``benchmarks/bench_cpu_kernels.py``, figures in BENCHMARKS.md). Changes the modules' class only: the
-    weights, the state-dict keys and every other layer's autocast stay as they were.
-    Returns how many convolutions were changed.
+    oneDNN's bf16 kernels for strided grouped (depthwise) convolutions, such as CvT's key/value
+    projections and PiT's pooling, are slower than its float32 ones (BENCHMARKS.md, 'Training
+    on the CPU'). Changes the modules' class only: the weights, the state-dict keys and
+    every other layer's autocast stay as they were. Returns how many convolutions were changed.
     """
     import torch.nn as nn
 

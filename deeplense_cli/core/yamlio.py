@@ -8,10 +8,14 @@ rejected as "not a number". :class:`Loader` also reads YAML 1.2 floats (``5e-4``
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from deeplense_cli.core.errors import DeepLenseError, first_line
 
 # Floats YAML 1.1 misses: an exponent without a dot or without a sign.
 _YAML12_FLOAT = re.compile(
@@ -29,3 +33,20 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0
 def load(text: str) -> Any:
     """Parse YAML text safely (see :class:`Loader`)."""
     return yaml.load(text, Loader=Loader)  # Loader is a SafeLoader: no Python tags
+
+
+def load_mapping(path: str | os.PathLike[str], what: str, expected: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (``what``: "config file", "space file"; an
+    empty file is an empty mapping); ``expected`` says what the mapping should look like."""
+    p = Path(path)
+    try:
+        raw = load(p.read_text())
+    except OSError as exc:
+        raise DeepLenseError(f"cannot read {what} {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise DeepLenseError(f"{what} {p} is not valid YAML: {first_line(exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DeepLenseError(f"{what} {p} must hold a mapping: {expected}")
+    return raw

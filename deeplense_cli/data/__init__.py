@@ -6,10 +6,13 @@ is the public API; the sub-modules each hold one concern:
 * :mod:`~deeplense_cli.data.readers` -- one file -> image (+ axion mass)
 * :mod:`~deeplense_cli.data.safe_pickle` -- axion object arrays without running pickle code
 * :mod:`~deeplense_cli.data.imageset` -- a class-per-folder tree and its cache
-* :mod:`~deeplense_cli.data.sources` -- dataset names and folders
+* :mod:`~deeplense_cli.data.sources` -- dataset and class names, folders
+* :mod:`~deeplense_cli.data.physics` -- the datasets' redshifts, masses, lensing formulas
 * :mod:`~deeplense_cli.data.splits` -- stratified seeded splits
 * :mod:`~deeplense_cli.data.download` -- fetch and unpack the released archives
 * :mod:`~deeplense_cli.data.summary` -- summaries and example grids
+
+Imports only ``core``; ``simulate`` and the packages above it build on this one.
 """
 
 from deeplense_cli.data.imageset import ImageSet, folder_cache_dir, load_image_set
@@ -19,10 +22,11 @@ from deeplense_cli.data.readers import (
     find_images,
     read_image,
 )
-from deeplense_cli.data.sources import KNOWN_DATASETS, DataSource, resolve_source
+from deeplense_cli.data.sources import KNOWN_CLASSES, KNOWN_DATASETS, DataSource, resolve_source
 from deeplense_cli.data.splits import Splits, make_splits
 
 __all__ = [
+    "KNOWN_CLASSES",
     "KNOWN_DATASETS",
     "SUPPORTED_EXTENSIONS",
     "BadImageError",

@@ -164,11 +164,9 @@ def _as_image(raw: Any) -> np.ndarray:
     return img
 
 
-# numpy parses .npy headers with ast.literal_eval, and CPython 3.11.7 (ours and CI's) keeps the
-# AST converter's recursion depth in interpreter-wide state: two threads parsing at once (the
-# cache build and prediction read files in threads) can fail with "SystemError: AST constructor
-# recursion depth mismatch" (seen in a full test run). Header parses take microseconds; one lock
-# costs nothing.
+# numpy parses .npy headers with ast.literal_eval, and CPython 3.11.7 keeps the AST converter's
+# recursion depth in interpreter-wide state: two threads parsing at once (cache build, predict)
+# can fail with "SystemError: AST constructor recursion depth mismatch". The lock is cheap.
 _NPY_HEADER_LOCK = threading.Lock()
 
 

@@ -9,7 +9,10 @@ from pathlib import Path
 from deeplense_cli.core import paths
 from deeplense_cli.core.errors import DeepLenseError
 
+# The released datasets and their classes (each a folder of .npy files). Their order is part of
+# every simulated image's seed (deeplense_cli.simulate.streams).
 KNOWN_DATASETS = ("Model_I", "Model_II", "Model_III")
+KNOWN_CLASSES = ("axion", "cdm", "no_sub")
 
 
 @dataclass
@@ -48,7 +51,7 @@ def resolve_source(
         if not path.is_dir():
             raise DeepLenseError(
                 f"{path} is not a folder; point --data at a class-per-folder tree "
-                "(e.g. DATA/axion/*.npy, DATA/cdm/*.npy, DATA/no_sub/*.npy)"
+                f"(e.g. {', '.join(f'DATA/{c}/*.npy' for c in KNOWN_CLASSES)})"
             )
         path = path.resolve()
         return DataSource(name=path.name, train_dir=path, test_dir=_test_sibling(path))

@@ -19,7 +19,7 @@ import numpy as np
 
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.imageset import ImageSet, load_image_set
-from deeplense_cli.data.sources import DataSource
+from deeplense_cli.data.sources import DataSource, resolve_source
 
 
 @dataclass
@@ -165,4 +165,23 @@ def make_splits(
         test_fraction=test_fraction,
         max_train_per_class=max_train_per_class,
         max_test_per_class=max_test_per_class,
+    )
+
+
+def load_splits(config: dict[str, Any]) -> Splits:
+    """The splits a run's resolved ``config`` (its ``data`` section) asks for."""
+    d = config["data"]
+    if not d.get("dataset") and not d.get("data"):
+        raise DeepLenseError("no data given; pass --dataset Model_III or --data PATH")
+    source = resolve_source(
+        dataset=d.get("dataset"), data=d.get("data"), data_root=d.get("data_root")
+    )
+    return make_splits(
+        source,
+        val_fraction=float(d["val_fraction"]),
+        test_fraction=float(d["test_fraction"]),
+        seed=int(d["split_seed"]),
+        max_train_per_class=d.get("max_train_per_class"),
+        max_test_per_class=d.get("max_test_per_class"),
+        skip_bad=bool(d.get("skip_bad")),
     )

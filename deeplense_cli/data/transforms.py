@@ -7,11 +7,14 @@ exactly the same steps.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplense_cli.core.errors import DeepLenseError
+
+if TYPE_CHECKING:
+    from deeplense_cli.data.splits import Splits
 
 NORMALIZATIONS = ("minmax", "none")
 
@@ -72,8 +75,8 @@ def normalize(
     reference project did; it makes Model_I's photon counts and Model_II/III's fluxes
     comparable. With ``mean`` and ``std`` (the training set's statistics after that step),
     the result is then standardised: ``(x - mean) / std``. Min-max lensing images are mostly
-    dark sky (Model_III: mean 0.04, std 0.11), which left the inputs of linear patch
-    embeddings nearly constant and kept PiT at chance.
+    dark sky, which leaves the inputs of linear patch embeddings nearly constant
+    (BENCHMARKS.md, 'Inputs, BatchNorm and per-architecture defaults').
     """
     x = np.asarray(images, dtype=np.float32)
     if method == "none":
@@ -121,3 +124,16 @@ def apply_transform(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
             f"but the model expects {channels}x{size}x{size}"
         )
     return normalize(x, spec.get("normalize", "minmax"), *spec_statistics(spec))
+
+
+def transform_for(splits: Splits, standardize: bool = True) -> dict[str, Any]:
+    """The run's transform: min-max per image, then the training pixels' mean and std."""
+    shape = splits.train.images.shape
+    if shape[-1] != shape[-2]:
+        raise DeepLenseError(f"images must be square, got {shape[-2]}x{shape[-1]}")
+    mean = std = None
+    if standardize:
+        mean, std = pixel_statistics(splits.train.images, splits.train_idx)
+    return default_transform(
+        image_size=int(shape[-1]), in_channels=int(shape[1]), mean=mean, std=std
+    )

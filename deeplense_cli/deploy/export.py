@@ -6,7 +6,7 @@ batch when the run's data is not on this machine, and the result says so), at ba
 at a larger batch. A file that fails is never written: the model is built in a temporary
 file beside the target and renamed into place only after it passed.
 
-Precisions (measured on our CPUs, see benchmarks/bench_onnx.py):
+Precisions (benchmarks/bench_onnx.py; BENCHMARKS.md, 'ONNX Runtime versus PyTorch'):
 
 * ``fp32`` -- the default; matches PyTorch to ~1e-6.
 * ``fp16`` -- half the size, for GPUs (CUDA/TensorRT). On a CPU, ONNX Runtime casts back to
@@ -36,11 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli import __version__
 from deeplense_cli.core import atomic
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.core.version import __version__
+from deeplense_cli.data.splits import load_splits
 from deeplense_cli.data.transforms import apply_transform
-from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
+from deeplense_cli.deploy.layers import export_copy, unfused_attention
+from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum, unshare_vectors
+from deeplense_cli.deploy.onnx_session import (
+    FORMAT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    create_session,
+    import_ort,
+    shareable,
+)
+from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -85,7 +96,7 @@ def int8_scheme_types(scheme: str) -> tuple[str, str, bool]:
 
 INT8_MIN_AGREEMENT = 0.9  # int8: share of images whose top class matches PyTorch
 # int8 is judged on the images PyTorch decides: where its two most probable classes are
-# closer than this, rounding alone can swap them (a 1-epoch model's near-ties did).
+# closer than this, rounding alone can swap them.
 INT8_NEAR_TIE = 0.05
 
 
@@ -162,11 +173,6 @@ def _quiet() -> Iterator[None]:
             os.close(fd)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 # ---- data -----------------------------------------------------------------------------
 @dataclass
 class _Data:
@@ -181,7 +187,6 @@ def _load_data(
     run: RunDir, transform: dict[str, Any], n_test: int, n_calibration: int, seed: int = 0
 ) -> _Data:
     """Test and calibration images of the run; a synthetic batch when its data is missing."""
-    from deeplense_cli.training.loop import load_splits
 
     rng = np.random.default_rng(seed)
     try:
@@ -204,7 +209,7 @@ def _load_data(
             labels=None,
             calibration=x[:n_calibration],
             note=f"a synthetic batch of {n_test} images (the run's data is not available: "
-            f"{_first_line(exc)})",
+            f"{first_line(exc)})",
             real=False,
         )
     test_idx = np.sort(rng.permutation(splits.test_idx)[:n_test])
@@ -261,7 +266,6 @@ def export_fp32(
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
     if len(x) < 2:  # batch 2, so that no size-1 batch gets specialised
         x = torch.cat([x, x])
-    from deeplense_cli.deploy.layers import export_copy, unfused_attention
 
     if rewrite:
         model, _ = export_copy(model)  # same numbers, a graph ORT runs faster (see the module)
@@ -298,7 +302,7 @@ def export_fp32(
                         external_data=False,
                     )
         except Exception as exc:
-            errors.append(f"{kind}: {_first_line(exc)}")
+            errors.append(f"{kind}: {first_line(exc)}")
             continue
         data_file = Path(f"{os.fspath(path)}.data")
         if data_file.exists():  # never leave a side file; weights must be inside
@@ -315,8 +319,6 @@ def _rewrite_graph(path: str | os.PathLike[str]) -> int:
     """Einsums to MatMuls, GELUs into the order ONNX Runtime fuses
     (:mod:`deeplense_cli.deploy.onnx_graph`); returns how many nodes were rewritten."""
     import onnx
-
-    from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum
 
     model = onnx.load(os.fspath(path))
     count = rewrite_einsum(model) + reorder_gelu(model)
@@ -382,8 +384,6 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from deeplense_cli.deploy.onnx_graph import unshare_vectors
-
     activations, weights, seven_bit = int8_scheme_types(scheme)
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
     src, dst = Path(src).resolve(), Path(dst).resolve()  # the block below changes directory
@@ -414,7 +414,7 @@ def quantize_int8(
         except Exception as exc:  # ONNX Runtime's quantizer does not cover every graph
             raise DeepLenseError(
                 f"int8 quantisation of this model failed in ONNX Runtime "
-                f"({type(exc).__name__}: {_first_line(exc)}); export it as fp32 instead"
+                f"({type(exc).__name__}: {first_line(exc)}); export it as fp32 instead"
             ) from None
 
 
@@ -473,12 +473,10 @@ def validate(
     """
     import onnx
 
-    from deeplense_cli.deploy.onnx_session import create_session
-
     try:
         onnx.checker.check_model(os.fspath(path))
     except Exception as exc:
-        raise DeepLenseError(f"the exported model fails onnx.checker: {_first_line(exc)}") from None
+        raise DeepLenseError(f"the exported model fails onnx.checker: {first_line(exc)}") from None
     session, _ = create_session(path, "cpu", cache_optimized=False)
     checks, last = [], reference
     for bs in batch_sizes:
@@ -505,7 +503,6 @@ def validate(
 
 def near_ties(logits: np.ndarray) -> np.ndarray:
     """Rows whose two most probable classes are less than ``INT8_NEAR_TIE`` apart."""
-    from deeplense_cli.evaluation.metrics import softmax
 
     top2 = np.sort(softmax(logits.astype(np.float64)), axis=1)[:, -2:]
     return np.asarray(top2[:, 1] - top2[:, 0] < INT8_NEAR_TIE)

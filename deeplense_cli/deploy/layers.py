@@ -14,8 +14,8 @@ faster in PyTorch but runs slower in ONNX Runtime at batch 64 (the transposes ar
 :func:`multi_head_attention` is multi-head scaled dot-product attention that is plain tensor
 ops in PyTorch (training, eager inference) and ONE ``com.microsoft`` ``MultiHeadAttention``
 node in an ONNX export: ONNX Runtime's fused kernel instead of the reshapes, head transposes,
-two batched MatMuls and the Softmax the exporter would write (1.10-1.35x faster whole models
-at batch 64 on our CPU, BENCHMARKS.md). The first-party plugins' export forms of vit-pytorch's
+two batched MatMuls and the Softmax the exporter would write (BENCHMARKS.md, 'Fused
+attention'). The first-party plugins' export forms of vit-pytorch's
 attention layers use it, and so can a third-party plugin's; the node is an ONNX Runtime
 contrib op, which is what ``deeplense predict`` runs.
 """
@@ -149,8 +149,8 @@ def split_projection(
 
     One matrix product in PyTorch. While exporting, one MatMul per part with its rows of
     ``weight`` (constants in the graph): the TorchScript exporter computes a chunk's bounds
-    from the product's shape at run time, and those Slices took 13% of CrossViT's time in ONNX
-    Runtime at batch 64.
+    from the product's shape at run time, and ONNX Runtime cannot fold those Slices away (the
+    batch axis is dynamic).
     """
     if not exporting():
         return F.linear(x, weight, bias).chunk(parts, dim=-1)

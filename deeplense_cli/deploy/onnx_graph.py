@@ -1,11 +1,12 @@
 """Graph rewrites applied to exported models before they are validated and saved.
 
 ONNX Runtime's CPU ``Einsum`` kernel is generic (it permutes its inputs and loops over
-small matrix products); on the attention models it took 20-35% of the time at batch 64
-(``benchmarks/bench_onnx.py --profile``). Every two-operand einsum the built-in
-architectures use is a batched matrix product, possibly with permuted axes, so it is
-rewritten here into ``Transpose``/``Reshape``/``MatMul`` nodes, which ONNX Runtime runs
-with its GEMM kernels and fuses further (``MatMul`` + ``Transpose`` -> ``FusedMatMul``).
+small matrix products) and took a large share of the attention models' time
+(``benchmarks/bench_onnx.py --profile``; BENCHMARKS.md, 'Export graph rewrites'). Every
+two-operand einsum the built-in architectures use is a batched matrix product, possibly
+with permuted axes, so it is rewritten here into ``Transpose``/``Reshape``/``MatMul`` nodes,
+which ONNX Runtime runs with its GEMM kernels and fuses further (``MatMul`` + ``Transpose``
+-> ``FusedMatMul``).
 
 Einsums of any other shape (ellipses, one operand, repeated letters, several contracted
 letters) are left as they are.

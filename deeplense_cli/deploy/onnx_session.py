@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core import atomic, paths
+from deeplense_cli.core.cpu import cpu_flags
+from deeplense_cli.core.errors import DeepLenseError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -157,15 +159,15 @@ def session_options(
     optimization: str = "all",
     optimized_model_path: str | os.PathLike[str] | None = None,
 ) -> onnxruntime.SessionOptions:
-    """The session options deeplense uses (measured in benchmarks/bench_onnx.py).
+    """The session options deeplense uses (BENCHMARKS.md, 'ONNX Runtime versus PyTorch').
 
     * ``intra_op_num_threads`` = ``threads``, else ``OMP_NUM_THREADS``, else the cores this
       process may use;
     * no spin-waiting between ops: on shared machines busy-waiting threads steal the cores
       other processes need. ``spinning=True`` lets the threads spin during a run and stop
       when it returns (``session.force_spinning_stop``, so they never compete with the
-      caller between runs): on our 2-core EPYC 1.34x faster at batch 1 and 1.08x at batch 64
-      when idle, but 0.81x at batch 64 beside two busy processes (``bench_onnx.py --spin``);
+      caller between runs): faster on an idle machine, slower at batch 64 beside busy
+      processes (``bench_onnx.py --spin``);
     * every graph optimisation (``ORT_ENABLE_ALL``: constant folding, conv/BN and
       attention/LayerNorm/GELU fusions, NCHWc layouts);
     * ``optimized_model_path``: where to save the optimised graph (to inspect or cache it).
@@ -275,8 +277,7 @@ def create_session(
         try:
             session = ort.InferenceSession(os.fspath(path), so, providers=providers)
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            last_error = text[0] if text else type(exc).__name__
+            last_error = first_line(exc, limit=1000)
             if candidate == "cpu" or device != "auto":
                 if _looks_corrupt(last_error):
                     raise DeepLenseError(
@@ -301,7 +302,6 @@ def optimized_cache_path(ort: Any, path: Path) -> Path:
     """Where the CPU-optimised graph of ``path`` is cached: keyed by the model's bytes, the
     ONNX Runtime version and this CPU's instruction sets (ORT_ENABLE_ALL graphs contain
     hardware-specific layouts, so a cached graph is only reused where it was made)."""
-    from deeplense_cli.core import paths
 
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -313,7 +313,6 @@ def optimized_cache_path(ort: Any, path: Path) -> Path:
 
 
 def _cpu_flags() -> str:
-    from deeplense_cli.core.cpu import cpu_flags
 
     return " ".join(sorted(cpu_flags())) or "unknown"
 
@@ -321,7 +320,6 @@ def _cpu_flags() -> str:
 def _cached_cpu_session(ort: Any, path: Path, threads: int | None, spinning: bool) -> Any | None:
     """A CPU session from the cached optimised graph, creating the cache entry on a miss.
     None when caching is not possible here (the caller then builds a session normally)."""
-    from deeplense_cli.core import atomic
 
     try:
         cached = optimized_cache_path(ort, path)

@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from deeplense_cli.core import atomic
+from deeplense_cli.core.cpu import cpu_flags
+from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform
-from deeplense_cli.deploy.onnx_session import shareable
+from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.evaluation.metrics import softmax
+from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +64,6 @@ class TorchPredictor:
     def __init__(
         self, run_path: str | os.PathLike[str], device: str = "auto", checkpoint: str = "best"
     ) -> None:
-        from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
-        from deeplense_cli.runs.rundir import RunDir
 
         if device == "tensorrt":
             raise DeepLenseError(
@@ -102,7 +103,6 @@ def load_predictor(
         return TorchPredictor(path, device=device, checkpoint=checkpoint)
     if not path.exists():
         raise DeepLenseError(f"{path}: no such model file or run directory")
-    from deeplense_cli.deploy.onnx_session import OnnxModel
 
     onnx_model: Predictor = OnnxModel(path, device=device, threads=threads)
     return onnx_model
@@ -338,9 +338,6 @@ def predict(
     )
     info = getattr(predictor, "info", None)
     if info is not None:
-        from deeplense_cli.core.cpu import cpu_flags
-        from deeplense_cli.deploy.onnx_session import int8_saturation_warning
-
         warning = int8_saturation_warning(info, predictor.device, cpu_flags())
         summary.warnings += [warning] if warning else []
     if on_start is not None:

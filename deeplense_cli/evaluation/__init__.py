@@ -1,1 +1,6 @@
-"""TODO"""
+"""Judging a trained model: metrics on softmax probabilities (accuracy, ROC AUC, confusion,
+axion recall by mass), batched inference, the figures, and ``evaluate_run`` on a run's test
+split or any folder with the same classes.
+
+Imports ``core``, ``data``, ``registry`` and ``runs``; training uses it for validation.
+"""

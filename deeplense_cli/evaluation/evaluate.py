@@ -10,11 +10,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deeplense_cli.core import atomic
+from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.imageset import load_image_set
+from deeplense_cli.data.sources import resolve_source
+from deeplense_cli.data.splits import load_splits
+from deeplense_cli.evaluation.inference import predict_logits
+from deeplense_cli.evaluation.metrics import (
+    axion_mass_bins,
+    classification_metrics,
+    mean_log_loss,
+    roc_curves,
+    softmax,
+)
+from deeplense_cli.evaluation.plots import save_axion_mass, save_confusion, save_roc
 from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
-    from deeplense_cli.data import ImageSet, Splits
+    from deeplense_cli.data.imageset import ImageSet
+    from deeplense_cli.data.splits import Splits
 
 SPLITS = ("test", "val", "train")
 
@@ -27,8 +41,6 @@ def _select(
     dataset: str | None,
     data_root: str | None,
 ) -> tuple[ImageSet, np.ndarray, str]:
-    from deeplense_cli.data import load_image_set, resolve_source
-
     classes = run.classes
     if data is not None or dataset is not None:
         source = resolve_source(dataset=dataset, data=data, data_root=data_root)
@@ -41,8 +53,6 @@ def _select(
             )
         return images, np.arange(len(images.labels)), str(folder)
     if splits is None:
-        from deeplense_cli.training.loop import load_splits
-
         splits = load_splits(run.read_config())
     if list(splits.classes) != list(classes):
         raise DeepLenseError(
@@ -71,16 +81,6 @@ def evaluate_run(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png."""
-    from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
-    from deeplense_cli.evaluation.inference import predict_logits
-    from deeplense_cli.evaluation.metrics import (
-        axion_mass_bins,
-        classification_metrics,
-        roc_curves,
-        softmax,
-    )
-    from deeplense_cli.evaluation.plots import save_axion_mass, save_confusion, save_roc
-
     images, idx, what = _select(run, split, splits, data, dataset, data_root)
     if len(idx) == 0:
         raise DeepLenseError(f"the {what} is empty; nothing to evaluate")
@@ -101,8 +101,7 @@ def evaluate_run(
     )
     labels = np.asarray(images.labels)[idx]
     probs = softmax(logits.astype(np.float64))
-    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    metrics = classification_metrics(labels, probs, classes, loss=loss)
+    metrics = classification_metrics(labels, probs, classes, loss=mean_log_loss(probs, labels))
     by_mass = axion_mass_bins(labels, probs.argmax(axis=1), images.axion_mass[idx], classes)
     if by_mass:
         metrics["axion_mass_bins"] = by_mass

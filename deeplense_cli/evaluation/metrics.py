@@ -8,11 +8,19 @@ from typing import Any
 
 import numpy as np
 
+from deeplense_cli.data.physics import axion_vortex_half_length
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def mean_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy of the true classes' probabilities (clipped: a zero is not infinite)."""
+    picked = probs[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
 
 
 def _auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
@@ -98,8 +106,6 @@ def axion_mass_bins(
     ``dex`` wide on fixed edges (multiples of ``dex`` in log10 eV), so runs compare bin for
     bin. Images without a mass (NaN) are left out; an empty list when none has one.
     """
-    from deeplense_cli.simulate import axion_vortex_half_length
-
     labels, pred = np.asarray(labels), np.asarray(pred)
     mass = np.asarray(axion_mass, dtype=np.float64)
     has = np.isfinite(mass) & (mass > 0)

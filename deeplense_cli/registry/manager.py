@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -87,6 +89,11 @@ def _call_each(hook_name: str, **kwargs: Any) -> None:
             warn(f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: {exc}")
 
 
+def add_commands(cli: Any) -> None:
+    """Let plugins add subcommands to the root click group ``cli`` (a failing one is skipped)."""
+    _call_each("register_commands", cli=lambda _plugin: cli)
+
+
 def architectures() -> dict[str, Architecture]:
     """All registered architectures, keyed by lower-case name, rebuilt on every call."""
     found: dict[str, Architecture] = {}
@@ -112,6 +119,39 @@ def architectures() -> dict[str, Architecture]:
 
     _call_each("register_architectures", register=make_register)
     return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    command: Any  # a click command; the CLI checks it (the registry does not import click)
+    plugin: str
+
+
+_FORMAT_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+def export_formats(reserved: Iterable[str] = ()) -> dict[str, ExportFormat]:
+    """Export formats registered by plugins, keyed by name; ``reserved`` names (the built-in
+    formats) and repeats are skipped with a warning, as are invalid names."""
+    taken = set(reserved)
+    found: dict[str, ExportFormat] = {}
+
+    def make_register(plugin_name: str) -> Callable[[Any, Any], None]:
+        def register(name: Any, command: Any) -> None:
+            if not isinstance(name, str) or not _FORMAT_NAME.match(name):
+                warn(f"plugin {plugin_name!r} registered an invalid export format name {name!r}")
+            elif name in taken or name in found:
+                warn(
+                    f"plugin {plugin_name!r}: export format {name!r} is already registered; skipped"
+                )
+            else:
+                found[name] = ExportFormat(name, command, plugin_name)
+
+        return register
+
+    _call_each("register_export_formats", register=make_register)
+    return found
 
 
 def get_architecture(name: str) -> Architecture:

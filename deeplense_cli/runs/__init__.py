@@ -1,1 +1,6 @@
-"""TODO"""
+"""A run on disk: :class:`~deeplense_cli.runs.rundir.RunDir` writes and reads the resolved
+config, class names, transform, metrics and checkpoints of one training run, and rebuilds its
+model. Training writes runs; evaluation, export, predict and tune read them.
+
+Imports ``core`` and ``registry`` (to rebuild a model by its architecture's name).
+"""

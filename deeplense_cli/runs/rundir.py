@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from deeplense_cli.core import atomic, yamlio
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.registry.manager import get_architecture
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -146,15 +147,13 @@ class RunDir:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DeepLenseError(f"cannot load checkpoint {path}: {first}") from None
+            raise DeepLenseError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise DeepLenseError(f"{path} is not a deeplense checkpoint")
         return state
 
     def build_model(self, which: str = "best") -> nn.Module:
         """Rebuild the run's model, load its weights and put it in eval mode."""
-        from deeplense_cli.registry.manager import get_architecture
 
         config = self.read_config()
         model_cfg = config["model"]

@@ -12,11 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deeplense_cli import __version__
 from deeplense_cli.core import atomic
+from deeplense_cli.core.cpu import cpu_model
+from deeplense_cli.core.device import available_cores
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.version import __version__
+from deeplense_cli.data import KNOWN_DATASETS
+from deeplense_cli.data.sources import canonical_name
+from deeplense_cli.registry.manager import architectures, get_architecture
+from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training.config import resolve
+from deeplense_cli.training.loop import train
 
-DATASETS = ("Model_I", "Model_II", "Model_III")
+DATASETS = KNOWN_DATASETS
 
 
 @dataclass(frozen=True)
@@ -31,8 +39,6 @@ class Cell:
 
 def plan(models: str, datasets: str) -> list[Cell]:
     """Cells for ``models`` ("all" or comma list) x ``datasets`` (comma list)."""
-    from deeplense_cli.data.sources import canonical_name
-    from deeplense_cli.registry.manager import architectures, get_architecture
 
     if models.strip().lower() == "all":
         names = [a.name for a in architectures().values()]
@@ -57,10 +63,8 @@ def hardware() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:  # pragma: no cover
         pass
-    from deeplense_cli.core.cpu import cpu_model
 
     cpu = cpu_model()
-    from deeplense_cli.core.device import available_cores
 
     return f"{cpu} ({available_cores()} cores)"
 
@@ -74,10 +78,6 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train and test one cell (idempotent: a finished cell returns its stored result)."""
     import json
-
-    from deeplense_cli.runs.config import resolve
-    from deeplense_cli.runs.rundir import RunDir
-    from deeplense_cli.training.loop import train
 
     bench_dir = Path(bench_dir)
     done = result_path(bench_dir, cell)
@@ -204,26 +204,3 @@ def write_table(bench_dir: str | Path) -> Path:
     out = bench_dir / "results.md"
     atomic.write_text(out, "\n".join(lines) + "\n")
     return out
-
-
-def run_cell_job(cell: Cell, bench_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """A batch job's entry point: one cell, then refresh the table (so the table is complete
-    when the last job of the array finishes)."""
-    from deeplense_cli.training.reporters import JsonlReporter
-
-    row = run_cell(cell, bench_dir, settings, reporter=JsonlReporter(batch_every=60.0))
-    write_table(bench_dir)
-    return row
-
-
-class CellJob:
-    """The callable of a benchmark array task. Its ``checkpoint`` method is submitit's
-    preemption protocol: on requeue the same cell runs again and resumes its run."""
-
-    def __call__(self, cell: Cell, bench_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
-        return run_cell_job(cell, bench_dir, settings)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

@@ -13,45 +13,36 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli import __version__
+from deeplense_cli.core.device import (
+    amp_warning,
+    autocast_dtype,
+    cpu_bf16_fixups,
+    prepare_cpu_threads,
+    resolve_device,
+)
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.data.transforms import apply_transform, default_transform, pixel_statistics
+from deeplense_cli.core.version import __version__
+from deeplense_cli.data.splits import load_splits
+from deeplense_cli.data.transforms import apply_transform, transform_for
+from deeplense_cli.evaluation.evaluate import evaluate_run
+from deeplense_cli.evaluation.inference import predict_logits
+from deeplense_cli.evaluation.metrics import classification_metrics, mean_log_loss, softmax
+from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training.augment import augment, augment_group
+from deeplense_cli.training.optim import make_optimizer
+from deeplense_cli.training.reporters import Reporter, SilentReporter
+from deeplense_cli.training.schedule import PLAN_PROBE_STEPS, lr_factor
+from deeplense_cli.training.stopping import improved, progressed
 
 if TYPE_CHECKING:
     import torch
 
-    from deeplense_cli.data import Splits
-
-
-class Reporter(Protocol):
-    """Receives progress from the training loop (rich display, JSON lines, Ray Tune...)."""
-
-    def start(self, info: dict[str, Any]) -> None: ...
-    def batch(
-        self, epoch: int, step: int, steps: int, loss: float, images_per_s: float
-    ) -> None: ...
-    def epoch(self, row: dict[str, Any]) -> None: ...
-    def end(self, summary: dict[str, Any]) -> None: ...
-
-
-class SilentReporter:
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def batch(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
-        pass
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def end(self, summary: dict[str, Any]) -> None:
-        pass
+    from deeplense_cli.data.splits import Splits
 
 
 @dataclass
@@ -63,41 +54,6 @@ class TrainResult:
     stopped_early: bool
     evaluation: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-HIGHER_IS_BETTER = {"val_macro_auc": True, "val_accuracy": True, "val_loss": False}
-
-
-def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
-    """Is ``row`` better than ``best`` on ``metric`` (ties broken by lower val_loss)?"""
-    value = row.get(metric)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return best is None
-    if best is None or best.get(metric) is None:
-        return True
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    a, b = sign * float(value), sign * float(best[metric])
-    if a != b:
-        return a > b
-    return float(row.get("val_loss", math.inf)) < float(best.get("val_loss", math.inf))
-
-
-def progressed(value: Any, reference: float | None, metric: str, min_delta: float) -> bool:
-    """Does ``value`` beat ``reference`` on ``metric`` by more than ``min_delta``?
-
-    Early stopping counts epochs without such progress. ``improved`` picks the best
-    checkpoint by any gain, but a change of 1e-7 in a frozen model's validation loss is
-    floating-point noise, not progress, and must not reset the patience.
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if reference is None:
-        return True
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    return sign * (float(value) - float(reference)) > min_delta
-
-
-PLAN_PROBE_STEPS = 10  # steps timed to plan a time budget (after one untimed step)
 
 
 # Checkpoint entries only resuming needs; best.pt leaves them out (see serving_state).
@@ -117,100 +73,6 @@ def serving_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
 
 
-def lr_factor(
-    step: int,
-    total_steps: int,
-    warmup_steps: int,
-    min_ratio: float,
-    anchor: tuple[int, float] | None = None,
-) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (per
-    optimiser step). ``anchor`` = (step, factor) starts the cosine there instead of at the
-    end of the warm-up: how a re-planned time budget moves the end of the decay without
-    a jump in the learning rate."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    start, top = (warmup_steps, 1.0)
-    if anchor is not None and step >= anchor[0]:
-        start, top = anchor
-    span = max(1, total_steps - start)
-    progress = min(1.0, max(0.0, (step - start) / span))
-    return min_ratio + (top - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# Augmentation groups: transform t rotates by 90 x (t % 4) degrees, after a left-right flip
-# when t >= 4. "dihedral" is all 8 symmetries of the square; "flips" the identity, both flips
-# and the half turn; "rot180" the identity and the half turn.
-AUGMENT_GROUPS: dict[str, tuple[int, ...]] = {
-    "dihedral": tuple(range(8)),
-    "flips": (0, 2, 4, 6),
-    "rot180": (0, 2),
-    "none": (0,),
-}
-
-
-def augment_group(setting: Any) -> str:
-    """The group name a ``train.augment`` setting means (true: dihedral, false: none)."""
-    if setting is True:
-        return "dihedral"
-    if setting is False or setting is None:
-        return "none"
-    return str(setting)
-
-
-def augment(x: torch.Tensor, rng: np.random.Generator, group: str = "dihedral") -> torch.Tensor:
-    """Apply one transform of ``AUGMENT_GROUPS[group]`` to each image (in place of x)."""
-    import torch
-
-    members = np.asarray(AUGMENT_GROUPS[group])
-    choice = members[rng.integers(0, len(members), size=x.shape[0])]
-    out = torch.empty_like(x)
-    for t in range(8):
-        sel = np.flatnonzero(choice == t)
-        if len(sel) == 0:
-            continue
-        idx = torch.from_numpy(sel)
-        part = x[idx]
-        if t >= 4:
-            part = part.flip(-1)
-        out[idx] = torch.rot90(part, t % 4, dims=(-2, -1))
-    return out
-
-
-def make_optimizer(
-    model: torch.nn.Module, weight_decay: float, lr: float, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over the decay / no-decay groups; the fused kernel on CPU and CUDA.
-
-    torch's default on the CPU loops over the parameters in Python, several kernels each;
-    the fused one is one kernel per tensor. On our 2-core EPYC gradient clipping + step took
-    6 ms instead of 16 for LeViT (316 tensors), 11 instead of 25 for CrossFormer (522), and
-    whole bf16 training steps ran 0.90-1.16x as fast, 1.06x median over the eleven models
-    (``benchmarks/bench_train_throughput.py --optimizer``; single runs are noisy at +-10%).
-    Same update rule (tested against the default); checkpoints load into either.
-    """
-    import torch
-
-    fused = True if device.type in ("cpu", "cuda") else None
-    return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, fused=fused)
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No weight decay on biases, norms, embeddings/tokens (1-D or tagged parameters).
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or any(k in name.lower() for k in ("pos_emb", "cls_token", "token")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def _use_channels_last(model: torch.nn.Module, device: torch.device, setting: Any) -> bool:
     import torch
 
@@ -221,39 +83,6 @@ def _use_channels_last(model: torch.nn.Module, device: torch.device, setting: An
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     return device.type == "cuda" and convs > linears
-
-
-def load_splits(config: dict[str, Any], progress: Callable[..., None] | None = None) -> Splits:
-    from deeplense_cli.data import make_splits, resolve_source
-
-    d = config["data"]
-    if not d.get("dataset") and not d.get("data"):
-        raise DeepLenseError("no data given; pass --dataset Model_III or --data PATH")
-    source = resolve_source(
-        dataset=d.get("dataset"), data=d.get("data"), data_root=d.get("data_root")
-    )
-    return make_splits(
-        source,
-        val_fraction=float(d["val_fraction"]),
-        test_fraction=float(d["test_fraction"]),
-        seed=int(d["split_seed"]),
-        max_train_per_class=d.get("max_train_per_class"),
-        max_test_per_class=d.get("max_test_per_class"),
-        skip_bad=bool(d.get("skip_bad")),
-    )
-
-
-def transform_for(splits: Splits, standardize: bool = True) -> dict[str, Any]:
-    """The run's transform: min-max per image, then the training pixels' mean and std."""
-    shape = splits.train.images.shape
-    if shape[-1] != shape[-2]:
-        raise DeepLenseError(f"images must be square, got {shape[-2]}x{shape[-1]}")
-    mean = std = None
-    if standardize:
-        mean, std = pixel_statistics(splits.train.images, splits.train_idx)
-    return default_transform(
-        image_size=int(shape[-1]), in_channels=int(shape[1]), mean=mean, std=std
-    )
 
 
 def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
@@ -270,14 +99,6 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], run: RunDir, splits: Splits) -> None:
         import torch
-
-        from deeplense_cli.core.device import (
-            autocast_dtype,
-            cpu_bf16_fixups,
-            prepare_cpu_threads,
-            resolve_device,
-        )
-        from deeplense_cli.registry.manager import get_architecture
 
         self.config, self.run, self.splits = config, run, splits
         t = config["train"]
@@ -559,12 +380,11 @@ class Trainer:
         ``precise_bn_images`` training images at the current weights (an exact average,
         not the momentum average of batches seen while the weights moved).
 
-        CvT (BatchNorm inside its attention projections) validated at 44-92% in epochs
-        whose training accuracy was ~95%, with the momentum statistics off by up to 1.9x;
-        recomputed statistics took one such checkpoint from 91.2% to 94.6% on the test split.
-        The images are drawn from the seed only (the same ones each epoch), no torch RNG is
-        used, and only the BatchNorm layers run in training mode (no dropout), so runs and
-        resumes stay repeatable."""
+        Momentum statistics lag behind fast-moving weights, which made CvT (BatchNorm inside
+        its attention projections) validate far below its training accuracy (BENCHMARKS.md,
+        'Inputs, BatchNorm and per-architecture defaults'). The images are drawn from the seed
+        only (the same ones each epoch), no torch RNG is used, and only the BatchNorm layers
+        run in training mode (no dropout), so runs and resumes stay repeatable."""
         import torch
 
         count, norms = self._precise_bn_plan()
@@ -590,9 +410,6 @@ class Trainer:
             model.eval()
 
     def validate(self) -> dict[str, Any]:
-        from deeplense_cli.evaluation.inference import predict_logits
-        from deeplense_cli.evaluation.metrics import classification_metrics, softmax
-
         val_idx = self.splits.val_idx
         if len(val_idx) == 0:
             return {}
@@ -607,8 +424,9 @@ class Trainer:
         )
         labels = self.splits.train.labels[val_idx]
         probs = softmax(logits.astype(np.float64))
-        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        m = classification_metrics(labels, probs, self.splits.classes, loss=loss)
+        m = classification_metrics(
+            labels, probs, self.splits.classes, loss=mean_log_loss(probs, labels)
+        )
         return {
             "val_loss": m["loss"],
             "val_accuracy": m["accuracy"],
@@ -672,8 +490,6 @@ def train(
     on_data: Callable[[Splits], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``)."""
-    from deeplense_cli.core.device import amp_warning
-
     reporter = reporter or SilentReporter()
     if splits is None:
         splits = load_splits(config)
@@ -709,8 +525,6 @@ def train(
     )
     result = trainer.fit(reporter)
     if evaluate and len(splits.test_idx):
-        from deeplense_cli.evaluation.evaluate import evaluate_run
-
         result.evaluation = evaluate_run(run, splits=splits, device=str(trainer.device))
     reporter.end(
         {
@@ -719,13 +533,13 @@ def train(
             "best_epoch": result.best_epoch,
             "best": result.best,
             "stopped_early": result.stopped_early,
-            "test": _summary(result.evaluation),
+            "test": evaluation_summary(result.evaluation),
         }
     )
     return result
 
 
-def _summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+def evaluation_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     if not evaluation:
         return None
     return {k: evaluation.get(k) for k in ("accuracy", "macro_auc", "micro_auc", "auc", "n")}
@@ -738,30 +552,3 @@ def _check_same_data(run: RunDir, splits: Splits) -> None:
             f"cannot resume {run.path}: the data now has classes {splits.classes}, "
             f"the run was trained on {recorded}"
         )
-
-
-def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict[str, Any], RunDir]:
-    run = RunDir.open(run_path)
-    config = run.read_config()
-    config.pop("deeplense_version", None)
-    if epochs is not None:
-        config["train"]["epochs"] = int(epochs)
-        run.write_config({**config, "deeplense_version": __version__})
-    return config, run
-
-
-def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
-    """Entry point of a batch job (SLURM): train into ``run_path``, resuming from its last
-    checkpoint when one exists (after preemption or a requeue), and return a summary."""
-    from deeplense_cli.training.reporters import JsonlReporter
-
-    run = RunDir(run_path)
-    resume = run.checkpoint_path("last").exists()
-    result = train(config, run, reporter=JsonlReporter(batch_every=60.0), resume=resume)
-    return {
-        "run_dir": str(run.path),
-        "epochs_completed": result.epochs_completed,
-        "best_epoch": result.best_epoch,
-        "best": result.best,
-        "test": _summary(result.evaluation),
-    }

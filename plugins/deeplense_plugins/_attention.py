@@ -4,7 +4,7 @@ ViT layers, CCT).
 Upstream computes ``to_qkv(x).chunk(3)`` (or ``to_kv(...).chunk(2)``), rearranges each part
 into heads, two einsums or matmuls around a Softmax, and rearranges back. Exported as is,
 ONNX Runtime runs Slices whose bounds the TorchScript exporter computes from shapes at run
-time (13% of CrossViT's time at batch 64), the head transposes, and the batched MatMuls. The
+time, the head transposes, and the batched MatMuls (BENCHMARKS.md, 'Fused attention'). The
 forms here compute the same function with the same parameters as one MatMul per projection
 part and one fused ``MultiHeadAttention`` node
 (:func:`deeplense_cli.deploy.layers.multi_head_attention`).
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeplense_cli.deploy.layers import multi_head_attention, split_projection
+from deeplense_cli import multi_head_attention, split_projection
 from deeplense_plugins._common import swap_classes
 
 

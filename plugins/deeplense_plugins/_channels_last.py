@@ -4,8 +4,8 @@ Upstream computes these stages on (B, C, H, W) maps: 1x1 convolutions for every 
 a LayerNorm over dim 1 (two transposes around each, or slow reductions), and einops
 rearranges into and out of attention windows. ONNX Runtime runs each 1x1 convolution in its
 blocked NCHWc layout, so the exported graph also reorders the map into and out of that layout
-around every projection: at batch 64 both models ran slower under ONNX Runtime than in
-PyTorch (BENCHMARKS.md).
+around every projection, which made both models slower under ONNX Runtime than in PyTorch at
+batch 64 (BENCHMARKS.md, 'Channels-last transformer stages').
 
 The forms here compute the same function with the same parameters on (B, H, W, C) tokens:
 one transpose into that layout at the start of a stage and one out at its end, matrix
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplense_cli.deploy.layers import attention
+from deeplense_cli import attention
 from deeplense_plugins._common import swap_classes
 
 
@@ -181,8 +181,8 @@ def forms() -> dict[str, tuple[type, type]]:
     from vit_pytorch import crossformer, cvt, twins_svt
 
     class CvTTransformer(cvt.Transformer):  # type: ignore[misc]
-        # exported in upstream's form: ONNX Runtime ran this one 0.84x as fast at batch 64
-        # (1.18x at batch 1); the transposes around its depth-wise convolutions
+        # exported in upstream's form: in ONNX Runtime the transposes around its depth-wise
+        # convolutions cost more at batch 64 than this form saves (see the module docstring)
         export_as = cvt.Transformer
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

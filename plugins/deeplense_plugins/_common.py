@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli import DeepLenseError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -123,15 +123,14 @@ def _fast_channel_norm(upstream: type) -> type:
     def forward(self: Any, x: Any) -> Any:
         # The same function as upstream's (biased variance over dim 1, then g and b), as one
         # fused layer_norm over the channels-last view instead of separate var and mean
-        # reductions and five element-wise ops: 2.0-2.2x faster forward + backward on our
-        # CPU (benchmarks/bench_cpu_kernels.py).
+        # reductions and five element-wise ops (BENCHMARKS.md, 'Training on the CPU').
         y = F.layer_norm(
             x.permute(0, 2, 3, 1), (x.shape[1],), self.g.view(-1), self.b.view(-1), self.eps
         )
         return y.permute(0, 3, 1, 2)
 
     # export_as: ONNX export uses upstream's ops, which ONNX Runtime runs faster at batch 64
-    # (0.75-0.94x with the fused form; deeplense_cli.deploy.layers).
+    # (deeplense_cli.deploy.layers; BENCHMARKS.md, 'Training on the CPU').
     return type(upstream.__name__, (upstream,), {"forward": forward, "export_as": upstream})
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import deeplense_cli
-from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.registry.architecture import Architecture
+from deeplense_cli import Architecture, DeepLenseError
 from deeplense_plugins._common import (
     as_tuple,
     choice,

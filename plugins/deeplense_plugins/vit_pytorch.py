@@ -18,8 +18,7 @@ import math
 from typing import Any
 
 import deeplense_cli
-from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.registry.architecture import Architecture
+from deeplense_cli import Architecture, DeepLenseError
 from deeplense_plugins._common import (
     as_tuple,
     choice,
@@ -296,7 +295,8 @@ TWINS_SVT = Architecture(
     # called first_patch_norm before CaiT and CrossViT got the same switch
     renamed_params={"first_patch_norm": "patch_norm"},
     description="Twins-SVT: spatially separable (local + global) attention in 4 stages",
-    # In a 100-step probe 5e-4 and 2e-4 kept the training loss near ln 3; 1e-4 learned.
+    # Higher learning rates left the training loss at chance (BENCHMARKS.md, 'Inputs,
+    # BatchNorm and per-architecture defaults').
     train_defaults=train_defaults(1e-4),
     tune_space={
         **training_space((1e-5, 3e-4)),
@@ -357,11 +357,9 @@ def build_levit(
     if stem_stride == 8:
         model.conv_embedding[2] = nn.Conv2d(64, dims[0], 3, stride=2, padding=1)
         model.conv_embedding = model.conv_embedding[:3]
-    # Upstream zero-initialises the output BatchNorm of every attention block. In a residual
-    # block that starts the block as the identity; the two downsampling blocks have no
-    # residual, so there it made the whole network's output independent of the image at
-    # initialisation, and learning could only start through those BatchNorm weights (float32
-    # crawled out of it, bf16 autocast never did). LeViT's own code initialises them to 1.
+    # Upstream zero-initialises the output BatchNorm of every attention block: the identity in a
+    # residual block, but in the two downsampling blocks (no residual) it makes the output
+    # independent of the image at initialisation. LeViT's own code initialises them to 1.
     for block in model.backbone:
         if not block.attn_residual:
             for attention, _ in block.layers:
@@ -400,8 +398,8 @@ LEVIT = Architecture(
 def _cait_transformer() -> type:
     """CaiT's Transformer with layer dropout applied in training mode only.
 
-    Upstream drops random layers in eval mode too, so inference is not deterministic
-    (20 passes gave 5 different outputs) and the dynamo ONNX exporter fails.
+    Upstream drops random layers in eval mode too, so inference is not deterministic and the
+    dynamo ONNX exporter fails.
     """
     from vit_pytorch import cait
 
@@ -473,19 +471,18 @@ CAIT = Architecture(
     defaults={
         "patch_size": 8,
         "dim": 256,
-        # 4 patch layers, not 6: 1.4x cheaper per step, 88.3% vs 87.4% in the 7-min CPU cell
+        # Depth 4 and 4 heads (not 6 and 6): cheaper steps, as accurate in the CPU budget (these
+        # and the settings below: BENCHMARKS.md, 'Inputs, BatchNorm and per-architecture defaults').
         "depth": 4,
         "cls_depth": 2,
-        "heads": 4,  # 6 x 64 cost 1.3x more per step for 87.1% vs 87.4% (7-min cell)
+        "heads": 4,
         "mlp_dim": 256,
         "dim_head": 64,
-        # No dropout by default: with 0.1/0.1/0.05 a step cost 1.34x more on the CPU and the
-        # training loss fell more slowly (200-step probe on 3 x 2,000 images: 1.052 vs 1.007).
+        # No dropout by default: it made CPU steps dearer and the training loss fall more slowly.
         "dropout": 0.0,
         "emb_dropout": 0.0,
         "layer_dropout": 0.0,
-        # No LayerNorm over each raw pixel patch: with standardised inputs (and 6 heads) the
-        # 7-minute CPU cell reached 87.1% test without it, 85.5% with it (one run each).
+        # No LayerNorm over each raw pixel patch: with standardised inputs it tested worse.
         "patch_norm": False,
     },
     description="CaiT: ViT with LayerScale and class-attention layers (eval-deterministic)",
@@ -582,16 +579,15 @@ CROSS_VIT = Architecture(
         "depth": 4,
         "cross_attn_depth": 2,
         "cross_attn_heads": 4,
-        # No dropout by default: with 0.1 a step cost 1.38x more on the CPU and the training
-        # loss fell more slowly (200-step probe on 3 x 2,000 images: 1.107 vs 1.063).
+        # No dropout by default: it made CPU steps dearer and the training loss fall more slowly
+        # (this and below: BENCHMARKS.md, 'Inputs, BatchNorm and per-architecture defaults').
         "dropout": 0.0,
         "emb_dropout": 0.0,
-        # Without it the 7-minute CPU cell gave 89.1% test, with it 89.0%: upstream's kept.
+        # Upstream's per-patch LayerNorm kept: leaving it out made no difference.
         "patch_norm": True,
     },
     description="CrossViT: dual-branch (8 px and 16 px patches) ViT with cross-attention",
-    # 5e-4 with standardised inputs: 90.4% in the 7-minute CPU cell (9 epochs) against 89.0% at
-    # 2e-4 (10 epochs), the training and validation losses lower at every epoch from the 3rd.
+    # 5e-4, not 2e-4: with standardised inputs it learned faster and tested better.
     train_defaults=train_defaults(5e-4),
     tune_space={
         **training_space((1e-5, 5e-4)),
@@ -657,10 +653,9 @@ PIT = Architecture(
     factory=build_pit,
     defaults={
         "patch_size": 8,
-        # PiT-Ti's shape (the paper's smallest): widths 64/128/256, heads of 32 channels.
-        # The earlier 128-wide, 3 x 64-head, dropout-0.1 default at lr 2e-4 stayed at chance for
-        # 4 epochs (7 CPU minutes); this one is ~3.4x faster but still slow to learn (its loss
-        # leaves ln 3 only at epochs 9-10 of the same budget; see BENCHMARKS.md).
+        # PiT-Ti's shape (the paper's smallest), for steps cheap enough for the CPU budget:
+        # widths 64/128/256, heads of 32 channels (BENCHMARKS.md, 'Inputs, BatchNorm and
+        # per-architecture defaults').
         "dim": 64,
         "depth": (3, 3, 4),
         "heads": (2, 4, 8),

@@ -2,7 +2,7 @@
 
 from deeplense_example_plugin import TINY_CNN
 
-from deeplense_cli.registry.contract import check_architecture
+from deeplense_cli import check_architecture
 
 
 def test_tiny_cnn_meets_the_contract() -> None:
@@ -10,6 +10,6 @@ def test_tiny_cnn_meets_the_contract() -> None:
 
 
 def test_tiny_cnn_is_registered() -> None:
-    from deeplense_cli.registry.manager import get_architecture
+    from deeplense_cli import get_architecture
 
     assert get_architecture("tinycnn").plugin == "example"

@@ -8,155 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
-from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.runs.config import resolve
 from deeplense_cli.runs.rundir import RunDir
-from deeplense_cli.training.loop import augment, improved, lr_factor
-
-QUICK = ["--epochs", "2", "--batch-size", "16", "--output", "quiet", "--num-threads", "1"]
-
-
-def _train(sim_root: Path, run_dir: Path, *extra: str, model: str = "resnet18") -> RunDir:
-    args = ["train", "-m", model, "--dataset", "Model_III", "--data-root", str(sim_root)]
-    result = CliRunner().invoke(cli, [*args, "--run-dir", str(run_dir), *QUICK, *extra])
-    assert result.exit_code == 0, result.output
-    return RunDir.open(run_dir)
-
-
-# ---- configuration ------------------------------------------------------------------
-
-
-def test_config_precedence(tmp_path: Path) -> None:
-    base = resolve({}, {"model": {"name": "cct"}})
-    assert base["model"]["name"] == "CCT"
-    arch_lr = base["train"]["lr"]
-    file_cfg = {
-        "model": {"name": "cct", "params": {"num_layers": 2}},
-        "train": {"lr": 1e-4, "epochs": 7},
-    }
-    cfg = resolve(
-        file_cfg, {"train": {"epochs": 3, "lr": None}}, {"model.num_heads": 2, "train.seed": 5}
-    )
-    assert cfg["train"]["lr"] == 1e-4  # file beats the architecture default
-    assert cfg["train"]["epochs"] == 3  # flag beats file
-    assert cfg["train"]["seed"] == 5
-    assert cfg["model"]["params"]["num_layers"] == 2 and cfg["model"]["params"]["num_heads"] == 2
-    assert arch_lr != 1e-4
-
-
-@pytest.mark.parametrize(
-    "file_cfg, overrides, message",
-    [
-        ({"train": {"epochs": 2, "bogus": 1}}, {}, "unknown train setting"),
-        ({"model": {"name": "cct", "params": {"nope": 1}}}, {}, "unknown CCT model"),
-        ({}, {"model.nope": 3}, "unknown CCT model"),
-        ({}, {"whatever": 3}, "unknown setting 'whatever'"),
-        ({"train": {"epochs": -1}}, {}, "epochs must be a positive"),
-        ({"train": {"lr": "fast"}}, {}, "lr must be a positive"),
-        ({}, {"train.precise_bn_images": -1}, "precise_bn_images must be a whole number"),
-    ],
-)
-def test_config_errors(file_cfg, overrides, message) -> None:
-    file_cfg = {"model": {"name": "cct"}, **file_cfg} if "model" not in file_cfg else file_cfg
-    with pytest.raises(DeepLenseError, match=message):
-        resolve(file_cfg, {}, overrides)
-
-
-def test_print_config_and_config_file_round_trip(tmp_path: Path) -> None:
-    runner = CliRunner()
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump({"model": {"name": "swin"}, "train": {"epochs": 4}}))
-    result = runner.invoke(
-        cli, ["train", "--config", str(cfg_file), "--lr", "0.002", "--print-config"]
-    )
-    assert result.exit_code == 0, result.output
-    printed = yaml.safe_load(result.output)
-    assert printed["model"]["name"] == "Swin" and printed["train"]["epochs"] == 4
-    assert printed["train"]["lr"] == 0.002
-    # the printed config is itself a valid --config
-    again = tmp_path / "again.yaml"
-    again.write_text(result.output)
-    result2 = runner.invoke(cli, ["train", "--config", str(again), "--print-config"])
-    assert yaml.safe_load(result2.output) == printed
-
-
-def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path: Path) -> None:
-    # PyYAML (YAML 1.1) loads 5e-4 and 1.0e4 as strings; users write them everywhere.
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("model: {name: cct}\ntrain: {lr: 3e-4, weight_decay: 1.0e-2}\n")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "--config",
-            str(cfg_file),
-            "--set",
-            "train.min_lr_ratio=1E-3",
-            "--set",
-            "train.grad_clip=.5e1",
-            "--set",
-            "data.split_seed=7",
-            "--print-config",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    resolved = yaml.safe_load(result.output)
-    assert resolved["data"]["split_seed"] == 7  # an integer stays an integer
-    printed = resolved["train"]
-    assert printed["lr"] == 3e-4 and isinstance(printed["lr"], float)
-    assert printed["weight_decay"] == 1e-2 and printed["min_lr_ratio"] == 1e-3
-    assert printed["grad_clip"] == 5.0
-    from deeplense_cli.runs.config import parse_value
-
-    assert parse_value("5e-4") == 5e-4 and parse_value("-2E+3") == -2000.0
-    # what is not a float stays what it was
-    assert parse_value("7") == 7 and isinstance(parse_value("7"), int)
-    assert (
-        parse_value("e5") == "e5" and parse_value("5e") == "5e" and parse_value("1e-4x") == "1e-4x"
-    )
-    assert parse_value("[1e-3, 2]") == [1e-3, 2] and parse_value("true") is True
-    # still a safe loader: a Python tag is not constructed, the text comes back as is
-    evil = "!!python/object/apply:os.system ['true']"
-    assert parse_value(evil) == evil
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["-m", "nope", "--dataset", "Model_III"], "unknown model 'nope'"),
-        (["--dataset", "Model_III"], "no model given"),
-        (["-m", "cct", "--set", "novalue"], "--set expects KEY=VALUE"),
-    ],
-)
-def test_train_bad_input_is_one_line(args, message) -> None:
-    result = CliRunner().invoke(cli, ["train", *args])
-    assert result.exit_code == 1
-    assert message in result.output and "Traceback" not in result.output
-
-
-def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        cli, ["train", "-m", "cct", "--dataset", "Model_II", "--data-root", str(tmp_path)]
-    )
-    assert result.exit_code == 1
-    assert "deeplense data simulate" in result.output
-
-
-def test_bad_config_file(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [1, 2\n")
-    result = CliRunner().invoke(cli, ["train", "--config", str(bad)])
-    assert result.exit_code == 1 and "not valid YAML" in result.output
-
+from deeplense_cli.training.augment import augment
+from deeplense_cli.training.schedule import lr_factor
+from deeplense_cli.training.stopping import improved
 
 # ---- pieces of the loop -------------------------------------------------------------
 
@@ -205,25 +69,6 @@ def test_augment_applies_the_group_of_square_symmetries(group: str, expected: se
     assert seen == expected
 
 
-def test_augment_setting_resolves_and_is_validated(tmp_path: Path) -> None:
-    def augment_of(*extra: str) -> Any:
-        result = CliRunner().invoke(cli, ["train", "-m", "resnet18", *extra, "--print-config"])
-        assert result.exit_code == 0, result.output
-        return yaml.safe_load(result.output)["train"]["augment"]
-
-    # auto: the half turn on the DeepLense datasets (fixed lens orientation), all 8 elsewhere
-    assert augment_of("--dataset", "Model_III") == "rot180"
-    assert augment_of("--data", str(tmp_path)) == "dihedral"
-    assert augment_of("--dataset", "Model_III", "--augment", "flips") == "flips"
-    assert augment_of("--dataset", "Model_III", "--no-augment") == "none"
-    assert augment_of("--data", str(tmp_path), "--set", "train.augment=true") is True
-    result = CliRunner().invoke(
-        cli, ["train", "-m", "resnet18", "--data", str(tmp_path), "--set", "train.augment=rot45"]
-    )
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "train.augment must be auto, dihedral, flips, rot180, none" in result.output
-
-
 def test_improved_uses_metric_direction_and_loss_tiebreak() -> None:
     assert improved({"val_macro_auc": 0.9, "val_loss": 1}, None, "val_macro_auc")
     assert improved({"val_macro_auc": 0.95}, {"val_macro_auc": 0.9}, "val_macro_auc")
@@ -238,13 +83,17 @@ def test_improved_uses_metric_direction_and_loss_tiebreak() -> None:
 # ---- real training runs on simulated data ------------------------------------------
 
 
-def test_standardize_off_keeps_plain_minmax_inputs(sim_root: Path, tmp_path: Path) -> None:
-    run = _train(sim_root, tmp_path / "run", "--epochs", "1", "--set", "data.standardize=false")
+def test_standardize_off_keeps_plain_minmax_inputs(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    run = quick_train(tmp_path / "run", "--epochs", "1", "--set", "data.standardize=false")
     assert run.transform == {"normalize": "minmax", "image_size": 64, "in_channels": 1}
 
 
-def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
-    run = _train(sim_root, tmp_path / "run")
+def test_train_writes_a_complete_run(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    run = quick_train(tmp_path / "run")
     for name in ("config.yaml", "classes.json", "transform.json", "split.json", "metrics.jsonl"):
         assert (run.path / name).is_file(), name
     assert run.classes == ["axion", "cdm", "no_sub"]
@@ -297,18 +146,19 @@ def test_train_writes_a_complete_run(sim_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_training_is_repeatable_with_a_seed(sim_root: Path, tmp_path: Path) -> None:
-    a = _train(sim_root, tmp_path / "a", "--seed", "3")
-    b = _train(sim_root, tmp_path / "b", "--seed", "3", "--no-evaluate")
+def test_training_is_repeatable_with_a_seed(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    a = quick_train(tmp_path / "a", "--seed", "3")
+    b = quick_train(tmp_path / "b", "--seed", "3", "--no-evaluate")
     la = [r["train_loss"] for r in a.read_metrics()]
     lb = [r["train_loss"] for r in b.read_metrics()]
     assert la == pytest.approx(lb, rel=1e-6)
 
 
-def test_early_stopping(sim_root: Path, tmp_path: Path) -> None:
+def test_early_stopping(sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]) -> None:
     # A vanishing learning rate cannot improve validation loss: stop after `patience` epochs.
-    run = _train(
-        sim_root,
+    run = quick_train(
         tmp_path / "es",
         "--epochs",
         "6",
@@ -326,7 +176,7 @@ def test_early_stopping(sim_root: Path, tmp_path: Path) -> None:
 
 
 def test_early_stopping_ignores_floating_point_noise() -> None:
-    from deeplense_cli.training.loop import progressed
+    from deeplense_cli.training.stopping import progressed
 
     # what a frozen ResNet-18's validation loss did on a float32 CPU: 1.1643640 -> 1.1643639
     assert not progressed(1.1643638530505835, 1.164363969966076, "val_loss", 1e-4)
@@ -342,19 +192,10 @@ def test_early_stopping_ignores_floating_point_noise() -> None:
     assert not progressed(None, 0.5, "val_loss", 1e-4)
 
 
-def test_min_delta_flag_and_bad_values(tmp_path: Path) -> None:
-    args = ["train", "-m", "resnet18", "--data", str(tmp_path), "--print-config"]
-    result = CliRunner().invoke(cli, [*args, "--min-delta", "0.01"])
-    assert result.exit_code == 0, result.output
-    assert yaml.safe_load(result.output)["train"]["min_delta"] == 0.01
-    result = CliRunner().invoke(cli, [*args, "--min-delta", "-1"])
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "train.min_delta must be a number >= 0" in result.output
-
-
-def test_ema_and_label_smoothing_run(sim_root: Path, tmp_path: Path) -> None:
-    run = _train(
-        sim_root,
+def test_ema_and_label_smoothing_run(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    run = quick_train(
         tmp_path / "ema",
         "--ema-decay",
         "0.9",
@@ -392,29 +233,6 @@ def test_jsonl_output_is_machine_readable(sim_root: Path, tmp_path: Path) -> Non
     assert kinds[0] == "start" and "epoch" in kinds and "end" in kinds and kinds[-1] == "evaluation"
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns(
-    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from deeplense_cli.core import cpu as machine
-
-    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
-    base = ["train", "-m", "cct", "--data", str(sim_root / "Model_III"), "--epochs", "1",
-            "--max-train-per-class", "4", "--batch-size", "4", "--no-evaluate"]  # fmt: skip
-    starts = {}
-    for amp in ("bf16", "auto"):
-        args = [*base, "--amp", amp, "--run-dir", str(tmp_path / amp), "--output", "jsonl"]
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 0, result.output
-        starts[amp] = json.loads(result.stdout.splitlines()[0])
-    assert starts["bf16"]["amp"] == "bfloat16"
-    assert "bf16 autocast is emulated" in starts["bf16"]["warnings"][0]
-    assert starts["auto"]["amp"] == "off" and starts["auto"]["warnings"] == []
-    # the rich display prints it under the header
-    args = [*base, "--amp", "bf16", "--run-dir", str(tmp_path / "rich")]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0 and "Warning: this CPU has no native bf16" in result.output
-
-
 def test_rich_output_ends_with_the_evaluation_tables(sim_root: Path, tmp_path: Path) -> None:
     args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
             "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--batch-size", "16"]  # fmt: skip
@@ -423,26 +241,6 @@ def test_rich_output_ends_with_the_evaluation_tables(sim_root: Path, tmp_path: P
     assert "ResNet18 on the test split" in result.output and "accuracy" in result.output
     # the simulated axion test images carry masses: their table follows the metrics table
     assert result.output.index("Axion images by axion mass") > result.output.index("accuracy")
-
-
-def test_run_dir_must_be_empty(sim_root: Path, tmp_path: Path) -> None:
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("x")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "-m",
-            "resnet18",
-            "--dataset",
-            "Model_III",
-            "--data-root",
-            str(sim_root),
-            "--run-dir",
-            str(tmp_path / "full"),
-        ],
-    )
-    assert result.exit_code == 1 and "not empty" in result.output
 
 
 @pytest.mark.slow
@@ -513,23 +311,28 @@ def test_resume_after_sigkill_keeps_completed_epochs(sim_root: Path, tmp_path: P
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
 
 
-def test_time_budget_plans_epochs_after_the_first(sim_root: Path, tmp_path: Path) -> None:
-    run = _train(
-        sim_root, tmp_path / "budget", "--epochs", "5", "--max-minutes", "0.0001", "--no-evaluate"
+def test_time_budget_plans_epochs_after_the_first(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    run = quick_train(
+        tmp_path / "budget", "--epochs", "5", "--max-minutes", "0.0001", "--no-evaluate"
     )
     rows = run.read_metrics()
     assert len(rows) == 1 and rows[0]["planned_epochs"] == 1
 
 
-def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Path) -> None:
+def test_resume_restores_a_replanned_learning_rate(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
     import io
 
     import torch
 
-    from deeplense_cli.training.loop import Trainer, load_splits
+    from deeplense_cli.data.splits import load_splits
+    from deeplense_cli.training.loop import Trainer
 
     args = ["--epochs", "1", "--max-minutes", "30", "--no-evaluate"]
-    run = _train(sim_root, tmp_path / "budget", *args, "--set", "train.warmup_epochs=0")
+    run = quick_train(tmp_path / "budget", *args, "--set", "train.warmup_epochs=0")
     config = run.read_config()
     config["train"]["epochs"] = 6  # as --resume RUN --epochs 6
     trainer = Trainer(config, run, load_splits(config))
@@ -562,7 +365,7 @@ def test_resume_restores_a_replanned_learning_rate(sim_root: Path, tmp_path: Pat
 def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
     import torch
 
-    from deeplense_cli.training.loop import _param_groups, make_optimizer
+    from deeplense_cli.training.optim import _param_groups, make_optimizer
 
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
@@ -584,95 +387,22 @@ def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
-def test_openmp_spin_is_bounded_unless_the_user_chose() -> None:
-    from deeplense_cli.core.device import OPENMP_SPIN_COUNT, configure_openmp
-
-    env: dict[str, str] = {}
-    assert configure_openmp(env) == f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"
-    assert env == {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
-    for mine in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}):
-        env = dict(mine)
-        assert configure_openmp(env) is None and env == mine
-
-
-def test_the_cli_sets_openmp_before_torch_is_imported() -> None:
-    """libgomp reads its environment once, when torch loads: set later, it does nothing."""
-    code = (
-        "import os, sys\n"
-        "from deeplense_cli import cli\n"
-        "seen = {}\n"
-        "def spy(**kw):\n"
-        "    seen['torch'] = 'torch' in sys.modules\n"
-        "    seen['spin'] = os.environ.get('GOMP_SPINCOUNT')\n"
-        "    sys.exit(0)\n"
-        "cli.cli = spy\n"
-        "try:\n"
-        "    cli.main()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(seen)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    ).stdout
-    assert out.strip() == "{'torch': False, 'spin': '3000'}"
-
-
-def test_cpu_mixed_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    from deeplense_cli.core import device as dev
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
-    assert dev.autocast_dtype(cpu, "auto") is torch.bfloat16
-    assert dev.autocast_dtype(cpu, "off") is None
-    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: False)
-    assert dev.autocast_dtype(cpu, "auto") is None  # emulated bf16 would only be slower
-    assert dev.autocast_dtype(cpu, "bf16") is torch.bfloat16  # asked for: honoured
-    with pytest.raises(DeepLenseError, match="fp16 needs a CUDA device"):
-        dev.autocast_dtype(cpu, "fp16")
-
-
-def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(
-    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import torch
-
-    import deeplense_cli.core.device
-
-    changed: list[int] = []
-    fixups = deeplense_cli.core.device.cpu_bf16_fixups
-    monkeypatch.setattr(
-        deeplense_cli.core.device, "cpu_bf16_fixups", lambda m: changed.append(fixups(m)) or 0
-    )
-    args = ("--amp", "bf16", "--epochs", "1", "--no-evaluate")
-    run = _train(sim_root, tmp_path / "bf16", *args, model="cvt")
-    assert changed == [4]  # CvT's strided key/value projections train in float32
-    _train(sim_root, tmp_path / "fp32", "--amp", "off", "--epochs", "1", "--no-evaluate")
-    assert changed == [4]  # not without autocast
-    (row,) = run.read_metrics()
-    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
-    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
-    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
-
-
 def test_precise_batch_norm_recomputes_the_running_statistics(
-    sim_root: Path, tmp_path: Path
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
 ) -> None:
     """Before each validation the BatchNorm statistics are an exact average over training
     images at the current weights, saved with the checkpoint, without touching torch's RNG."""
     import torch
 
-    from deeplense_cli.training.loop import Trainer, load_splits
+    from deeplense_cli.data.splits import load_splits
+    from deeplense_cli.training.loop import Trainer
 
     args = ["--epochs", "1", "--no-evaluate", "--set", "train.precise_bn_images=48"]
-    run = _train(sim_root, tmp_path / "run", *args)
+    run = quick_train(tmp_path / "run", *args)
     state = torch.load(run.path / "checkpoints" / "best.pt", weights_only=True)
     tracked = {k: int(v) for k, v in state["model"].items() if k.endswith("num_batches_tracked")}
     assert tracked and set(tracked.values()) == {3}  # 48 images in batches of 16
-    plain = _train(sim_root, tmp_path / "plain", "--epochs", "1", "--no-evaluate")
+    plain = quick_train(tmp_path / "plain", "--epochs", "1", "--no-evaluate")
     state = torch.load(plain.path / "checkpoints" / "best.pt", weights_only=True)
     steps = -(-plain.read_record("split")["sizes"]["train"] // 16)  # one epoch, batch 16
     assert steps > 3 and {int(v) for k, v in state["model"].items() if "tracked" in k} == {steps}
@@ -786,21 +516,17 @@ def test_time_budget_replans_keep_the_learning_rate_continuous() -> None:
     assert steps.min() > -0.01  # and smoothly: no step drops more than 1% of the peak
 
 
-def test_time_budget_shorter_than_an_epoch_truncates_it(sim_root: Path, tmp_path: Path) -> None:
+def test_time_budget_shorter_than_an_epoch_truncates_it(
+    sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
     import torch
 
     # batch 4: ~16 steps an epoch; the plan is made after a few, and stops right there
     args = ["--epochs", "5", "--max-minutes", "1e-6", "--batch-size", "4", "--no-evaluate"]
-    run = _train(sim_root, tmp_path / "short", *args)
+    run = quick_train(tmp_path / "short", *args)
     (row,) = run.read_metrics()
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
     assert row["planned_epochs"] == 1
     assert state["scheduler"]["last_epoch"] == state["planned_steps"] < 10
     config = run.read_config()["train"]
     assert row["lr"] == pytest.approx(config["lr"] * config["min_lr_ratio"], rel=1e-6)
-
-
-def test_failed_start_leaves_no_run_directory(tmp_path: Path, deeplense_home: Path) -> None:
-    result = CliRunner().invoke(cli, ["train", "-m", "cct", "--data", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and "is not a folder" in result.output
-    assert not list((deeplense_home / "runs").glob("*"))

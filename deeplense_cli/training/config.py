@@ -21,6 +21,9 @@ import yaml
 
 from deeplense_cli.core import yamlio
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.version import __version__
+from deeplense_cli.registry.manager import get_architecture
+from deeplense_cli.runs.rundir import RunDir
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": None,  # Model_I / Model_II / Model_III under the data root
@@ -79,19 +82,23 @@ SLURM_DEFAULTS: dict[str, Any] = {
 
 SECTIONS = ("model", "data", "train", "slurm")
 
+# The validation metrics a run can select its best epoch by, and which way is better.
+METRICS: dict[str, str] = {"val_macro_auc": "max", "val_loss": "min", "val_accuracy": "max"}
+
+# Augmentation groups (train.augment): transform t rotates by 90 x (t % 4) degrees, after a
+# left-right flip when t >= 4. "dihedral" is all 8 symmetries of the square; "flips" the
+# identity, both flips and the half turn; "rot180" the identity and the half turn.
+AUGMENT_GROUPS: dict[str, tuple[int, ...]] = {
+    "dihedral": tuple(range(8)),
+    "flips": (0, 2, 4, 6),
+    "rot180": (0, 2),
+    "none": (0,),
+}
+
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    try:
-        raw = yamlio.load(p.read_text())
-    except OSError as exc:
-        raise DeepLenseError(f"cannot read config file {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise DeepLenseError(f"config file {p} is not valid YAML: {exc}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise DeepLenseError(f"config file {p} must hold a mapping with sections {SECTIONS}")
+    raw = yamlio.load_mapping(p, "config file", f"sections {', '.join(SECTIONS)}")
     unknown = set(raw) - set(SECTIONS) - {"deeplense_version", "classes"}
     if unknown:
         raise DeepLenseError(
@@ -145,8 +152,6 @@ def resolve(
     :param overrides: dotted ``--set`` values: ``train.lr``, ``data.val_fraction``,
         ``model.depth`` (a bare key is looked up in train, then data, then model params).
     """
-    from deeplense_cli.registry.manager import get_architecture
-
     file_config = copy.deepcopy(file_config or {})
     flags = {
         k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in (flags or {}).items()
@@ -223,13 +228,14 @@ def _validate_train(train: dict[str, Any]) -> None:
     positive("epochs", int)
     positive("batch_size", int)
     positive("lr")
-    if train["early_stopping_metric"] not in ("val_macro_auc", "val_loss", "val_accuracy"):
+    if train["early_stopping_metric"] not in METRICS:
         raise DeepLenseError(
-            "train.early_stopping_metric must be val_macro_auc, val_loss or val_accuracy"
+            f"train.early_stopping_metric must be one of {', '.join(METRICS)}, "
+            f"got {train['early_stopping_metric']!r}"
         )
-    if train["augment"] not in (True, False, "dihedral", "flips", "rot180", "none"):
+    if train["augment"] not in (True, False, *AUGMENT_GROUPS):
         raise DeepLenseError(
-            "train.augment must be auto, dihedral, flips, rot180, none, true (dihedral) or "
+            f"train.augment must be auto, {', '.join(AUGMENT_GROUPS)}, true (dihedral) or "
             f"false (none), got {train['augment']!r}"
         )
     delta = train["min_delta"]
@@ -244,3 +250,13 @@ def _validate_train(train: dict[str, Any]) -> None:
         raise DeepLenseError("train.ema_decay must be in [0, 1)")
     if str(train["amp"]) not in ("auto", "bf16", "fp16", "off"):
         raise DeepLenseError("train.amp must be auto, bf16, fp16 or off")
+
+
+def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict[str, Any], RunDir]:
+    run = RunDir.open(run_path)
+    config = run.read_config()
+    config.pop("deeplense_version", None)
+    if epochs is not None:
+        config["train"]["epochs"] = int(epochs)
+        run.write_config({**config, "deeplense_version": __version__})
+    return config, run

@@ -1,0 +1,93 @@
+"""``--slurm`` on train, tune and benchmark: the flags, and the printing of submitted and
+followed jobs (the jobs themselves: ``deeplense_cli.cluster.jobs``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from deeplense_cli.cluster import SubmittedJob, wait
+from deeplense_cli.commands.display import fmt_value
+from deeplense_cli.commands.options import option_group
+from deeplense_cli.core.console import err_console
+from deeplense_cli.runs.rundir import RunDir
+
+
+def slurm_options(submit_help: str, wait_help: str) -> Callable[[Any], Any]:
+    """``--slurm`` plus the resource flags; ``kw`` then holds them for :func:`slurm_flags`."""
+    return option_group(
+        click.option("--slurm", is_flag=True, help=submit_help),
+        click.option("--partition", help="SLURM partition (see `sinfo`)."),
+        click.option("--gpus", type=int, help="GPUs per node."),
+        click.option("--cpus", type=int, help="CPUs per task."),
+        click.option("--mem", help="Memory per node, e.g. 16G."),
+        click.option(
+            "--time", "time_limit", help="Time limit: minutes, HH:MM:SS, D-HH:MM or e.g. 2h."
+        ),
+        click.option("--account"),
+        click.option("--qos"),
+        click.option("--wait", is_flag=True, help=wait_help),
+    )
+
+
+def slurm_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    """The resource flags given on the command line, as a config ``slurm`` section."""
+    return {
+        "partition": kw["partition"],
+        "gpus": kw["gpus"],
+        "cpus": kw["cpus"],
+        "mem": kw["mem"],
+        "time": kw["time_limit"],
+        "account": kw["account"],
+        "qos": kw["qos"],
+    }
+
+
+def follow_training(job: SubmittedJob) -> Any:
+    """Stream a training job's progress (its JSON-lines output) until it ends; its result."""
+    console = err_console()
+
+    def on_update(state: str, lines: list[str]) -> None:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    console.print(line, markup=False, highlight=False)
+                continue
+            if event.get("event") == "epoch":
+                console.print(
+                    f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, "
+                    f"val acc {event.get('val_accuracy') or 0:.4f}, "
+                    f"val macro AUC {event.get('val_macro_auc') or 0:.4f}"
+                )
+            elif event.get("event") in ("start", "end"):
+                console.print(f"{event['event']}: run {event.get('run_dir')}")
+        if not lines:
+            console.print(f"job {job.job_id}: {state}")
+
+    return wait(job, poll=2.0, on_update=on_update)
+
+
+def train_on_slurm(config: dict[str, Any], run: RunDir, resume: bool, follow: bool) -> None:
+    """``train --slurm``: submit, print the job id (stdout) and, with ``follow``, its progress."""
+    # Imported here: the job module loads the training engine, which `--help` must not pay for.
+    from deeplense_cli.cluster.jobs import submit_training
+
+    job = submit_training(config, run, resume)
+    err_console().print(
+        f"Submitted SLURM job {job.job_id} ({job.name}); run directory {run.path}; "
+        f"follow with `deeplense jobs logs {job.job_id}`"
+    )
+    print(job.job_id)
+    if follow:
+        summary = follow_training(job)
+        test = (summary or {}).get("test") or {}
+        if test.get("accuracy") is not None:
+            err_console().print(
+                f"Finished: test accuracy {fmt_value(test['accuracy'])}, "
+                f"macro AUC {fmt_value(test.get('macro_auc'))}"
+            )

@@ -1,0 +1,40 @@
+"""Augmentation by the symmetries of the data (the groups are named in training.config)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeplense_cli.training.config import AUGMENT_GROUPS
+
+if TYPE_CHECKING:
+    import torch
+
+
+def augment_group(setting: Any) -> str:
+    """The group name a ``train.augment`` setting means (true: dihedral, false: none)."""
+    if setting is True:
+        return "dihedral"
+    if setting is False or setting is None:
+        return "none"
+    return str(setting)
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, group: str = "dihedral") -> torch.Tensor:
+    """Apply one transform of ``AUGMENT_GROUPS[group]`` to each image (in place of x)."""
+    import torch
+
+    members = np.asarray(AUGMENT_GROUPS[group])
+    choice = members[rng.integers(0, len(members), size=x.shape[0])]
+    out = torch.empty_like(x)
+    for t in range(8):
+        sel = np.flatnonzero(choice == t)
+        if len(sel) == 0:
+            continue
+        idx = torch.from_numpy(sel)
+        part = x[idx]
+        if t >= 4:
+            part = part.flip(-1)
+        out[idx] = torch.rot90(part, t % 4, dims=(-2, -1))
+    return out
