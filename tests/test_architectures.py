@@ -27,6 +27,9 @@ EXPECTED = {
     "T2TViT",
     "CrossFormer",
     "ResNet18",
+    "EfficientNet-B0",
+    "EfficientNet-B1",
+    "EfficientNet-B2",
 }
 ARCHS = architectures()
 
@@ -39,12 +42,17 @@ def _one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def test_the_eleven_built_in_architectures_are_registered() -> None:
+def test_the_built_in_architectures_are_registered() -> None:
     names = {arch.name for arch in ARCHS.values()}
     assert names >= EXPECTED, f"missing: {EXPECTED - names}"
     for arch in ARCHS.values():
         if arch.name in EXPECTED:
-            assert arch.plugin in {"vit_pytorch", "timm_swin", "torchvision_resnet"}
+            assert arch.plugin in {
+                "vit_pytorch",
+                "timm_swin",
+                "torchvision_resnet",
+                "timm_efficientnet",
+            }
             assert arch.image_sizes == (64, 150)
             assert arch.description and "\n" not in arch.description
 
