@@ -102,3 +102,35 @@ def plugins(as_json: bool) -> None:
             ", ".join(row["architectures"]),
         )
     console().print(table)
+
+
+@models.command("pretrained")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the full model cards).")
+def pretrained(as_json: bool) -> None:
+    """List the trained models that ship with deeplense: use a NAME wherever a model file goes
+    (`deeplense predict Model_III images/`)."""
+    from deeplense_cli.deploy.pretrained import shipped_models
+
+    shipped = shipped_models()
+    if as_json:
+        print_json([{**m.summary, "card": m.card} for m in shipped.values()])
+        return
+    from rich.table import Table
+
+    table = Table(title="Shipped trained models")
+    for column in ("name", "architecture", "precision", "test accuracy", "macro AUC", "size"):
+        table.add_column(column, no_wrap=True)
+    for m in shipped.values():
+        s = m.summary
+        acc, auc = s["test_accuracy"], s["test_macro_auc"]
+        table.add_row(
+            s["name"],
+            str(s["architecture"]),
+            str(s["precision"]),
+            "-" if acc is None else f"{acc:.2%} of {s['test_images']}",
+            "-" if auc is None else f"{auc:.4f}",
+            f"{s['size_mb']:.1f} MB",
+        )
+    console().print(table)
+    if not shipped:
+        console().print("No trained models ship with this installation.")

@@ -66,8 +66,9 @@ def predict(
     recursively; .npy including the released axion [image, mass] arrays, .npz, FITS, PNG,
     JPEG).
 
-    MODEL is an exported .onnx file (ONNX Runtime; torch is not needed) or a run directory
-    (PyTorch). Prints one row per file with every class probability, then the number of
+    MODEL is an exported .onnx file (ONNX Runtime; torch is not needed), a run directory
+    (PyTorch) or the name of a model that ships with deeplense (`deeplense models
+    pretrained`). Prints one row per file with every class probability, then the number of
     files predicted as each class.
     """
     from rich.progress import (

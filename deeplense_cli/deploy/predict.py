@@ -32,6 +32,7 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
+from deeplense_cli.deploy.pretrained import resolve_model
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.runs.rundir import RunDir
 
@@ -97,12 +98,15 @@ def load_predictor(
     threads: int | None = None,
     checkpoint: str = "best",
 ) -> Predictor:
-    """An exported ``.onnx`` file (ONNX Runtime) or a run directory (PyTorch)."""
+    """An exported ``.onnx`` file (ONNX Runtime), a run directory (PyTorch) or the name of a
+    model that ships with deeplense (``Model_III``)."""
     path = Path(model)
     if path.is_dir():
         return TorchPredictor(path, device=device, checkpoint=checkpoint)
     if not path.exists():
-        raise DeepLenseError(f"{path}: no such model file or run directory")
+        if path.suffix or len(path.parts) > 1:
+            raise DeepLenseError(f"{path}: no such model file or run directory")
+        path = resolve_model(model)
 
     onnx_model: Predictor = OnnxModel(path, device=device, threads=threads)
     return onnx_model

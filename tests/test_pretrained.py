@@ -1,0 +1,80 @@
+"""Trained models that ship with deeplense: listing, cards, a name where a model path goes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.deploy import pretrained
+from deeplense_cli.deploy.onnx_session import read_model_info
+
+
+@pytest.fixture(scope="module")
+def shelf(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like deeplense_cli/pretrained/: one export and its card."""
+    from deeplense_cli.deploy.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    result = export_onnx(trained_run, output=folder / "Model_III.onnx", validation_images=8)
+    card = {
+        "name": "Model_III",
+        "dataset": "Model_III",
+        "architecture": "ResNet18",
+        "classes": ["axion", "cdm", "no_sub"],
+        "trained_on": "a test fixture",
+        "config": {},
+        "test_metrics": {"accuracy": 0.5, "macro_auc": 0.6, "n": 24},
+        "limits": "none",
+        "training": {},
+    }
+    (folder / "Model_III.json").write_text(json.dumps(card))
+    assert result.path.is_file()
+    return folder
+
+
+def test_shipped_models_are_listed_and_resolved_by_name(shelf: Path) -> None:
+    found = pretrained.shipped_models(shelf)
+    assert list(found) == ["model_iii"]
+    assert pretrained.resolve_model("model_III", shelf) == shelf / "Model_III.onnx"
+    assert pretrained.resolve_model(shelf / "Model_III.onnx", shelf) == shelf / "Model_III.onnx"
+    with pytest.raises(DeepLenseError, match="neither a file nor a shipped model"):
+        pretrained.resolve_model("Model_IV", shelf)
+
+
+def test_a_model_without_a_card_does_not_ship(shelf: Path, tmp_path: Path) -> None:
+    shutil.copy(shelf / "Model_III.onnx", tmp_path / "Orphan.onnx")
+    assert pretrained.shipped_models(tmp_path) == {}
+
+
+def test_models_pretrained_and_predict_by_name(
+    shelf: Path, real_samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pretrained, "FOLDER", shelf)
+    result = CliRunner().invoke(cli, ["models", "pretrained", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["name"] == "Model_III" and row["test_accuracy"] == 0.5
+    assert row["card"]["trained_on"] == "a test fixture"
+    result = CliRunner().invoke(cli, ["models", "pretrained"])
+    assert result.exit_code == 0 and "Model_III" in result.output
+    result = CliRunner().invoke(cli, ["predict", "model_iii", str(real_samples)])
+    assert result.exit_code == 0, result.output
+    for name in ("no_sub.npy", "cdm.npy", "axion.npy"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("model", sorted(pretrained.shipped_models()))
+def test_every_shipped_model_is_complete(model: str) -> None:
+    """What ships has a complete card that matches its file, and fits the size budget."""
+    shipped = pretrained.shipped_models()[model]
+    assert set(pretrained.CARD_KEYS) <= set(shipped.card)
+    info = read_model_info(shipped.path)
+    assert info.classes == shipped.card["classes"]
+    assert info.architecture == shipped.card["architecture"]
+    assert shipped.path.stat().st_size <= 25 * 1024 * 1024
