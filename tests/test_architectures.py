@@ -53,7 +53,7 @@ def test_the_built_in_architectures_are_registered() -> None:
                 "torchvision_resnet",
                 "timm_efficientnet",
             }
-            assert arch.image_sizes == (64, 150)
+            assert {64, 150} <= set(arch.image_sizes)
             assert arch.description and "\n" not in arch.description
 
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -342,3 +343,20 @@ def test_int8_saturation_warning_on_cpus_without_vnni(tmp_path: Path) -> None:
     assert int8_saturation_warning(info("fp32"), "cpu", avx2) is None
     seven = info("int8", **{"deeplense.int8_scheme": "u8s8-7bit"})
     assert int8_saturation_warning(seven, "cpu", avx2) is None
+
+
+def test_a_cropped_run_exports_and_predicts_full_size_images(
+    quick_train: Any, tmp_path: Path, real_samples: Path
+) -> None:
+    """data.crop is part of the transform: the export and predict crop 64-px inputs the same way."""
+    from deeplense_cli.deploy.export import export_onnx
+
+    run = quick_train(tmp_path / "crop", "--epochs", "1", "--set", "data.crop=50")
+    spec = run.transform
+    assert (spec["image_size"], spec["crop"], spec["source_size"]) == (50, 50, 64)
+    model = export_onnx(run.path, validation_images=8).path
+    result = CliRunner().invoke(cli, ["predict", str(model), str(real_samples), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count('"predicted"') == 3
+    result = CliRunner().invoke(cli, ["evaluate", str(run.path), "--json"])
+    assert result.exit_code == 0, result.output

@@ -9,9 +9,12 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.transforms import (
     STATS_SAMPLE,
     apply_transform,
+    center_crop,
+    check_crop,
     default_transform,
     normalize,
     pixel_statistics,
+    source_size,
 )
 
 
@@ -72,3 +75,45 @@ def test_bad_statistics_are_a_clear_error(mean: object, std: object) -> None:
     spec = {"normalize": "minmax", "image_size": 8, "in_channels": 1, "mean": mean, "std": std}
     with pytest.raises(DeepLenseError, match="bad transform statistics"):
         apply_transform(_images(2), spec)
+
+
+def test_centre_crop_keeps_the_middle_and_the_spec_says_both_sizes() -> None:
+    x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)
+    np.testing.assert_array_equal(center_crop(x, 4)[0, 0], x[0, 0, 2:6, 2:6])
+    assert center_crop(x, None) is x
+    spec = default_transform(8, 1, crop=4)
+    assert spec["image_size"] == 4 and spec["crop"] == 4 and source_size(spec) == 8
+    out = apply_transform(x, spec)
+    assert out.shape == (1, 1, 4, 4)
+    np.testing.assert_allclose(out, normalize(x[..., 2:6, 2:6]))  # min-max over the crop only
+    with pytest.raises(DeepLenseError, match="model expects 1x8x8"):
+        apply_transform(x[..., :4, :4], spec)  # raw images come at the source size
+
+
+def test_crop_statistics_and_bad_crops() -> None:
+    x = _images(20)
+    mean, std = pixel_statistics(x, np.arange(20), crop=4)
+    ref = normalize(x[..., 2:6, 2:6])
+    assert mean == pytest.approx(float(ref.mean()), rel=1e-5)
+    assert std == pytest.approx(float(ref.std()), rel=1e-4)
+    for bad in (0, -3, 2.5, True, "50"):
+        with pytest.raises(DeepLenseError, match=r"data\.crop must be a whole number"):
+            check_crop(bad)
+    with pytest.raises(DeepLenseError, match="choose at most 64"):
+        check_crop(100, 64)
+    check_crop(None)
+    check_crop(50, 64)
+
+
+def test_a_bad_crop_is_refused_before_a_run_folder_exists(tmp_path, sim_root) -> None:
+    from click.testing import CliRunner
+
+    from deeplense_cli.cli import cli
+
+    base = ["train", "-m", "resnet18", "--data", str(sim_root / "Model_III"), "--run-dir"]
+    for crop, message in (("0", "data.crop must be a whole number"), ("65", "choose at most 64")):
+        run = tmp_path / f"crop-{crop}"
+        result = CliRunner().invoke(cli, [*base, str(run), "--set", f"data.crop={crop}"])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+        assert not (run / "config.yaml").exists()

@@ -28,20 +28,45 @@ def default_transform(
     in_channels: int = 1,
     mean: float | None = None,
     std: float | None = None,
+    crop: int | None = None,
 ) -> dict[str, Any]:
-    """The transform spec; ``mean``/``std`` (of normalised training pixels) standardise."""
+    """The transform spec for raw ``image_size`` images; ``mean``/``std`` (of normalised
+    training pixels) standardise. With ``crop`` the model sees the central ``crop`` pixels:
+    ``image_size`` in the spec is always the model's input size, ``source_size`` the raw one."""
     spec: dict[str, Any] = {
         "normalize": "minmax",
-        "image_size": int(image_size),
+        "image_size": int(crop or image_size),
         "in_channels": int(in_channels),
     }
+    if crop:
+        spec["crop"], spec["source_size"] = int(crop), int(image_size)
     if mean is not None and std is not None:
         spec["mean"], spec["std"] = float(mean), float(std)
     return spec
 
 
-def pixel_statistics(images: Any, idx: np.ndarray, method: str = "minmax") -> tuple[float, float]:
-    """Mean and standard deviation of the normalised pixels of ``images[idx]``.
+def source_size(spec: dict[str, Any]) -> int:
+    """The raw image size a transform takes: the size it crops from, else the model's."""
+    return int(spec.get("source_size", spec["image_size"]))
+
+
+def center_crop(images: np.ndarray, crop: int | None) -> np.ndarray:
+    """The central ``crop`` x ``crop`` pixels of ``(..., H, W)`` images (all of them if None).
+
+    The lens sits at the centre of every DeepLense image; the outer pixels are mostly sky."""
+    if not crop:
+        return images
+    h, w = images.shape[-2:]
+    if crop > min(h, w):
+        raise DeepLenseError(f"cannot crop {crop}x{crop} pixels from {h}x{w} images")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return images[..., top : top + crop, left : left + crop]
+
+
+def pixel_statistics(
+    images: Any, idx: np.ndarray, method: str = "minmax", crop: int | None = None
+) -> tuple[float, float]:
+    """Mean and standard deviation of the normalised (and cropped) pixels of ``images[idx]``.
 
     At most ``STATS_SAMPLE`` evenly spaced images of ``idx`` are read (deterministic).
     """
@@ -52,7 +77,8 @@ def pixel_statistics(images: Any, idx: np.ndarray, method: str = "minmax") -> tu
         raise DeepLenseError("no training images to measure the pixel statistics on")
     total, total_sq, count = 0.0, 0.0, 0
     for start in range(0, len(idx), 256):
-        x = normalize(np.asarray(images[idx[start : start + 256]]), method).astype(np.float64)
+        raw = center_crop(np.asarray(images[idx[start : start + 256]]), crop)
+        x = normalize(raw, method).astype(np.float64)
         total += float(x.sum())
         total_sq += float(np.square(x).sum())
         count += x.size
@@ -117,23 +143,40 @@ def apply_transform(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise DeepLenseError(f"expected images shaped (N, H, W) or (N, C, H, W), got {x.shape}")
-    size, channels = int(spec["image_size"]), int(spec.get("in_channels", 1))
+    size, channels = source_size(spec), int(spec.get("in_channels", 1))
     if x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
         raise DeepLenseError(
             f"images are {x.shape[1]}x{x.shape[2]}x{x.shape[3]} (channels x height x width) "
             f"but the model expects {channels}x{size}x{size}"
         )
+    x = center_crop(x, spec.get("crop"))
     return normalize(x, spec.get("normalize", "minmax"), *spec_statistics(spec))
 
 
-def transform_for(splits: Splits, standardize: bool = True) -> dict[str, Any]:
-    """The run's transform: min-max per image, then the training pixels' mean and std."""
+def transform_for(
+    splits: Splits, standardize: bool = True, crop: int | None = None
+) -> dict[str, Any]:
+    """The run's transform: an optional centre crop, min-max per image, then the training
+    pixels' mean and std."""
     shape = splits.train.images.shape
     if shape[-1] != shape[-2]:
         raise DeepLenseError(f"images must be square, got {shape[-2]}x{shape[-1]}")
+    check_crop(crop, int(shape[-1]))
     mean = std = None
     if standardize:
-        mean, std = pixel_statistics(splits.train.images, splits.train_idx)
+        mean, std = pixel_statistics(splits.train.images, splits.train_idx, crop=crop)
     return default_transform(
-        image_size=int(shape[-1]), in_channels=int(shape[1]), mean=mean, std=std
+        image_size=int(shape[-1]), in_channels=int(shape[1]), mean=mean, std=std, crop=crop
     )
+
+
+def check_crop(crop: Any, size: int | None = None) -> None:
+    """``data.crop`` is None or a whole number of pixels, at most the images' size."""
+    if crop is None:
+        return
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
+        raise DeepLenseError(f"data.crop must be a whole number of pixels (or null), got {crop!r}")
+    if size is not None and crop > size:
+        raise DeepLenseError(
+            f"data.crop is {crop} pixels but the images are {size}x{size}; choose at most {size}"
+        )

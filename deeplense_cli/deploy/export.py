@@ -40,7 +40,7 @@ from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
 from deeplense_cli.data.splits import load_splits
-from deeplense_cli.data.transforms import apply_transform
+from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.layers import export_copy, unfused_attention
 from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum, unshare_vectors
 from deeplense_cli.deploy.onnx_session import (
@@ -196,7 +196,7 @@ def _load_data(
         if len(splits.test_idx) == 0:
             raise DeepLenseError("the run's test split is empty")
     except (DeepLenseError, KeyError) as exc:
-        size, channels = int(transform["image_size"]), int(transform.get("in_channels", 1))
+        size, channels = source_size(transform), int(transform.get("in_channels", 1))
         # Smooth random blobs plus noise: images with structure, not a constant.
         yy, xx = np.mgrid[0:size, 0:size] / size
         n = max(n_test, n_calibration)

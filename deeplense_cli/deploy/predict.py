@@ -30,7 +30,7 @@ from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, find_images, read_image
-from deeplense_cli.data.transforms import apply_transform
+from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.deploy.pretrained import resolve_model
 from deeplense_cli.evaluation.metrics import softmax
@@ -221,7 +221,8 @@ def iter_predictions(
     if batch_size < 1:
         raise DeepLenseError("--batch-size must be at least 1")
     transform = predictor.transform
-    size, channels = int(transform["image_size"]), int(transform.get("in_channels", 1))
+    # raw images are read at the size the transform takes (it may crop them after)
+    size, channels = source_size(transform), int(transform.get("in_channels", 1))
     classes = predictor.classes
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeplense-read") as pool:

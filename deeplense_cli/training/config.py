@@ -37,6 +37,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "skip_bad": False,
     # standardise inputs with the training pixels' mean and std (after min-max per image)
     "standardize": True,
+    # centre crop in pixels before everything else (None: the whole image); the lens sits at
+    # the centre and the outer pixels are mostly sky
+    "crop": None,
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -209,6 +212,10 @@ def resolve(
     if train["augment"] == "auto":
         train["augment"] = "rot180" if data.get("dataset") else "dihedral"
     _validate_train(train)
+    crop = data.get("crop")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+        # the same rule as data.transforms.check_crop, which also knows the images' size
+        raise DeepLenseError(f"data.crop must be a whole number of pixels (or null), got {crop!r}")
     return {
         "model": {"name": arch.name, "params": params},
         "data": data,

@@ -87,10 +87,13 @@ def _use_channels_last(model: torch.nn.Module, device: torch.device, setting: An
 
 def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
     """Write everything a run needs to be evaluated, exported or resumed later."""
+    # The transform first: a setting that does not fit the data must fail before config.yaml
+    # makes the folder look like a resumable run.
+    standardize = bool(config["data"].get("standardize", True))
+    transform = transform_for(splits, standardize, config["data"].get("crop"))
     run.write_config({**config, "deeplense_version": __version__})
     run.write_record("classes", list(splits.classes))
-    standardize = bool(config["data"].get("standardize", True))
-    run.write_record("transform", transform_for(splits, standardize))
+    run.write_record("transform", transform)
     run.write_record("split", splits.record())
 
 

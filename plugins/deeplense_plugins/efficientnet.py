@@ -11,6 +11,7 @@ from typing import Any
 import deeplense_cli
 from deeplense_cli import Architecture, DeepLenseError
 from deeplense_plugins._common import choice, train_defaults, training_space
+from deeplense_plugins.resnet import CONV_IMAGE_SIZES
 
 VARIANTS = {"EfficientNet-B0": "efficientnet_b0", "EfficientNet-B1": "efficientnet_b1",
             "EfficientNet-B2": "efficientnet_b2"}  # fmt: skip
@@ -50,6 +51,7 @@ def _architecture(name: str, timm_name: str) -> Architecture:
         factory=_factory(timm_name),
         defaults={"drop_rate": 0.2, "drop_path_rate": 0.1},
         description=f"{name} (timm {timm_name}) with a one-channel stem, trained from scratch",
+        image_sizes=CONV_IMAGE_SIZES,
         train_defaults=train_defaults(1e-3, weight_decay=0.05),
         tune_space={
             **training_space((2e-4, 4e-3)),

@@ -9,6 +9,8 @@ from deeplense_cli import Architecture, DeepLenseError
 from deeplense_plugins._common import choice, train_defaults, training_space
 
 STEMS = ("small", "standard")
+# Global pooling takes any size: the native 64 and 150 px and the published centre crops.
+CONV_IMAGE_SIZES = (50, 64, 100, 150)
 
 
 def build_resnet18(
@@ -42,6 +44,7 @@ RESNET18 = Architecture(
     factory=build_resnet18,
     defaults={"stem": "standard", "dropout": 0.0},
     description="ResNet-18 (torchvision) with a one-channel stem; the convolutional baseline",
+    image_sizes=CONV_IMAGE_SIZES,
     train_defaults=train_defaults(1e-3, weight_decay=1e-4),
     tune_space={
         **training_space((1e-4, 3e-3)),
