@@ -253,9 +253,9 @@ def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
     """Without the unsharing, ONNX Runtime's quantizer really fails on TwinsSVT's graph: the
     user gets one line, no traceback, and no file (the per-architecture export test checks
     that the unsharing makes it succeed)."""
-    import deeplense_cli.deploy.onnx_graph as onnx_graph
+    from deeplense_cli.deploy import export
 
-    monkeypatch.setattr(onnx_graph, "unshare_vectors", lambda model: 0)
+    monkeypatch.setattr(export, "unshare_vectors", lambda model: 0)
     run = make_untrained_run(tmp_path / "twins", "TwinsSVT")
     before = sorted(p.name for p in run.path.iterdir())
     result = CliRunner().invoke(cli, ["export", "onnx", str(run.path), "--precision", "int8"])
