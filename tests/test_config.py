@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.training.config import resolve
+from deeplense_cli.training.config import parse_value, resolve
 
 
 def test_config_precedence(tmp_path: Path) -> None:
@@ -39,8 +39,8 @@ def test_config_precedence(tmp_path: Path) -> None:
         ({"model": {"name": "cct", "params": {"nope": 1}}}, {}, "unknown CCT model"),
         ({}, {"model.nope": 3}, "unknown CCT model"),
         ({}, {"whatever": 3}, "unknown setting 'whatever'"),
-        ({"train": {"epochs": -1}}, {}, "epochs must be a positive"),
-        ({"train": {"lr": "fast"}}, {}, "lr must be a positive"),
+        ({"train": {"epochs": -1}}, {}, "epochs must be a whole number >= 1"),
+        ({"train": {"lr": "fast"}}, {}, r"lr must be a number in \(0, 1\]"),
         ({}, {"train.precise_bn_images": -1}, "precise_bn_images must be a whole number"),
     ],
 )
@@ -190,3 +190,134 @@ def test_failed_start_leaves_no_run_directory(tmp_path: Path, deeplense_home: Pa
     result = CliRunner().invoke(cli, ["train", "-m", "cct", "--data", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "is not a folder" in result.output
     assert not list((deeplense_home / "runs").glob("*"))
+
+
+# ---- settings checked before anything is written (issue 23) ------------------------
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"lr": float("nan")}, r"train.lr must be a number in \(0, 1\], got nan"),
+        ({"lr": float("inf")}, r"train.lr must be a number in \(0, 1\], got inf"),
+        ({"lr": 1e30}, r"train.lr must be a number in \(0, 1\]"),
+        ({"lr": 0}, r"train.lr must be a number in \(0, 1\]"),
+        ({"weight_decay": -0.1}, "train.weight_decay must be a number >= 0"),
+        ({"weight_decay": float("inf")}, "train.weight_decay must be a number >= 0"),
+        ({"label_smoothing": 1.0}, r"train.label_smoothing must be a number in \[0, 1\)"),
+        ({"warmup_epochs": float("nan")}, "train.warmup_epochs must be a number >= 0"),
+        ({"grad_clip": -1}, "train.grad_clip must be a number >= 0"),
+        ({"min_lr_ratio": 2}, r"train.min_lr_ratio must be a number in \[0, 1\]"),
+        ({"ema_decay": float("nan")}, r"train.ema_decay must be a number in \[0, 1\)"),
+        ({"min_delta": float("inf")}, "train.min_delta must be a number >= 0"),
+        ({"max_minutes": -5}, "train.max_minutes must be a number >= 0"),
+        ({"batch_size": 2.5}, "train.batch_size must be a whole number >= 1"),
+        ({"batch_size": True}, "train.batch_size must be a whole number >= 1"),
+        ({"eval_batch_size": 0}, "train.eval_batch_size must be a whole number >= 1"),
+        ({"patience": -1}, "train.patience must be a whole number >= 0"),
+        ({"seed": -1}, "train.seed must be a whole number >= 0"),
+        ({"num_threads": "many"}, "train.num_threads must be a whole number"),
+        ({"device": "banana"}, "train.device must be auto, cpu, cuda or cuda:N"),
+        ({"channels_last": "yes"}, "train.channels_last must be auto, true or false"),
+    ],
+)
+def test_non_finite_and_out_of_range_train_settings_are_refused(train, message) -> None:
+    with pytest.raises(DeepLenseError, match=message):
+        resolve({"model": {"name": "resnet18"}, "train": train})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"val_fraction": float("nan")}, r"data.val_fraction must be a number in \[0, 1\)"),
+        ({"test_fraction": 1.5}, r"data.test_fraction must be a number in \[0, 1\)"),
+        ({"split_seed": -3}, "data.split_seed must be a whole number >= 0"),
+        ({"max_train_per_class": 0}, "data.max_train_per_class must be a whole number >= 1"),
+        ({"standardize": "no"}, "data.standardize must be true or false, got 'no'"),
+        ({"skip_bad": "yes"}, "data.skip_bad must be true or false, got 'yes'"),
+        ({"dataset": 3}, "data.dataset must be a name or a path"),
+    ],
+)
+def test_bad_data_settings_are_refused(data, message) -> None:
+    with pytest.raises(DeepLenseError, match=message):
+        resolve({"model": {"name": "resnet18"}, "data": data})
+
+
+def test_yaml_booleans_and_off_still_resolve() -> None:
+    # YAML 1.1 reads a bare no/off as false: those are booleans, not strings
+    cfg = resolve({"model": {"name": "resnet18"}, "data": {"standardize": False}},
+                  overrides={"train.amp": parse_value("off"), "data.skip_bad": parse_value("yes")})  # fmt: skip
+    assert cfg["data"]["standardize"] is False and cfg["data"]["skip_bad"] is True
+    assert cfg["train"]["amp"] == "off"
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "1e30"],
+        ["--set", "train.lr=.nan"],
+        ["--set", "data.val_fraction=.inf"],
+        ["--device", "banana"],
+        ["config", "data:\n  standardize: 'no'\n"],
+        ["config", "train:\n  lr: .inf\n"],
+    ],
+)
+def test_bad_settings_are_refused_before_a_run_folder_exists(
+    how: list[str], sim_root: Path, tmp_path: Path
+) -> None:
+    """Flags, --set and config files: one line, exit 1, and no run folder (these used to end in
+    a traceback from torch or sklearn, after the run folder was made)."""
+    if how[0] == "config":
+        (tmp_path / "c.yaml").write_text(how[1])
+        how = ["--config", str(tmp_path / "c.yaml")]
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--epochs", "1", "--batch-size", "16", "--output", "quiet", "--no-evaluate",
+            "--run-root", str(tmp_path / "runs"), "--run-dir", str(tmp_path / "run"), *how]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "Traceback" not in result.output and result.exception is not None
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_run_folder(
+    sim_root: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    device = "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--epochs", "1", "--output", "quiet", "--device", device,
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("CUDA is not available" in result.output) or ("CUDA device(s) present" in result.output)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("foo: 1\n", "has no model, data, train section(s), so it is not a deeplense run"),
+        ("- 1\n- 2\n", "is not a mapping"),
+        (
+            "model: {name: resnet18}\ndata: {dataset: Model_III}\ntrain: {}\nfoo: 1\n",
+            "unknown section(s) foo",
+        ),
+        (
+            "model: {name: resnet18}\ndata: {dataset: Model_III}\ntrain: {lr: .nan}\n",
+            "train.lr must be a number in (0, 1], got nan",
+        ),
+    ],
+)
+def test_resume_refuses_a_config_that_is_not_a_deeplense_run(
+    config_text: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "config.yaml").write_text(config_text)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing written

@@ -686,3 +686,29 @@ def test_npy_headers_are_parsed_one_thread_at_a_time(tmp_path: Path) -> None:
         assert thread.is_alive()
     thread.join(5)
     assert not thread.is_alive() and len(done) == 2
+
+
+@pytest.mark.parametrize(
+    "n, per_class, shown, why",
+    [(5, 1000, 5, "the most any class has"), (40, 1000, 32, "the most a grid shows"),
+     (5, 3, 3, None)],
+)  # fmt: skip
+def test_show_caps_per_class_at_what_exists_and_bounds_the_figure(
+    n: int, per_class: int, shown: int, why: str | None, tmp_path: Path
+) -> None:
+    """--per-class 1000 on a few images per class drew 1000 columns of mostly empty panels
+    (200,000 pixels wide) and said "x 1000 images"."""
+    from PIL import Image
+
+    write_tree(tmp_path / "ds", classes=["a", "b"], n=n, size=8)
+    out = tmp_path / "grid.png"
+    args = ["data", "show", str(tmp_path / "ds"), "-o", str(out), "--per-class", str(per_class)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert f"2 classes x {shown} images" in res.output
+    if why:
+        assert f"--per-class {per_class} capped at {shown}, {why}" in res.output
+    else:
+        assert "capped" not in res.output
+    with Image.open(out) as im:
+        assert im.width <= 200 * shown + 50 and im.height <= 2 * 220 + 50  # 100 dpi panels

@@ -175,3 +175,77 @@ def test_checkpoints_refuse_pickled_code(trained_run: Path, tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["evaluate", str(copy)])
     assert result.exit_code == 1 and "cannot load checkpoint" in result.output
     assert not marker.exists()
+
+
+def test_evaluate_refuses_a_checkpoint_with_non_finite_outputs(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """A diverged checkpoint (NaN weights): one line, exit 1, nothing written (the NaN
+    probabilities used to reach sklearn's AUC and end in a traceback)."""
+    from deeplense_cli.runs.rundir import RunDir
+
+    copy = tmp_path / "nan"
+    shutil.copytree(trained_run, copy)
+    run = RunDir.open(copy)
+    state = run.load_checkpoint("best")
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first].fill_(float("nan"))
+    run.save_checkpoint("best", {k: v for k, v in state.items() if k != "format"})
+    shutil.rmtree(copy / "evaluation", ignore_errors=True)
+    result = CliRunner().invoke(cli, ["evaluate", str(copy)])
+    assert result.exit_code == 1, result.output
+    assert (
+        "non-finite outputs (NaN or inf)" in result.output
+        and "did the run diverge" in result.output
+    )
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+    assert not (copy / "evaluation" / "metrics.json").exists()
+
+
+def test_evaluate_skip_bad_leaves_out_bad_files_and_says_how_many(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """The bad-file message suggests --skip-bad: evaluate has it."""
+    data = tmp_path / "test"
+    shutil.copytree(sim_root / "Model_III_test", data)
+    (data / "cdm" / "broken.npy").write_bytes(b"not an array")
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["evaluate", str(trained_run), "--data", str(data)])
+    assert refused.exit_code == 1 and "--skip-bad" in refused.output
+    skipped = runner.invoke(
+        cli, ["evaluate", str(trained_run), "--data", str(data), "--skip-bad", "--json"]
+    )
+    assert skipped.exit_code == 0, skipped.output
+    metrics = json.loads(skipped.stdout)
+    assert metrics["n"] == 24 and metrics["skipped_files"] == 1
+    assert "skipped 1 bad file(s)" in skipped.stderr and "broken.npy" in skipped.stderr
+
+
+def test_evaluate_takes_an_onnx_file_and_reports_what_pytorch_reports(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """Users evaluate the artifact they deploy: an export through ONNX Runtime gives the same
+    metrics and figures as its run through PyTorch, on the same test folder."""
+    from deeplense_cli.deploy.export import export_onnx
+
+    model = export_onnx(trained_run, output=tmp_path / "m.onnx", validation_images=8).path
+    data = ["--dataset", "Model_III", "--data-root", str(sim_root)]
+    runner = CliRunner()
+    torch_run = runner.invoke(cli, ["evaluate", str(trained_run), *data, "--json"])
+    assert torch_run.exit_code == 0, torch_run.output
+    out = tmp_path / "onnx-eval"
+    onnx_run = runner.invoke(cli, ["evaluate", str(model), *data, "--out", str(out), "--json"])
+    assert onnx_run.exit_code == 0, onnx_run.output
+    a, b = json.loads(torch_run.output), json.loads(onnx_run.output)
+    assert b["onnx"] == str(model) and b["n"] == a["n"] == 24
+    assert b["confusion_matrix"] == a["confusion_matrix"]
+    assert b["macro_auc"] == pytest.approx(a["macro_auc"], abs=1e-3)
+    for name in ("metrics.json", "roc.png", "confusion_matrix.png", "axion_mass.png"):
+        assert (out / name).is_file()
+    rich = runner.invoke(cli, ["evaluate", str(model), *data, "--out", str(out)])
+    assert rich.exit_code == 0 and "macro" in rich.output
+    # an ONNX file has no data of its own
+    result = runner.invoke(cli, ["evaluate", str(model)])
+    assert result.exit_code == 1 and "carries no data of its own" in result.output
+    result = runner.invoke(cli, ["evaluate", str(tmp_path / "missing.onnx"), *data])
+    assert result.exit_code == 1 and "neither a file nor a shipped model" in result.output

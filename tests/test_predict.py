@@ -87,15 +87,42 @@ def test_jsonl_json_and_stdout_outputs(
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert lines == json.loads(js.read_text())
     assert len(lines) == 24 and set(lines[0]["probabilities"]) == set(CLASSES)
-    # without -o: a table on stdout; with --json: JSON lines on stdout only
+    # without -o: a table on stdout; with --jsonl: JSON lines on stdout only
     table = runner.invoke(cli, ["predict", str(model), str(test_folder / "cdm")])
     assert (
         table.exit_code == 0 and "Predictions" in table.output and "predicted class" in table.output
     )
-    as_json = CliRunner().invoke(cli, ["predict", str(model), str(test_folder / "cdm"), "--json"])
-    assert as_json.exit_code == 0, as_json.output
-    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    as_jsonl = CliRunner().invoke(cli, ["predict", str(model), str(test_folder / "cdm"), "--jsonl"])
+    assert as_jsonl.exit_code == 0, as_jsonl.output
+    rows = [json.loads(line) for line in as_jsonl.stdout.splitlines()]
     assert [r["path"] for r in rows] == [r["path"] for r in lines if "/cdm/" in r["path"]]
+
+
+def test_json_is_one_document_like_every_other_json_option(
+    exported: tuple[Path, Path], test_folder: Path, tmp_path: Path
+) -> None:
+    """`predict --json` printed JSON Lines while --json means one JSON document elsewhere."""
+    _, model = exported
+    runner = CliRunner()
+    doc = runner.invoke(cli, ["predict", str(model), str(test_folder / "cdm"), "--json"])
+    assert doc.exit_code == 0, doc.output
+    result = json.loads(doc.stdout)  # the whole of stdout is one document
+    assert result["images"] == 8 and result["classes"] == CLASSES
+    assert sum(result["counts"].values()) == 8 and result["skipped"] == []
+    paths = sorted(str(p) for p in (test_folder / "cdm").glob("*.npy"))
+    assert [r["path"] for r in result["predictions"]] == paths
+    assert set(result["predictions"][0]["probabilities"]) == set(CLASSES)
+    # with -o the predictions are in the file; stdout holds the summary document
+    out = tmp_path / "p.csv"
+    written = runner.invoke(
+        cli, ["predict", str(model), str(test_folder / "cdm"), "-o", str(out), "--json"]
+    )
+    assert written.exit_code == 0, written.output
+    summary = json.loads(written.stdout)
+    assert summary["output"] == str(out) and "predictions" not in summary
+    assert len(read_csv(out)) == 8
+    both = runner.invoke(cli, ["predict", str(model), str(test_folder), "--json", "--jsonl"])
+    assert both.exit_code == 1 and "choose one" in both.output
 
 
 def test_real_samples_and_axion_object_arrays(

@@ -530,3 +530,140 @@ def test_time_budget_shorter_than_an_epoch_truncates_it(
     assert state["scheduler"]["last_epoch"] == state["planned_steps"] < 10
     config = run.read_config()["train"]
     assert row["lr"] == pytest.approx(config["lr"] * config["min_lr_ratio"], rel=1e-6)
+
+
+# ---- faults a user meets (issue 23): divergence, skipped files, resume flags, signals ---
+
+# A tiny network for fast CLI runs; BLOWUP's outputs turn infinite outside training mode, as
+# a diverged model's do, while its training losses stay finite.
+TINY_PLUGIN = """
+    from deeplense_cli import Architecture, hookimpl
+
+    def build(*, image_size, num_classes, in_channels, blowup=False):
+        import torch.nn as nn
+
+        class Net(nn.Sequential):
+            def forward(self, x):
+                out = super().forward(x)
+                return out * float("inf") if blowup and not self.training else out
+
+        return Net(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                   nn.Linear(4, num_classes))
+
+    @hookimpl
+    def register_architectures(register):
+        register(Architecture(name="Tiny", factory=build, defaults={"blowup": False},
+                              description="tiny test net", image_sizes=(64,)))
+"""
+
+
+def _tiny_train(data: Path, run_dir: Path, *extra: str) -> Any:
+    args = ["train", "-m", "tiny", "--data", str(data), "--run-dir", str(run_dir),
+            "--epochs", "1", "--batch-size", "16", "--num-threads", "1", "--no-evaluate"]  # fmt: skip
+    return CliRunner().invoke(cli, [*args, *extra])
+
+
+def test_validation_refuses_non_finite_outputs(trained_run: Path) -> None:
+    """A diverged model's NaN outputs never reach the metrics (sklearn's AUC raised a
+    ValueError with a traceback on them)."""
+    import torch
+
+    from deeplense_cli.core.errors import DeepLenseError
+    from deeplense_cli.data.splits import load_splits
+    from deeplense_cli.training.loop import Trainer
+
+    run = RunDir.open(trained_run)
+    config = run.read_config()
+    trainer = Trainer(config, run, load_splits(config))
+    assert np.isfinite(trainer.validate()["val_loss"])
+    with torch.no_grad():
+        next(trainer.eval_model().parameters()).fill_(float("nan"))
+    with pytest.raises(DeepLenseError, match="training diverged"):
+        trainer.validate()
+
+
+def test_a_diverged_run_stops_in_one_line_and_leaves_no_folder(
+    fake_plugin: Callable[..., None], sim_root: Path, tmp_path: Path
+) -> None:
+    fake_plugin("tiny", TINY_PLUGIN)
+    run_dir = tmp_path / "diverged"
+    result = _tiny_train(sim_root / "Model_III", run_dir, "--set", "model.blowup=true")
+    assert result.exit_code == 1, result.output
+    assert "Error: training diverged" in result.output and "Traceback" not in result.output
+    assert not run_dir.exists()  # no checkpoint: resuming would only start it again
+
+
+@pytest.mark.parametrize("output", ["jsonl", "rich", "quiet"])
+def test_skip_bad_says_how_many_and_quiet_names_the_run_once(
+    output: str, fake_plugin: Callable[..., None], sim_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    fake_plugin("tiny", TINY_PLUGIN)
+    data = tmp_path / "data"
+    shutil.copytree(sim_root / "Model_III", data)
+    (data / "cdm" / "broken.npy").write_bytes(b"not an array")
+    result = _tiny_train(data, tmp_path / "run", "--skip-bad", "--output", output)
+    assert result.exit_code == 0, result.output
+    if output == "jsonl":
+        start = json.loads(result.stdout.splitlines()[0])
+        assert start["event"] == "start" and start["skipped_files"] == 1
+        assert any("skipped 1 bad file(s)" in w and "broken.npy" in w for w in start["warnings"])
+    elif output == "rich":
+        assert "skipped 1 bad file(s)" in result.stderr and "broken.npy" in result.stderr
+    else:
+        assert result.output.count("Run directory:") == 1
+
+
+def test_resume_refuses_settings_it_cannot_apply_and_says_what_it_applies(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    saved = (run_dir / "config.yaml").read_bytes()
+    args = ["train", "--resume", str(run_dir), "--no-evaluate", "--output", "quiet"]
+    refused = CliRunner().invoke(cli, [*args, "--lr", "0.5", "--batch-size", "8", "-m", "resnet18"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert refused.output.startswith("Error: --lr, --batch-size, --model cannot change when resum")
+    assert refused.output.count("\n") == 1
+    refused = CliRunner().invoke(cli, [*args, "--set", "train.seed=3"])
+    assert refused.exit_code == 1 and "--set cannot change" in refused.output
+    assert (run_dir / "config.yaml").read_bytes() == saved  # nothing written
+    # the ones that can change are applied, said, and kept in config.yaml
+    applied = CliRunner().invoke(cli, [*args, "--epochs", "1", "--device", "cpu"])
+    assert applied.exit_code == 0, applied.output
+    assert "with --epochs 1, --device cpu" in " ".join(applied.output.split())  # rich wraps
+    assert RunDir.open(run_dir).read_config()["train"]["device"] == "cpu"
+    assert [r["epoch"] for r in RunDir.open(run_dir).read_metrics()] == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_jsonl_stream_reports_an_interrupted_run(
+    signum: int, sim_root: Path, tmp_path: Path
+) -> None:
+    """Ctrl+C or SIGTERM: the JSON-lines stream ends with an `interrupted` event, exit 130."""
+    env = {**os.environ, "DEEPLENSE_JSONL_BATCH_EVERY": "0", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "deeplense_cli", "train", "-m", "resnet18", "--dataset",
+            "Model_III", "--data-root", str(sim_root), "--epochs", "50", "--batch-size", "16",
+            "--num-threads", "1", "--output", "jsonl", "--no-evaluate",
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "epoch":
+            proc.send_signal(signum)
+            break
+    rest, err = proc.communicate(timeout=120)
+    events += [json.loads(line) for line in rest.splitlines()]
+    assert proc.returncode == 130, err[-2000:]
+    assert events[-1]["event"] == "interrupted" and events[-1]["run_dir"] == str(tmp_path / "run")
+    assert events[-1]["epochs_completed"] >= 1
+    assert "Interrupted." in err and "Traceback" not in err
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # it can be resumed

@@ -98,7 +98,14 @@ def info(target: str, as_json: bool, data_root: str | None) -> None:
 @click.command()
 @click.argument("target", metavar="PATH|NAME")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
-@click.option("--per-class", default=4, show_default=True, type=int, help="Images per class.")
+@click.option(
+    "--per-class",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Images per class; capped at what the largest class holds and at 32, so the PNG "
+    "stays under 6,400 pixels wide.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Which examples to pick.")
 @click.option("--test", "use_test", is_flag=True, help="Draw from the test folder.")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable files instead of failing.")
@@ -114,7 +121,12 @@ def show(
 ) -> None:
     """Draw example images of each class into a PNG grid (labelled with class and axion mass)."""
     from deeplense_cli.data.imageset import load_image_set
-    from deeplense_cli.data.summary import save_example_grid, source_for
+    from deeplense_cli.data.summary import (
+        MAX_PER_CLASS,
+        examples_per_class,
+        save_example_grid,
+        source_for,
+    )
 
     source = source_for(target, data_root)
     folder = source.train_dir
@@ -126,9 +138,14 @@ def show(
         image_set = load_image_set(folder, skip_bad=skip_bad, progress=progress)
     for w in image_set.warnings:
         err_console().print(f"warning: {w}", markup=False, soft_wrap=True)
+    shown = examples_per_class(image_set, per_class)
     path = save_example_grid(image_set, output, per_class=per_class, seed=seed)
+    capped = ""
+    if shown < per_class:
+        why = "the most a grid shows" if shown == MAX_PER_CLASS else "the most any class has"
+        capped = f"; --per-class {per_class} capped at {shown}, {why}"
     console().print(
-        f"Wrote {path} ({len(image_set.classes)} classes x {per_class} images from {folder})",
+        f"Wrote {path} ({len(image_set.classes)} classes x {shown} images from {folder}{capped})",
         markup=False,
         soft_wrap=True,
     )

@@ -1,6 +1,8 @@
-"""``deeplense evaluate RUN``: metrics, ROC and confusion matrix on a held-out split."""
+"""``deeplense evaluate RUN|MODEL.onnx|NAME``: metrics, ROC and confusion matrix on held-out data."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -10,7 +12,7 @@ from deeplense_cli.runs.rundir import RunDir
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("target", metavar="RUN|MODEL")
 @click.option(
     "--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True
 )
@@ -27,9 +29,19 @@ from deeplense_cli.runs.rundir import RunDir
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option(
+    "--skip-bad", is_flag=True, help="Leave out unreadable or invalid files (says how many)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Write metrics.json and the figures here [default: RUN/evaluation*/, or for a model "
+    "RUN_ROOT/evaluations/<model>-<folder>/].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 def evaluate(
-    run_dir: str,
+    target: str,
     split: str,
     data_path: str | None,
     dataset: str | None,
@@ -37,23 +49,47 @@ def evaluate(
     checkpoint: str,
     device: str,
     batch_size: int,
+    skip_bad: bool,
+    out_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Evaluate a trained run: accuracy, per-class ROC AUC (softmax, one-vs-rest), macro and
-    micro AUC, confusion matrix, precision and recall."""
-    from deeplense_cli.evaluation.evaluate import evaluate_run
+    """Evaluate a trained run directory, an exported .onnx file or a shipped model (by name,
+    see `deeplense models pretrained`): accuracy, per-class ROC AUC (softmax, one-vs-rest),
+    macro and micro AUC, confusion matrix, precision and recall, axion recall by mass.
 
-    run = RunDir.open(run_dir)
-    metrics = evaluate_run(
-        run,
-        split=split,
-        data=data_path,
-        dataset=dataset,
-        data_root=data_root,
-        checkpoint=checkpoint,
-        device=device,
-        batch_size=batch_size,
-    )
+    A run is evaluated with PyTorch on its own test split (or --split, --data, --dataset); an
+    ONNX model with ONNX Runtime on --dataset (its test folder) or --data."""
+    out = Path(out_dir) if out_dir else None
+    if Path(target).is_dir():
+        from deeplense_cli.evaluation.evaluate import evaluate_run
+
+        metrics = evaluate_run(
+            RunDir.open(target),
+            split=split,
+            data=data_path,
+            dataset=dataset,
+            data_root=data_root,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            out_dir=out,
+        )
+    else:
+        from deeplense_cli.deploy.evaluate_onnx import evaluate_onnx
+
+        metrics = evaluate_onnx(
+            target,
+            data=data_path,
+            dataset=dataset,
+            data_root=data_root,
+            device=device,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            out_dir=out,
+        )
+    for warning in metrics.get("warnings", []):
+        err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)
     if as_json:
         print_json(metrics)
         return

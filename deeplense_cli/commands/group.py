@@ -8,11 +8,13 @@ from typing import Any
 
 import click
 
+from deeplense_cli.core.atomic import destination_fault, fault_message
 from deeplense_cli.core.errors import DeepLenseError
 
 
 class DeepLenseGroup(click.Group):
-    """A group that loads subcommands lazily and turns DeepLenseError into one line."""
+    """A group that loads subcommands lazily and turns DeepLenseError (and a destination
+    fault: full disk, read-only, no permission) into one line."""
 
     def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -36,3 +38,12 @@ class DeepLenseGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Last resort: a full, read-only or unwritable destination that the write did not
+            # report itself (also one re-raised from a worker process) is one line all the same.
+            fault = destination_fault(exc)
+            if fault is None:
+                raise
+            raise click.ClickException(fault_message(fault, None)) from None

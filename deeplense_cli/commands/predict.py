@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.core.errors import DeepLenseError
 
 
 @click.command()
@@ -49,7 +50,18 @@ from deeplense_cli.core.console import console, err_console
     show_default=True,
     help="For a run directory MODEL.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document (the summary, and the predictions unless -o) instead of tables.",
+)
+@click.option(
+    "--jsonl",
+    "as_jsonl",
+    is_flag=True,
+    help="Stream one JSON line per file as it is predicted (the summary goes to stderr).",
+)
 def predict(
     model: str,
     inputs: tuple[str, ...],
@@ -61,6 +73,7 @@ def predict(
     threads: int | None,
     checkpoint: str,
     as_json: bool,
+    as_jsonl: bool,
 ) -> None:
     """Predict the class of each image file in INPUTS (files or folders, searched
     recursively; .npy including the released axion [image, mass] arrays, .npz, FITS, PNG,
@@ -83,6 +96,9 @@ def predict(
 
     from deeplense_cli.deploy.predict import Prediction, Summary, prediction_record
     from deeplense_cli.deploy.predict import predict as run_predict
+
+    if as_json and as_jsonl:
+        raise DeepLenseError("--json and --jsonl both print to stdout; choose one")
 
     rows: list[Prediction] = []
     classes: list[str] = []
@@ -112,7 +128,7 @@ def predict(
         progress.update(task[0], advance=n, rate=rate)
 
     def on_prediction(pred: Prediction) -> None:
-        if as_json:
+        if as_jsonl:
             sys.stdout.write(json.dumps(prediction_record(pred, classes)) + "\n")
         else:
             rows.append(pred)
@@ -135,7 +151,13 @@ def predict(
     finally:
         progress.stop()
 
-    if not output and not as_json:
+    if as_json:
+        document = summary.to_dict()
+        if not output:
+            document["predictions"] = [prediction_record(p, classes) for p in rows]
+        print_json(document)
+        return
+    if not output and not as_jsonl:
         table = Table(title="Predictions")
         table.add_column("file", overflow="fold")
         table.add_column("predicted")
@@ -152,8 +174,8 @@ def predict(
     for c in summary.classes:
         n = summary.counts.get(c, 0)
         counts.add_row(c, str(n), f"{n / summary.images:.1%}" if summary.images else "-")
-    # With --json, stdout holds only the JSON Lines.
-    (err_console() if as_json else console()).print(counts)
+    # With --jsonl, stdout holds only the JSON Lines.
+    (err_console() if as_jsonl else console()).print(counts)
     for item in summary.skipped:
         err_console().print(f"[yellow]Skipped[/] {item}")
     if output:

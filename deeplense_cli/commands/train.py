@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from typing import Any
 
 import click
@@ -12,8 +14,10 @@ from deeplense_cli.commands.options import option_group
 from deeplense_cli.commands.slurm import slurm_flags, slurm_options, train_on_slurm
 from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.version import __version__
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
+from deeplense_cli.training.reporters import JsonlReporter
 
 # Where the data is and how it is split: the flags that :func:`data_flags` reads.
 data_options = option_group(
@@ -54,7 +58,8 @@ def output_option(fn: Any) -> Any:
         type=click.Choice(["rich", "jsonl", "quiet"]),
         default="rich",
         show_default=True,
-        help="Progress display: rich bars, JSON lines on stdout, or quiet.",
+        help="Progress display: rich bars, JSON lines on stdout (an 'interrupted' event on "
+        "Ctrl+C or SIGTERM), or quiet (only the run directory).",
     )(fn)
 
 
@@ -126,7 +131,9 @@ def output_option(fn: Any) -> Any:
     "--resume",
     "resume_run",
     type=click.Path(exists=True, file_okay=False),
-    help="Continue a run from its last checkpoint.",
+    help="Continue a run from its last checkpoint, with its own settings: only --epochs, "
+    "--device, --num-threads and the SLURM resources may be given (they are applied); other "
+    "setting flags are an error.",
 )
 @click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
 @output_option
@@ -144,9 +151,7 @@ def train(**kw: Any) -> None:
     """
 
     if kw["resume_run"]:
-        config, run = resume_config(kw["resume_run"], epochs=kw["epochs"])
-        err_console().print(f"Resuming run {run.path}")
-        _run(config, run, kw, resume=True)
+        _resume(kw)
         return
 
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
@@ -186,6 +191,8 @@ def train(**kw: Any) -> None:
 
         click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
         return
+    if not kw["slurm"]:  # a SLURM job checks the device on its node
+        _check_device(config)
     if kw["run_dir"]:
         from pathlib import Path
 
@@ -206,14 +213,82 @@ def train(**kw: Any) -> None:
     err_console().print(f"Run directory: {run.path}")
     try:
         _run(config, run, kw, resume=False)
-    except BaseException:
-        # Failed before the run was initialised (bad data, bad model settings...): leave
-        # nothing half-made behind. A run with a config.yaml can be resumed, so it stays.
-        if not run.config_path.exists():
+    except BaseException as exc:
+        # Failed before the run was initialised (bad data, bad model settings...), or failed
+        # (diverged, disk full) before its first checkpoint: resuming would only start it
+        # again, so leave nothing behind. An interrupted run with a config.yaml stays, and so
+        # does a SLURM run (its folder holds the job's logs).
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        started = kw["slurm"] or interrupted or run.checkpoint_path("last").exists()
+        if not (run.config_path.exists() and started):
             import shutil
 
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+
+
+# What --resume applies from the command line (train settings first); every other setting
+# is the run's own (its config.yaml), and giving one is an error rather than ignored.
+RESUME_SETTINGS = {"epochs": "--epochs", "device": "--device", "num_threads": "--num-threads"}
+RESUME_OTHER = {"resume_run", "output", "no_evaluate", "print_config", "slurm", "wait"}
+RESUME_SLURM = {"partition", "gpus", "cpus", "mem", "time_limit", "account", "qos"}
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (
+        ParameterSource.COMMANDLINE,
+        ParameterSource.ENVIRONMENT,
+    )
+
+
+def _flag_name(ctx: click.Context, name: str) -> str:
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _resume(kw: dict[str, Any]) -> None:
+    """``train --resume RUN``: continue with the run's config; refuse the flags that would
+    change what it trains, apply the ones of :data:`RESUME_SETTINGS` and the SLURM resources
+    and say so."""
+    ctx = click.get_current_context()
+    allowed = set(RESUME_SETTINGS) | RESUME_OTHER | RESUME_SLURM
+    refused = [_flag_name(ctx, n) for n in kw if n not in allowed and _given(ctx, n)]
+    if refused:
+        raise click.ClickException(
+            f"{', '.join(refused)} cannot change when resuming a run (it continues with "
+            f"the settings in its config.yaml); only {', '.join(RESUME_SETTINGS.values())} "
+            "and the SLURM resources can. Start a new run to change the others"
+        )
+    config, run = resume_config(
+        kw["resume_run"], **{key: kw[key] for key in RESUME_SETTINGS if _given(ctx, key)}
+    )
+    slurm = {k: v for k, v in slurm_flags(kw).items() if v is not None}
+    config["slurm"].update(slurm)
+    if kw["print_config"]:
+        import yaml
+
+        click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+        return
+    if not kw["slurm"]:
+        _check_device(config)
+    applied = [f"{flag} {kw[key]}" for key, flag in RESUME_SETTINGS.items() if _given(ctx, key)]
+    applied += [f"slurm.{key} {value}" for key, value in slurm.items()]
+    if applied:
+        run.write_config({**config, "deeplense_version": __version__})
+    err_console().print(
+        f"Resuming run {run.path}" + (f" with {', '.join(applied)}" if applied else "")
+    )
+    _run(config, run, kw, resume=True)
+
+
+def _check_device(config: dict[str, Any]) -> None:
+    """Refuse a device (or mixed precision) this machine does not have before the run folder
+    is made."""
+    from deeplense_cli.core.device import autocast_dtype, resolve_device
+
+    autocast_dtype(resolve_device(str(config["train"]["device"])), str(config["train"]["amp"]))
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
@@ -224,15 +299,40 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
     from deeplense_cli.training.loop import train as run_training
 
     reporter = make_reporter(kw["output"])
-    result = run_training(
-        config, run, reporter=reporter, resume=resume, evaluate=not kw["no_evaluate"]
-    )
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (a job scheduler's stop) ends the run like Ctrl+C: the reporters say so
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_training(
+            config, run, reporter=reporter, resume=resume, evaluate=not kw["no_evaluate"]
+        )
+    except KeyboardInterrupt:
+        if isinstance(reporter, JsonlReporter):
+            reporter.interrupted({"run_dir": str(run.path), "epochs_completed": _epochs_done(run)})
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     if kw["output"] == "jsonl":
         if result.evaluation:
             click.echo(json.dumps({"event": "evaluation", **result.evaluation}, default=str))
         return
-    if result.evaluation and kw["output"] == "rich":
+    if kw["output"] == "quiet":
+        return  # the run directory was printed when the run started
+    if result.evaluation:
         title = f"{config['model']['name']} on the test split"
         console().print(*evaluation_tables(result.evaluation, title))
         err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")
     err_console().print(f"Run directory: {run.path}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _epochs_done(run: RunDir) -> int:
+    try:
+        return len(run.read_metrics())
+    except Exception:  # an unreadable metrics file must not hide the interruption
+        return 0

@@ -19,9 +19,7 @@ from __future__ import annotations
 import http.cookiejar
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 
-from deeplense_cli.core import paths
+from deeplense_cli.core import atomic, paths
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.sources import KNOWN_DATASETS, canonical_name
 
@@ -39,6 +37,7 @@ URL_ENV = "DEEPLENSE_DOWNLOAD_URL"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 USER_AGENT = "deeplense-downloader/1 (urllib)"
+DOWNLOAD_HINT = "free some space there or choose another --data-root"
 
 # Google Drive ids of the published archives; sizes are approximate (for messages only).
 DRIVE_IDS: dict[str, tuple[str, str]] = {
@@ -126,8 +125,9 @@ def fetch(
     drive: bool = False,
 ) -> Path:
     """Download ``url`` to ``dest`` via ``dest.part``, resuming a partial file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    with atomic.writing(part, DOWNLOAD_HINT):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     opener = _opener()
     for _ in range(4):  # the Drive warning page and a stale .part each cost one round
         offset = part.stat().st_size if part.exists() else 0
@@ -177,7 +177,7 @@ def fetch(
                     f"{expected_size} are expected; check the URL"
                 )
             done = offset
-            with open(part, "ab" if offset else "wb") as fh:
+            with atomic.writing(part, DOWNLOAD_HINT), open(part, "ab" if offset else "wb") as fh:
                 try:
                     while chunk := resp.read(CHUNK):
                         fh.write(chunk)
@@ -185,6 +185,10 @@ def fetch(
                         if progress is not None:
                             progress(dest.name, done, total)
                 except (OSError, urllib.error.URLError, EOFError) as exc:
+                    # a full or read-only disk is not an interrupted download
+                    failure = atomic.write_failure(exc, part, DOWNLOAD_HINT)
+                    if failure is not None:
+                        raise failure from None
                     raise DeepLenseError(
                         f"download of {dest.name} interrupted after {done} bytes ({exc}); "
                         "run the same command again to resume"
@@ -238,16 +242,18 @@ def unpack_archive(archive: Path, root: Path, folder: str) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             top = _check_members(archive, members)
-            tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{folder}-", dir=root))
-            try:
+            # unpacked beside the destination (one filesystem for the rename); a killed
+            # unpack's folder is swept by the next download
+            with atomic.temp_folder(dest, hint=DOWNLOAD_HINT) as tmp:
                 tar.extractall(tmp, members=members, filter="data")
                 src = tmp / top
                 if not src.is_dir():
                     raise DeepLenseError(f"{archive.name}: top-level entry {top!r} is not a folder")
                 os.rename(src, dest)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        failure = atomic.write_failure(exc, dest, DOWNLOAD_HINT)
+        if failure is not None:
+            raise failure from None
         raise DeepLenseError(
             f"{archive} is not a readable .tgz archive ({exc}); delete it and download again"
         ) from None
@@ -270,7 +276,9 @@ def download_dataset(
 ) -> list[DownloadResult]:
     """Fetch, verify and unpack the train and test archives of ``dataset`` into the data root."""
     root = paths.data_root(data_root)
-    root.mkdir(parents=True, exist_ok=True)
+    with atomic.writing(root, DOWNLOAD_HINT):
+        root.mkdir(parents=True, exist_ok=True)
+    atomic.sweep(root)  # unpacked folders of a killed run
     base = url_base or os.environ.get(URL_ENV) or None
     results = []
     for arch in archives_for(dataset):

@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli.core import paths
+from deeplense_cli.core import atomic, paths
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import (
     BadImageError,
@@ -44,6 +43,7 @@ from deeplense_cli.data.readers import (
 )
 
 CACHE_VERSION = 1
+CACHE_HINT = "free disk space, or point DEEPLENSE_HOME somewhere writable"
 SHOW_BAD = 5
 Progress = Callable[[int, int], None]
 
@@ -202,21 +202,19 @@ def _read_in_order(files: list[Path], workers: int) -> Iterator[_Read]:
 
 
 def _build_cache(root: Path, scan: _Scan, target: Path, progress: Progress | None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    with atomic.writing(target.parent, CACHE_HINT):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    atomic.sweep(target.parent)  # caches half-built by a killed process
+    with atomic.temp_folder(target, hint=CACHE_HINT) as tmp:
         _write_cache(root, scan, tmp, progress)
         try:
             os.rename(tmp, target)
         except OSError:
             if not (target / "meta.json").is_file():
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process built it first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            # another process built it first; the temporary folder goes with the block
     for old in target.parent.iterdir():  # older manifests of the same folder
-        if old != target and not old.name.startswith(".tmp-"):
+        if old != target and not old.name.startswith("."):  # hidden: being built
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -347,8 +345,7 @@ def load_image_set(
             _build_cache(root, scan, target, progress)
         except OSError as exc:
             raise DeepLenseError(
-                f"cannot write the image cache in {target.parent} ({exc}); free disk space, "
-                "or point DEEPLENSE_HOME somewhere writable"
+                f"cannot write the image cache in {target.parent} ({exc}); {CACHE_HINT}"
             ) from None
         meta = json.loads(meta_path.read_text())
     return _open_cache(root, target, meta, classes, skip_bad)

@@ -86,6 +86,20 @@ def dataset_info(
     return info
 
 
+# The most examples per class `data show` draws: the figure stays under 6,400 pixels wide.
+MAX_PER_CLASS = 32
+
+
+def examples_per_class(image_set: ImageSet, per_class: int) -> int:
+    """How many columns a grid of ``per_class`` examples has: ``per_class``, capped at the
+    largest class (a class with fewer images leaves its last panels empty) and at
+    :data:`MAX_PER_CLASS`."""
+    if per_class < 1:
+        raise DeepLenseError(f"--per-class must be at least 1, got {per_class}")
+    largest = max(image_set.counts().values(), default=0)
+    return max(1, min(per_class, largest, MAX_PER_CLASS))
+
+
 def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np.ndarray]:
     """Up to ``per_class`` indices of each class, chosen by ``seed``, sorted."""
     rng = np.random.default_rng(seed)
@@ -100,9 +114,9 @@ def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np
 def save_example_grid(
     image_set: ImageSet, out: str | os.PathLike[str], per_class: int = 4, seed: int = 0
 ) -> Path:
-    """A PNG grid: one row per class, ``per_class`` images each, titled with the axion mass."""
-    if per_class < 1:
-        raise DeepLenseError(f"--per-class must be at least 1, got {per_class}")
+    """A PNG grid: one row per class, ``per_class`` images each (at most what the largest
+    class has, see :func:`examples_per_class`), titled with the axion mass."""
+    per_class = examples_per_class(image_set, per_class)
     out_path = Path(out)
     if out_path.suffix.lower() != ".png":
         raise DeepLenseError(f"{out_path}: the grid is written as PNG; use a .png file name")
@@ -129,6 +143,7 @@ def save_example_grid(
             ax.set_title(title, fontsize=8)
     fig.suptitle(f"{image_set.root.name}: {per_class} per class", fontsize=10)
     fig.tight_layout()
+    atomic.sweep(out_path.parent, out_path.name)  # what a killed run left half-written
     with atomic.atomic_path(out_path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return out_path

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -302,6 +301,9 @@ def export_fp32(
                         external_data=False,
                     )
         except Exception as exc:
+            failure = atomic.write_failure(exc, path)
+            if failure is not None:  # full or read-only: another exporter fares no better
+                raise failure from None
             errors.append(f"{kind}: {first_line(exc)}")
             continue
         data_file = Path(f"{os.fspath(path)}.data")
@@ -412,6 +414,9 @@ def quantize_int8(
                 weight_type=getattr(QuantType, weights),
             )
         except Exception as exc:  # ONNX Runtime's quantizer does not cover every graph
+            failure = atomic.write_failure(exc, dst)
+            if failure is not None:  # the destination's fault, not the quantizer's
+                raise failure from None
             raise DeepLenseError(
                 f"int8 quantisation of this model failed in ONNX Runtime "
                 f"({type(exc).__name__}: {first_line(exc)}); export it as fp32 instead"
@@ -547,8 +552,10 @@ def _export_validated(
     progress: Callable[[str], None] | None,
 ) -> ExportResult:
     classes, transform = run.classes, run.transform
-    with tempfile.TemporaryDirectory(prefix="deeplense-export-") as workdir:
-        fp32_path = Path(workdir) / "fp32.onnx"
+    # The work folder sits beside the target: one filesystem, so the finished model is
+    # renamed into place (a system temporary folder may be another filesystem).
+    with atomic.temp_folder(target) as workdir:
+        fp32_path = workdir / "fp32.onnx"
         _log(progress, f"exporting ({kind} exporter)")
         used_exporter, used_opset = export_fp32(
             model, data.test, fp32_path, opset, kind, standard_ops=standard_ops
@@ -670,6 +677,7 @@ def export_onnx(
         raise DeepLenseError(f"{target}: the output file name must end in .onnx")
     if target.is_dir():
         raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
+    atomic.sweep(target.parent, target.name)  # what a killed export left half-written
 
     _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
     model = run.build_model(checkpoint)
@@ -700,6 +708,8 @@ def export_onnx(
                 int8_scheme,
                 progress,
             )
+        except atomic.WriteError:
+            raise  # full or read-only: the other exporter would fail the same way
         except DeepLenseError as exc:
             failures.append(f"{kind} exporter: {exc}")
             continue

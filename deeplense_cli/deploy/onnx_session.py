@@ -331,6 +331,7 @@ def _cached_cpu_session(ort: Any, path: Path, threads: int | None, spinning: boo
                 )
             except Exception:  # a damaged cache entry: rebuild it
                 cached.unlink(missing_ok=True)
+        atomic.sweep(cached.parent)  # entries a killed process left half-written
         with atomic.atomic_path(cached, suffix=".onnx") as tmp:
             so = session_options(threads, spinning, "all", optimized_model_path=tmp)
             session = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])

@@ -40,12 +40,13 @@ def _select(
     data: str | os.PathLike[str] | None,
     dataset: str | None,
     data_root: str | None,
+    skip_bad: bool = False,
 ) -> tuple[ImageSet, np.ndarray, str]:
     classes = run.classes
     if data is not None or dataset is not None:
         source = resolve_source(dataset=dataset, data=data, data_root=data_root)
         folder = source.test_dir if (dataset is not None and source.test_dir) else source.train_dir
-        images = load_image_set(folder)
+        images = load_image_set(folder, skip_bad=skip_bad)
         if list(images.classes) != list(classes):
             raise DeepLenseError(
                 f"{folder} has classes {images.classes} but the model was trained on {classes}; "
@@ -53,7 +54,10 @@ def _select(
             )
         return images, np.arange(len(images.labels)), str(folder)
     if splits is None:
-        splits = load_splits(run.read_config())
+        config = run.read_config()
+        if skip_bad:
+            config["data"] = {**config["data"], "skip_bad": True}
+        splits = load_splits(config)
     if list(splits.classes) != list(classes):
         raise DeepLenseError(
             f"the run's data now has classes {splits.classes} but the model was trained on {classes}"
@@ -79,9 +83,14 @@ def evaluate_run(
     batch_size: int = 256,
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png."""
-    images, idx, what = _select(run, split, splits, data, dataset, data_root)
+    """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png.
+
+    ``skip_bad``: leave unreadable files of the evaluated data out (counted in the result's
+    ``skipped_files`` and ``warnings``) instead of failing.
+    """
+    images, idx, what = _select(run, split, splits, data, dataset, data_root, skip_bad)
     if len(idx) == 0:
         raise DeepLenseError(f"the {what} is empty; nothing to evaluate")
     classes = run.classes
@@ -99,12 +108,13 @@ def evaluate_run(
         device=dev,
         progress=progress,
     )
-    labels = np.asarray(images.labels)[idx]
-    probs = softmax(logits.astype(np.float64))
-    metrics = classification_metrics(labels, probs, classes, loss=mean_log_loss(probs, labels))
-    by_mass = axion_mass_bins(labels, probs.argmax(axis=1), images.axion_mass[idx], classes)
-    if by_mass:
-        metrics["axion_mass_bins"] = by_mass
+    check_finite(
+        logits,
+        f"the {checkpoint} checkpoint of {run.path}",
+        "its weights are broken (did the run diverge?); evaluate another checkpoint or retrain "
+        "with a lower --lr",
+    )
+    metrics = score(logits, images, idx, classes, skip_bad)
     ckpt = run.load_checkpoint(checkpoint)
     metrics.update(
         {
@@ -119,6 +129,49 @@ def evaluate_run(
     if out_dir is None:
         tag = split if (data is None and dataset is None) else "external"
         out_dir = run.evaluation_dir if tag == "test" else run.path / f"evaluation-{tag}"
+    write_report(metrics, logits, images, idx, out_dir, what)
+    metrics["out_dir"] = str(out_dir)
+    return metrics
+
+
+def check_finite(logits: np.ndarray, what: str, hint: str) -> None:
+    """Refuse NaN or inf outputs in one line (they would fail inside sklearn's AUC)."""
+    bad = int((~np.isfinite(logits).all(axis=1)).sum())
+    if bad:
+        raise DeepLenseError(
+            f"{what} gives non-finite outputs (NaN or inf) on {bad} of {len(logits)} images: {hint}"
+        )
+
+
+def score(
+    logits: np.ndarray, images: ImageSet, idx: np.ndarray, classes: list[str], skip_bad: bool
+) -> dict[str, Any]:
+    """The metrics of ``logits`` on ``images[idx]``: the same for a run and an ONNX file."""
+    labels = np.asarray(images.labels)[idx]
+    probs = softmax(logits.astype(np.float64))
+    metrics = classification_metrics(labels, probs, classes, loss=mean_log_loss(probs, labels))
+    if skip_bad:
+        metrics["skipped_files"] = len(images.skipped)
+        metrics["warnings"] = list(images.warnings)
+    by_mass = axion_mass_bins(labels, probs.argmax(axis=1), images.axion_mass[idx], classes)
+    if by_mass:
+        metrics["axion_mass_bins"] = by_mass
+    return metrics
+
+
+def write_report(
+    metrics: dict[str, Any],
+    logits: np.ndarray,
+    images: ImageSet,
+    idx: np.ndarray,
+    out_dir: Path,
+    what: str,
+) -> None:
+    """Write metrics.json and the figures (ROC, confusion matrix, axion recall by mass)."""
+    classes = list(metrics["classes"])
+    labels = np.asarray(images.labels)[idx]
+    probs = softmax(logits.astype(np.float64))
+    by_mass = metrics.get("axion_mass_bins")
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = roc_curves(labels, probs, classes)
     aucs = {**metrics["auc"], "micro": metrics["micro_auc"], "macro": metrics["macro_auc"]}
@@ -134,5 +187,3 @@ def evaluate_run(
     elif mass_plot.exists():
         mass_plot.unlink()  # from an earlier evaluation on data that carried masses
     atomic.write_json(out_dir / "metrics.json", metrics)
-    metrics["out_dir"] = str(out_dir)
-    return metrics

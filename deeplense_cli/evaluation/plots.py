@@ -20,10 +20,14 @@ def _figure() -> Any:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
-    """Write ``fig`` to ``path`` as PNG atomically, then free it."""
-    with atomic.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    """Write ``fig`` to ``path`` as PNG atomically, then free it. The folder is the run's
+    evaluation folder: what a killed evaluation left half-written there goes first."""
+    atomic.sweep(path.parent)
+    try:
+        with atomic.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
 
 
 def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: str) -> None:

@@ -131,9 +131,16 @@ class RunDir:
         import torch
 
         path = self.checkpoint_path(which)
-        with atomic.atomic_path(path) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        # Through a Python file, so that a full disk surfaces as an OSError (torch's own
+        # writer says only "unexpected pos").
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
         return path
+
+    def sweep(self) -> int:
+        """Remove temporary files that a killed writer left in the run (see atomic.sweep)."""
+        folders = [self.path, self.checkpoint_dir, self.evaluation_dir]
+        return sum(atomic.sweep(folder) for folder in folders)
 
     def load_checkpoint(self, which: str = "best") -> dict[str, Any]:
         """Load a checkpoint with ``weights_only=True``: no pickle code can run."""

@@ -7,11 +7,9 @@ of this module so that spawned processes can import them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data import KNOWN_CLASSES
 from deeplense_cli.data.readers import read_npy
@@ -59,18 +58,11 @@ def _save_sample(path: Path, image: np.ndarray, axion_mass: float) -> None:
         arr = np.empty(2, dtype=object)
         arr[0] = np.ascontiguousarray(image, dtype=np.float64)
         arr[1] = np.float64(axion_mass)
-    # Temp file + os.replace: readers and resumed runs never see half a file. No fsync per file
-    # (unlike deeplense_cli.core.atomic), as it would dominate the run: after a power loss a
-    # damaged file fails the load check on the next run and is simply rewritten.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=arr.dtype.hasobject)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # Readers and resumed runs never see half a file. No fsync per file, as it would dominate
+    # the run: after a power loss a damaged file fails the load check on the next run and is
+    # simply rewritten.
+    with atomic.atomic_path(path, durable=False) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=arr.dtype.hasobject)
 
 
 @dataclass(frozen=True)
@@ -169,10 +161,11 @@ def simulate_dataset(
     out = Path(out)
     counts = {"train": train_per_class, "test": test_per_class}
     chunks = list(_chunks(spec.name, out, seed, counts, selected, max(1, chunk_size)))
-    for split in SPLITS:
-        if counts[split]:
-            for cls in selected:
-                (split_dir(out, spec.name, split) / cls).mkdir(parents=True, exist_ok=True)
+    folders = [split_dir(out, spec.name, s) / c for s in SPLITS if counts[s] for c in selected]
+    for folder in folders:
+        with atomic.writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic.sweep(folder)  # what a killed run left half-written
     t0 = time.perf_counter()
     written = skipped = 0
 
@@ -184,16 +177,22 @@ def simulate_dataset(
             progress(result[0] + result[1])
 
     n_workers = min(workers, max(1, len(chunks)))
-    if n_workers == 1:
-        for chunk in chunks:
-            account(_run_chunk(chunk))
-    else:
-        import multiprocessing
+    try:
+        if n_workers == 1:
+            for chunk in chunks:
+                account(_run_chunk(chunk))
+        else:
+            import multiprocessing
 
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(n_workers, initializer=_init_worker, initargs=(spec.name,)) as pool:
-            for result in pool.imap_unordered(_run_chunk, chunks):
-                account(result)
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(n_workers, initializer=_init_worker, initargs=(spec.name,)) as pool:
+                for result in pool.imap_unordered(_run_chunk, chunks):
+                    account(result)
+    except BaseException:
+        # Workers stopped mid-file (the pool terminates them on an error) leave temporaries.
+        for folder in folders:
+            atomic.sweep(folder)
+        raise
     seconds = time.perf_counter() - t0
     return {
         "model": spec.name,

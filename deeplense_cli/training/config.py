@@ -14,6 +14,8 @@ is itself a valid ``--config``.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,6 @@ import yaml
 
 from deeplense_cli.core import yamlio
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.core.version import __version__
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
 
@@ -102,16 +103,20 @@ AUGMENT_GROUPS: dict[str, tuple[int, ...]] = {
 def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     raw = yamlio.load_mapping(p, "config file", f"sections {', '.join(SECTIONS)}")
+    _check_sections(raw, f"config file {p}")
+    return raw
+
+
+def _check_sections(raw: dict[str, Any], where: str) -> None:
     unknown = set(raw) - set(SECTIONS) - {"deeplense_version", "classes"}
     if unknown:
         raise DeepLenseError(
-            f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}; "
+            f"{where}: unknown section(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(SECTIONS)}"
         )
     for section in SECTIONS:
         if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
-            raise DeepLenseError(f"config file {p}: section {section!r} must be a mapping")
-    return raw
+            raise DeepLenseError(f"{where}: section {section!r} must be a mapping")
 
 
 def parse_value(text: str) -> Any:
@@ -211,11 +216,10 @@ def resolve(
 
     if train["augment"] == "auto":
         train["augment"] = "rot180" if data.get("dataset") else "dihedral"
+    if train["amp"] is False:  # YAML 1.1 reads a bare `off` (--set train.amp=off) as false
+        train["amp"] = "off"
     _validate_train(train)
-    crop = data.get("crop")
-    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
-        # the same rule as data.transforms.check_crop, which also knows the images' size
-        raise DeepLenseError(f"data.crop must be a whole number of pixels (or null), got {crop!r}")
+    _validate_data(data)
     return {
         "model": {"name": arch.name, "params": params},
         "data": data,
@@ -224,17 +228,81 @@ def resolve(
     }
 
 
-def _validate_train(train: dict[str, Any]) -> None:
-    def positive(key: str, kind: type = float) -> None:
-        value = train[key]
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise DeepLenseError(f"train.{key} must be a positive number, got {value!r}")
-        if kind is int and int(value) != value:
-            raise DeepLenseError(f"train.{key} must be an integer, got {value!r}")
+def _number(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+    hint: str = "",
+) -> None:
+    """Refuse a setting that is not a finite number in its range (``key`` is dotted:
+    ``train.lr``); NaN, infinities and booleans never pass."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    kind = "a whole number" if integer else "a number"
+    if low is not None and high is not None:
+        where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        where = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        where = "(finite)"
+    null = " or null" if optional else ""
+    raise DeepLenseError(f"{key} must be {kind} {where}{null}{hint}, got {value!r}")
 
-    positive("epochs", int)
-    positive("batch_size", int)
-    positive("lr")
+
+def _boolean(key: str, value: Any) -> None:
+    # a quoted "no" or "false" is a non-empty string, which Python would take as true
+    if not isinstance(value, bool):
+        raise DeepLenseError(f"{key} must be true or false, got {value!r}")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _validate_train(train: dict[str, Any]) -> None:
+    """Every training setting has the right type and a sensible range, so a bad value is
+    refused before anything is written (a NaN learning rate used to fail inside torch)."""
+    _number("train.epochs", train["epochs"], 1, integer=True)
+    _number("train.max_minutes", train["max_minutes"], 0, optional=True, hint=" (0: no limit)")
+    _number("train.batch_size", train["batch_size"], 1, integer=True)
+    _number("train.eval_batch_size", train["eval_batch_size"], 1, integer=True)
+    _number("train.lr", train["lr"], 0, 1, low_open=True)
+    _number("train.min_lr_ratio", train["min_lr_ratio"], 0, 1)
+    _number("train.weight_decay", train["weight_decay"], 0)
+    _number("train.warmup_epochs", train["warmup_epochs"], 0)
+    _number("train.grad_clip", train["grad_clip"], 0, hint=" (0 disables)")
+    _number("train.label_smoothing", train["label_smoothing"], 0, 1, high_open=True)
+    _number("train.ema_decay", train["ema_decay"], 0, 1, high_open=True, hint=" (0 disables)")
+    _number(
+        "train.patience", train["patience"], 0, integer=True, optional=True, hint=" (0 disables)"
+    )
+    _number("train.min_delta", train["min_delta"], 0)
+    _number("train.seed", train["seed"], 0, integer=True)
+    _number(
+        "train.num_threads",
+        train["num_threads"],
+        0,
+        integer=True,
+        optional=True,
+        hint=" (0: the available cores)",
+    )
+    _number(
+        "train.precise_bn_images", train["precise_bn_images"], 0, integer=True, hint=" (0 disables)"
+    )
     if train["early_stopping_metric"] not in METRICS:
         raise DeepLenseError(
             f"train.early_stopping_metric must be one of {', '.join(METRICS)}, "
@@ -245,25 +313,65 @@ def _validate_train(train: dict[str, Any]) -> None:
             f"train.augment must be auto, {', '.join(AUGMENT_GROUPS)}, true (dihedral) or "
             f"false (none), got {train['augment']!r}"
         )
-    delta = train["min_delta"]
-    if not isinstance(delta, int | float) or isinstance(delta, bool) or not delta >= 0:
-        raise DeepLenseError(f"train.min_delta must be a number >= 0, got {delta!r}")
-    bn = train["precise_bn_images"]
-    if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
+    if train["amp"] not in ("auto", "bf16", "fp16", "off"):
+        raise DeepLenseError(f"train.amp must be auto, bf16, fp16 or off, got {train['amp']!r}")
+    if train["channels_last"] not in ("auto", True, False):
         raise DeepLenseError(
-            f"train.precise_bn_images must be a whole number >= 0 (0 disables), got {bn!r}"
+            f"train.channels_last must be auto, true or false, got {train['channels_last']!r}"
         )
-    if not 0 <= float(train["ema_decay"]) < 1:
-        raise DeepLenseError("train.ema_decay must be in [0, 1)")
-    if str(train["amp"]) not in ("auto", "bf16", "fp16", "off"):
-        raise DeepLenseError("train.amp must be auto, bf16, fp16 or off")
+    device = train["device"]
+    if not isinstance(device, str) or not _DEVICE.match(device.lower()):
+        raise DeepLenseError(f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
-def resume_config(run_path: str | Path, epochs: int | None = None) -> tuple[dict[str, Any], RunDir]:
+def _validate_data(data: dict[str, Any]) -> None:
+    """The data settings' types and ranges (the same rules as data.splits, checked before a
+    run folder exists)."""
+    for key in ("dataset", "data", "data_root"):
+        if data[key] is not None and not isinstance(data[key], str):
+            raise DeepLenseError(f"data.{key} must be a name or a path, got {data[key]!r}")
+    _number("data.val_fraction", data["val_fraction"], 0, 1, high_open=True)
+    _number("data.test_fraction", data["test_fraction"], 0, 1, high_open=True)
+    _number("data.split_seed", data["split_seed"], 0, integer=True)
+    for key in ("max_train_per_class", "max_test_per_class"):
+        _number(f"data.{key}", data[key], 1, integer=True, optional=True)
+    for key in ("skip_bad", "standardize"):
+        _boolean(f"data.{key}", data[key])
+    crop = data["crop"]
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+        # the same rule as data.transforms.check_crop, which also knows the images' size
+        raise DeepLenseError(f"data.crop must be a whole number of pixels (or null), got {crop!r}")
+
+
+# What `train --resume` may change: where the run continues, and how far.
+RESUME_CHANGES = ("epochs", "device", "num_threads")
+
+
+def resume_config(
+    run_path: str | Path, epochs: int | None = None, **changes: Any
+) -> tuple[dict[str, Any], RunDir]:
+    """The configuration a run continues with: its ``config.yaml``, checked as a config file
+    is, with the ``train`` settings of :data:`RESUME_CHANGES` given here applied (None: keep).
+
+    Nothing is written; the caller saves the changed config once it has been checked.
+    """
     run = RunDir.open(run_path)
-    config = run.read_config()
-    config.pop("deeplense_version", None)
-    if epochs is not None:
-        config["train"]["epochs"] = int(epochs)
-        run.write_config({**config, "deeplense_version": __version__})
+    raw = run.read_config()
+    raw.pop("deeplense_version", None)
+    missing = [s for s in ("model", "data", "train") if not isinstance(raw.get(s), dict)]
+    if missing:
+        raise DeepLenseError(
+            f"cannot resume {run.path}: its config.yaml has no {', '.join(missing)} section(s), "
+            "so it is not a deeplense run; pass the directory that `deeplense train` printed"
+        )
+    _check_sections(raw, f"cannot resume {run.path}: {run.config_path.name}")
+    unknown = set(changes) - set(RESUME_CHANGES)
+    if unknown:
+        raise ValueError(f"resume_config cannot change {', '.join(sorted(unknown))}")
+    train = dict(raw["train"])
+    train.update({k: v for k, v in {"epochs": epochs, **changes}.items() if v is not None})
+    try:
+        config = resolve({**raw, "train": train})
+    except DeepLenseError as exc:
+        raise DeepLenseError(f"cannot resume {run.path}: {run.config_path.name}: {exc}") from None
     return config, run

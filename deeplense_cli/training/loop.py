@@ -65,6 +65,7 @@ RESUME_ONLY_KEYS = (
     "scaler",
     "torch_rng",
     "cuda_rng",
+    "metrics_row",
 )
 
 
@@ -162,6 +163,7 @@ class Trainer:
                 use_buffers=True,
             )
         self.epoch = 0
+        self.last_row: dict[str, Any] | None = None  # the restored epoch's metrics row
         self.best: dict[str, Any] | None = None
         self.best_epoch: int | None = None
         self.bad_epochs = 0
@@ -219,6 +221,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
+        self.last_row = state.get("metrics_row")
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.bad_epochs = int(state.get("bad_epochs", 0))
@@ -425,6 +428,12 @@ class Trainer:
             device=self.device,
             autocast=self.amp_dtype,
         )
+        if not np.isfinite(logits).all():
+            # a diverged model: sklearn's AUC would fail on NaN probabilities with a traceback
+            raise DeepLenseError(
+                "training diverged: the model's outputs on the validation images are not "
+                "finite (NaN or inf); lower --lr or increase warm-up"
+            )
         labels = self.splits.train.labels[val_idx]
         probs = softmax(logits.astype(np.float64))
         m = classification_metrics(
@@ -441,6 +450,10 @@ class Trainer:
         reporter = reporter or SilentReporter()
         patience = int(self.t.get("patience") or 0)
         stopped_early = False
+        self.run.sweep()  # what a killed run left half-written
+        rows = self.run.read_metrics()
+        if self.last_row is not None and not any(r.get("epoch") == self.epoch for r in rows):
+            self.run.append_metrics(self.last_row)  # killed between last.pt and metrics.jsonl
         while self.epoch < self.epochs:
             epoch_start, steps_before = time.perf_counter(), self.scheduler.last_epoch
             row = self.train_epoch(reporter)
@@ -462,13 +475,14 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             row["best"] = is_best
-            self.run.append_metrics(row)
-            state = self.state()
+            state = {**self.state(), "metrics_row": row}
             if is_best:
                 # best.pt is for evaluate/export/predict: the weights and the epoch's record,
                 # not the optimizer moments (2x the weights) that only resuming from last.pt needs.
                 self.run.save_checkpoint("best", serving_state(state))
             self.run.save_checkpoint("last", state)
+            # Only now: metrics.jsonl never records an epoch whose checkpoint was not written.
+            self.run.append_metrics(row)
             reporter.epoch(row)
             if patience and self.bad_epochs >= patience and self.epoch < self.epochs:
                 stopped_early = True
@@ -509,6 +523,10 @@ def train(
         run.truncate_metrics(trainer.epoch)
     elif resume:
         run.truncate_metrics(0)
+    # what --skip-bad left out, for the display and the JSON-lines start event
+    sets = [splits.train] if splits.test is splits.train else [splits.train, splits.test]
+    skipped = sum(len(s.skipped) for s in sets)
+    data_warnings = [w for s in sets for w in s.warnings]
     reporter.start(
         {
             "run_dir": str(run.path),
@@ -523,7 +541,9 @@ def train(
             "start_epoch": trainer.epoch,
             "steps_per_epoch": trainer.steps_per_epoch,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "warnings": [w for w in [amp_warning(trainer.device, trainer.amp_dtype)] if w],
+            "skipped_files": skipped,
+            "warnings": [w for w in [amp_warning(trainer.device, trainer.amp_dtype)] if w]
+            + data_warnings,
         }
     )
     result = trainer.fit(reporter)

@@ -74,3 +74,7 @@ class JsonlReporter:
 
     def end(self, summary: dict[str, Any]) -> None:
         self._emit("end", summary)
+
+    def interrupted(self, info: dict[str, Any]) -> None:
+        """The last event of a run stopped by Ctrl+C or SIGTERM (the command exits 130)."""
+        self._emit("interrupted", info)

@@ -1,0 +1,86 @@
+"""Evaluate an ONNX model (an export or a shipped model) through ONNX Runtime.
+
+Users evaluate the artifact they deploy: the same metrics, tables and figures as
+``evaluate RUN`` (evaluation.evaluate's ``score`` and ``write_report``), without PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeplense_cli.core import paths
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data.imageset import load_image_set
+from deeplense_cli.data.sources import resolve_source
+from deeplense_cli.data.transforms import apply_transform
+from deeplense_cli.deploy.onnx_session import OnnxModel
+from deeplense_cli.deploy.pretrained import resolve_model
+from deeplense_cli.evaluation.evaluate import check_finite, score, write_report
+
+
+def evaluate_onnx(
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    threads: int | None = None,
+    out_dir: Path | None = None,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (a path or a shipped model's name) on ``data`` (any class-per-folder
+    tree) or ``dataset`` (its test folder); write metrics.json and the figures to ``out_dir``
+    (default ``RUN_ROOT/evaluations/<model>-<folder>/``)."""
+    if data is None and dataset is None:
+        raise DeepLenseError(
+            "an ONNX file carries no data of its own: pass --dataset Model_X (its test folder) "
+            "or --data FOLDER"
+        )
+    if batch_size < 1:
+        raise DeepLenseError("--batch-size must be at least 1")
+    path = resolve_model(model)
+    onnx = OnnxModel(path, device=device, threads=threads)
+    source = resolve_source(dataset=dataset, data=data, data_root=data_root)
+    folder = source.test_dir if (dataset is not None and source.test_dir) else source.train_dir
+    images = load_image_set(folder, skip_bad=skip_bad)
+    classes = onnx.classes
+    if list(images.classes) != list(classes):
+        raise DeepLenseError(
+            f"{folder} has classes {images.classes} but {path.name} predicts {classes}; "
+            "evaluate on data with the same classes"
+        )
+    idx = np.arange(len(images.labels))
+    if len(idx) == 0:
+        raise DeepLenseError(f"{folder} holds no images; nothing to evaluate")
+    parts = []
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start : start + batch_size]
+        x = apply_transform(np.asarray(images.images[batch]), onnx.transform)
+        parts.append(onnx.logits(x))
+        if progress is not None:
+            progress(len(batch))
+    logits = np.concatenate(parts).astype(np.float64)
+    check_finite(logits, str(path), "the exported weights are broken; re-export the run")
+    metrics = score(logits, images, idx, classes, skip_bad)
+    metrics.update(
+        {
+            "split": "external",
+            "source": str(folder),
+            "model": onnx.info.architecture,
+            "onnx": str(path),
+            "onnx_precision": onnx.info.precision,  # "precision" is the per-class metric
+            "device": onnx.device,
+        }
+    )
+    if out_dir is None:
+        out_dir = paths.run_root() / "evaluations" / f"{path.stem}-{Path(folder).name}"
+    write_report(metrics, logits, images, idx, out_dir, str(folder))
+    metrics["out_dir"] = str(out_dir)
+    return metrics
