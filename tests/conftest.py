@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -167,3 +168,12 @@ def real_samples() -> Path:
     """The three real released Model_III images (no_sub, cdm, axion), kept in the repository
     so a plain clone has them (the same files as the shared ``data/real_samples``)."""
     return REPO / "examples" / "real_samples"
+
+
+def interruptible() -> None:
+    """Popen preexec_fn: Ctrl+C reaches the child even when pytest itself runs in the background.
+
+    A shell starts background jobs with SIGINT ignored, children inherit that, and Python then
+    installs no KeyboardInterrupt handler; the child must start from the default disposition.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import interruptible
 
 from deeplense_cli.cli import cli
 from deeplense_cli.runs.rundir import RunDir
@@ -651,7 +652,12 @@ def test_jsonl_stream_reports_an_interrupted_run(
             "--num-threads", "1", "--output", "jsonl", "--no-evaluate",
             "--run-dir", str(tmp_path / "run")]  # fmt: skip
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=interruptible,
     )
     assert proc.stdout is not None and proc.stderr is not None
     events = []

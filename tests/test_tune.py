@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import interruptible
 
 from deeplense_cli.cli import cli
 from deeplense_cli.core.durations import parse_duration
@@ -447,6 +448,7 @@ def test_interrupted_search_resumes_from_checkpoints(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=interruptible,
     )
     exp = home / "runs" / "tune" / "int"
     deadline = time.monotonic() + 300
