@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -78,3 +80,51 @@ def test_every_shipped_model_is_complete(model: str) -> None:
     assert info.classes == shipped.card["classes"]
     assert info.architecture == shipped.card["architecture"]
     assert shipped.path.stat().st_size <= 25 * 1024 * 1024
+
+
+def _fresh_seed(card: dict) -> int:
+    """A simulation seed that none of the commands the model was trained and tested on used."""
+    used = [
+        int(s) for cmd in card["trained_on"]["simulate"] for s in re.findall(r"--seed (\d+)", cmd)
+    ]
+    assert used, "the card must record the simulate commands with their seeds"
+    return max(used) + 101
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(pretrained.shipped_models()))
+def test_every_shipped_model_holds_its_accuracy_on_fresh_simulations(
+    model: str, tmp_path: Path
+) -> None:
+    """On 400 new images per class (a seed no training used) the shipped model scores what its
+    card says, within three binomial standard errors: the card is not a lucky draw."""
+    shipped = pretrained.shipped_models()[model]
+    dataset = shipped.card["dataset"]
+    seed = _fresh_seed(shipped.card)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["data", "simulate", dataset, "--train-per-class", "0",
+                                 "--test-per-class", "400", "--seed", str(seed),
+                                 "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["evaluate", shipped.name, "--data",
+                                 str(tmp_path / f"{dataset}_test"), "--json",
+                                 "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    claimed = shipped.card["test_metrics"]["accuracy"]
+    n = metrics["n"]
+    assert n == 1200
+    stderr = math.sqrt(max(claimed * (1 - claimed), 1 / n) / n)
+    assert metrics["accuracy"] >= claimed - 3 * stderr, (metrics["accuracy"], claimed, stderr)
+    assert metrics["macro_auc"] >= 0.99
+
+
+def test_the_shipped_model_iii_classifies_the_real_released_samples(real_samples: Path) -> None:
+    """The three real released Model_III images (one per class) get their own class."""
+    if "model_iii" not in pretrained.shipped_models():
+        pytest.skip("no Model_III model ships in this checkout")
+    result = CliRunner().invoke(cli, ["predict", "Model_III", str(real_samples), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    got = {Path(row["path"]).stem: row["predicted"] for row in doc["predictions"]}
+    assert got == {"axion": "axion", "cdm": "cdm", "no_sub": "no_sub"}, got

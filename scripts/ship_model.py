@@ -1,0 +1,100 @@
+"""Ship a trained run as one of deeplense's built-in models (maintainers only).
+
+    python scripts/ship_model.py RUN --name Model_III \
+        --simulate "deeplense data simulate Model_III --train-per-class 30000 --test-per-class 0 --seed 1 --out DATA" \
+        --simulate "deeplense data simulate Model_III --train-per-class 0 --test-per-class 5000 --seed 2 --out DATA" \
+        --command "deeplense train ..." --minutes 140 --machine "..." --commit abc1234
+
+Exports RUN's best checkpoint (validated against PyTorch on the run's test images) to
+``deeplense_cli/pretrained/NAME.onnx`` and writes its model card ``NAME.json`` from the run's
+config, its test evaluation (``RUN/evaluation/metrics.json``) and the facts given here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deeplense_cli.core import atomic
+from deeplense_cli.deploy.export import export_onnx
+from deeplense_cli.deploy.pretrained import CARD_KEYS, FOLDER
+from deeplense_cli.runs.rundir import RunDir
+
+LIMITS = (
+    "Trained and tested on lenstronomy simulations of the published DeepLense recipe for this "
+    "dataset (see trained_on); real telescope images differ (noise, PSF, source light, lens "
+    "populations), so its accuracy on them is unknown. Inputs must be single-band images of the "
+    "dataset's size; the transform (min-max per image, then the training statistics) is "
+    "embedded in the file."
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--name", required=True, help="Shipped name, e.g. Model_III")
+    parser.add_argument("--dataset", help="Dataset (default: the name)")
+    parser.add_argument(
+        "--simulate", action="append", default=[], help="Commands that made the data"
+    )
+    parser.add_argument("--command", required=True, help="The training command")
+    parser.add_argument("--minutes", type=float, required=True, help="Training wall time")
+    parser.add_argument("--machine", required=True)
+    parser.add_argument("--commit", required=True)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    args = parser.parse_args()
+
+    run = RunDir.open(args.run)
+    metrics = json.loads((run.evaluation_dir / "metrics.json").read_text())
+    config = run.read_config()
+    history = run.read_metrics()
+    out = FOLDER / f"{args.name}.onnx"
+    result = export_onnx(run.path, output=out, precision=args.precision)
+    split = run.read_record("split")
+    card = {
+        "name": args.name,
+        "dataset": args.dataset or args.name,
+        "architecture": config["model"]["name"],
+        "precision": args.precision,
+        "classes": run.classes,
+        "trained_on": {"simulate": args.simulate, "split": split},
+        "config": config,
+        "test_metrics": {
+            k: metrics.get(k)
+            for k in ("n", "accuracy", "macro_auc", "micro_auc", "auc", "recall", "precision")
+        }
+        | {
+            "confusion_matrix": metrics.get("confusion_matrix"),
+            "axion_mass_bins": metrics.get("axion_mass_bins"),
+            "source": metrics.get("source"),
+        },
+        "limits": LIMITS,
+        "training": {
+            "command": args.command,
+            "commit": args.commit,
+            "machine": args.machine,
+            "minutes": args.minutes,
+            "epochs": len(history),
+            "best_epoch": metrics.get("checkpoint_epoch"),
+            "history": [
+                {k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy")}
+                for row in history
+            ],
+        },
+        "export": {
+            "size_bytes": result.size_bytes,
+            "opset": result.opset,
+            "accuracy_torch": result.accuracy_torch,
+            "accuracy_onnx": result.accuracy_onnx,
+            "checks": [c.__dict__ for c in result.checks],
+        },
+    }
+    missing = set(CARD_KEYS) - set(card)
+    assert not missing, missing
+    atomic.write_json(out.with_suffix(".json"), card)
+    print(f"shipped {out} ({result.size_bytes / 1e6:.1f} MB) and its card")
+
+
+if __name__ == "__main__":
+    main()
