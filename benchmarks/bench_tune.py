@@ -117,7 +117,7 @@ def main() -> int:
         return 1
     best_run = RunDir(outcome.best.run_dir)
     t0 = time.perf_counter()
-    tuned_test = evaluate_run(best_run, device="cpu")
+    tuned_test = evaluate_run(best_run, device="cpu").metrics
     t_eval = time.perf_counter() - t0
     tuned_cfg = best_run.read_config()
     tuned_val = outcome.best.best_value

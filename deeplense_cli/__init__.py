@@ -2,6 +2,10 @@
 
 This module is the public API for plugin authors: what they may import is what it exports.
 ``import deeplense_cli`` stays light; the torch-based helpers load on first use.
+
+Scripts and notebooks use ``from deeplense_cli import api`` (:mod:`deeplense_cli.api`:
+simulate, open_dataset, train, evaluate, export_onnx, load_model). It is a module of its own,
+not re-exported here: ``deeplense_cli.simulate`` is already the simulation package.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,99 @@ def test_example_plugin_module_does_not_import_torch() -> None:
         "print('torch' in sys.modules)\n"
     )
     assert out.strip() == "False"
+
+
+def _wandb_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of an offline W&B run file (``run-ID.wandb``): a 7-byte header,
+    then LevelDB-style log blocks of 32 KiB whose chunks (7-byte header: CRC, length, type
+    full/first/middle/last) make up one record each. wandb 0.31 ships no reader for it."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    assert (ident, magic) == (b":W&B", 0xBEE1)
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # padding to the block's end
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_the_example_wandb_logger_records_a_run_offline(
+    installed_example: None,
+    quick_train: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--log wandb`` from the pip-installed example plugin, in W&B's offline mode; the
+    values are read back from the run file W&B wrote."""
+    pytest.importorskip("wandb")
+    import importlib
+
+    from deeplense_cli.registry import manager as plugins
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    (tmp_path / "wandb-dir").mkdir()
+    importlib.invalidate_caches()
+    plugins.reset()  # read the entry points again: the package was installed meanwhile
+    try:
+        assert plugins.loggers()["wandb"].plugin == "example"
+        run = quick_train(tmp_path / "run", "--log", "wandb")
+    finally:
+        plugins.reset()
+    record = json.loads((run.path / "tracking.json").read_text())["loggers"]["wandb"]
+    (run_file,) = (tmp_path / "wandb-dir" / "wandb").glob(f"offline-run-*/run-{record['id']}.wandb")
+    records = list(_wandb_records(run_file))
+
+    def values(items: Any) -> dict[str, Any]:
+        return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+
+    (started,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert started.project == "deeplense" and started.display_name == run.path.name
+    config = run.read_config()
+    logged_config = values(started.config.update)
+    assert logged_config["train"]["lr"] == config["train"]["lr"]
+    assert logged_config["model"] == config["model"]
+    assert logged_config["tracking"] == {"loggers": ["wandb"], "experiment": None}
+
+    history = [values(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
+    rows = run.read_metrics()
+    assert [h["_step"] for h in history] == [r["epoch"] for r in rows]
+    for logged, row in zip(history, rows, strict=True):
+        assert logged["val_accuracy"] == pytest.approx(row["val_accuracy"], rel=1e-12)
+        assert logged["lr"] == pytest.approx(row["lr"], rel=1e-12)
+        assert logged["val_auc/cdm"] == pytest.approx(row["val_auc"]["cdm"], rel=1e-12)
+
+    summary: dict[str, Any] = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update(values(r.summary.update))
+    test = json.loads((run.evaluation_dir / "metrics.json").read_text())
+    assert summary["test_accuracy"] == pytest.approx(test["accuracy"], rel=1e-12)
+    assert summary["test_macro_auc"] == pytest.approx(test["macro_auc"], rel=1e-12)
+
+    files = {
+        f.path for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files
+    }
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "evaluation/roc.png",
+        "evaluation/metrics.json",
+    } <= files
+    saved = run_file.parent / "files" / "evaluation" / "metrics.json"
+    assert json.loads(saved.read_text())["accuracy"] == test["accuracy"]
+    (exit_record,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+    assert exit_record.exit_code == 0

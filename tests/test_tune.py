@@ -566,3 +566,84 @@ def test_trial_restored_without_a_ray_checkpoint_resumes_from_its_run(
     trial(1)
     again = run.metrics_path.read_text().splitlines()
     assert len(again) == 1 and again[0] != first[0]
+
+
+def test_a_trial_logs_to_the_experiment_of_its_search(
+    sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loggers travel in the base config; each trial is one tracker run named after it,
+    grouped under the search's name. Ray's session calls are replaced, the training is real."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from deeplense_cli.runs.rundir import RunDir
+    from deeplense_cli.tracking import read_record
+    from deeplense_cli.tune.trials import _run_trial
+
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(
+        tune, "get_context", lambda: type("Ctx", (), {"get_trial_id": lambda self: "t7"})()
+    )
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = resolve(
+        {},
+        {
+            "model": {"name": "cvt"},
+            "data": {"dataset": "Model_III", "data_root": str(sim_root), "val_fraction": 0.3},
+            "train": {"epochs": 1, "batch_size": 16},
+            "tracking": {"loggers": ["mlflow", "tensorboard"]},
+        },
+    )
+    params = {"model.s1_depth": 1, "model.s2_depth": 1, "model.s2_heads": 2}
+    _run_trial(params, base=base, runs_dir=str(tmp_path), env={}, threads=1, search="lens-search")
+
+    run = RunDir.open(tmp_path / "t7")
+    assert run.read_config()["tracking"]["experiment"] == "lens-search"
+    record = read_record(run)["loggers"]["mlflow"]
+    client = MlflowClient(record["tracking_uri"])
+    (logged,) = client.search_runs([client.get_experiment_by_name("lens-search").experiment_id])
+    assert logged.info.run_name == "t7" and logged.info.status == "FINISHED"
+    (row,) = run.read_metrics()
+    assert logged.data.metrics["val_accuracy"] == row["val_accuracy"]
+    assert logged.data.params["model.params.s2_heads"] == "2"
+    events = EventAccumulator(str(run.path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_macro_auc")] == [1]
+
+
+@pytest.mark.slow
+def test_a_search_logs_one_tracker_run_per_trial(
+    ray_runtime: None, sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("DEEPLENSE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE))
+    args = _tune_args(sim_root, space_file, "logged", samples=3)
+    result = _invoke(*args, "--max-epochs", "2", "--log", "mlflow,tensorboard")
+    assert result.exit_code == 0, result.output
+    trials = json.loads((tmp_path / "runs" / "tune" / "logged" / "trials.json").read_text())
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("logged")
+    logged = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(logged) == {Path(t["run_dir"]).name for t in trials}
+    assert {t["status"] for t in trials} == {"completed", "stopped"}  # ASHA stopped one
+    for t in trials:
+        run = logged[Path(t["run_dir"]).name]
+        rows = [
+            json.loads(x)
+            for x in (Path(t["run_dir"]) / "metrics.jsonl").read_text().split("\n")
+            if x
+        ]
+        history = client.get_metric_history(run.info.run_id, "val_macro_auc")
+        assert [(m.step, m.value) for m in history] == [
+            (r["epoch"], r["val_macro_auc"]) for r in rows
+        ]
+        # a trial that ran all its epochs finished; one the scheduler stopped was killed
+        assert run.info.status == ("FINISHED" if t["status"] == "completed" else "KILLED")
+        assert "metrics.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert (Path(t["run_dir"]) / "tensorboard").is_dir()

@@ -10,7 +10,6 @@ import click
 
 from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
-from deeplense_cli.core.errors import DeepLenseError
 
 
 @contextlib.contextmanager
@@ -123,17 +122,12 @@ def show(
     from deeplense_cli.data.imageset import load_image_set
     from deeplense_cli.data.summary import (
         MAX_PER_CLASS,
+        dataset_folder,
         examples_per_class,
         save_example_grid,
-        source_for,
     )
 
-    source = source_for(target, data_root)
-    folder = source.train_dir
-    if use_test:
-        if source.test_dir is None:
-            raise DeepLenseError(f"{source.name} has no test folder ({folder}_test)")
-        folder = source.test_dir
+    folder = dataset_folder(target, data_root, test=use_test)
     with _cache_progress("Indexing images") as progress:
         image_set = load_image_set(folder, skip_bad=skip_bad, progress=progress)
     for w in image_set.warnings:

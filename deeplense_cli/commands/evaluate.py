@@ -74,7 +74,7 @@ def evaluate(
             batch_size=batch_size,
             skip_bad=skip_bad,
             out_dir=out,
-        )
+        ).metrics
     else:
         from deeplense_cli.deploy.evaluate_onnx import evaluate_onnx
 
@@ -87,7 +87,7 @@ def evaluate(
             batch_size=batch_size,
             skip_bad=skip_bad,
             out_dir=out,
-        )
+        ).metrics
     for warning in metrics.get("warnings", []):
         err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)
     if as_json:

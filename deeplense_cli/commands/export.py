@@ -10,7 +10,6 @@ from __future__ import annotations
 import click
 
 from deeplense_cli.core.console import console, err_console, print_json
-from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.registry.manager import export_formats, warn
 
 PRECISION_HELP = (
@@ -120,10 +119,8 @@ def onnx_command(
     with PyTorch on the run's test images (batch 1 and 32) before it is written; a model
     that does not match is not written.
     """
-    from deeplense_cli.deploy.export import DEFAULT_INT8_SCHEME, PRECISIONS, export_onnx
+    from deeplense_cli.deploy.export import PRECISIONS, export_onnx
 
-    if int8_scheme is not None and precision != "int8":
-        raise DeepLenseError(f"--int8-scheme applies to --precision int8, not {precision}")
     status = err_console().status("exporting", spinner="dots")
     if not as_json:
         status.start()
@@ -137,7 +134,7 @@ def onnx_command(
             exporter=exporter,
             validation_images=validation_images,
             standard_ops=standard_ops,
-            int8_scheme=int8_scheme or DEFAULT_INT8_SCHEME,
+            int8_scheme=int8_scheme,
             progress=lambda msg: status.update(msg),
         )
     finally:

@@ -92,7 +92,7 @@ def plugins(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="Installed plugins")
-    for col in ("plugin", "distribution", "hooks", "architectures"):
+    for col in ("plugin", "distribution", "hooks", "architectures", "loggers"):
         table.add_column(col)
     for row in rows:
         table.add_row(
@@ -100,6 +100,7 @@ def plugins(as_json: bool) -> None:
             row["distribution"],
             ", ".join(row["hooks"]),
             ", ".join(row["architectures"]),
+            ", ".join(row["loggers"]),
         )
     console().print(table)
 

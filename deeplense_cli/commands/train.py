@@ -12,7 +12,6 @@ import click
 from deeplense_cli.commands.display import evaluation_tables, make_reporter
 from deeplense_cli.commands.options import option_group
 from deeplense_cli.commands.slurm import slurm_flags, slurm_options, train_on_slurm
-from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.version import __version__
 from deeplense_cli.runs.rundir import RunDir
@@ -50,6 +49,16 @@ def data_flags(kw: dict[str, Any]) -> dict[str, Any]:
         "max_test_per_class": kw["max_test_per_class"],
         "skip_bad": kw["skip_bad"],
     }
+
+
+def log_option(fn: Any) -> Any:
+    return click.option(
+        "--log",
+        "loggers",
+        metavar="NAMES",
+        help="Record the run in experiment trackers, comma-separated: tensorboard, mlflow, "
+        "or a plugin's; none for off [default: tracking.loggers of --config, else off].",
+    )(fn)
 
 
 def output_option(fn: Any) -> Any:
@@ -136,6 +145,7 @@ def output_option(fn: Any) -> Any:
     "setting flags are an error.",
 )
 @click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
+@log_option
 @output_option
 @slurm_options(
     "Submit to SLURM instead of running here.", "With --slurm: follow the job until it ends."
@@ -180,6 +190,7 @@ def train(**kw: Any) -> None:
             )
         },
         "slurm": slurm_flags(kw),
+        "tracking": {"loggers": kw["loggers"]},
     }
     if kw["augment"]:
         flags["train"]["augment"] = kw["augment"]
@@ -193,23 +204,7 @@ def train(**kw: Any) -> None:
         return
     if not kw["slurm"]:  # a SLURM job checks the device on its node
         _check_device(config)
-    if kw["run_dir"]:
-        from pathlib import Path
-
-        path = Path(kw["run_dir"])
-        if path.exists() and any(path.iterdir()):
-            raise click.ClickException(
-                f"run directory {path} is not empty; use --resume to continue it"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        run = RunDir(path)
-    else:
-        dataset = config["data"]["dataset"] or "data"
-        if config["data"]["data"]:
-            from pathlib import Path
-
-            dataset = Path(config["data"]["data"]).name or "data"
-        run = RunDir.create(paths.run_root(kw["run_root"]), config["model"]["name"], dataset)
+    run = RunDir.for_config(config, kw["run_dir"], kw["run_root"])
     err_console().print(f"Run directory: {run.path}")
     try:
         _run(config, run, kw, resume=False)
@@ -219,11 +214,7 @@ def train(**kw: Any) -> None:
         # again, so leave nothing behind. An interrupted run with a config.yaml stays, and so
         # does a SLURM run (its folder holds the job's logs).
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-        started = kw["slurm"] or interrupted or run.checkpoint_path("last").exists()
-        if not (run.config_path.exists() and started):
-            import shutil
-
-            shutil.rmtree(run.path, ignore_errors=True)
+        run.discard_unless_resumable(keep=kw["slurm"] or interrupted)
         raise
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from deeplense_cli.cluster import wait
 from deeplense_cli.commands.slurm import slurm_flags, slurm_options
-from deeplense_cli.commands.train import data_flags, data_options, output_option
+from deeplense_cli.commands.train import data_flags, data_options, log_option, output_option
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
@@ -47,6 +47,7 @@ NEW_SEARCH_OPTIONS = (
     "max_test_per_class",
     "skip_bad",
     "overrides",
+    "loggers",
 )
 
 
@@ -91,6 +92,7 @@ NEW_SEARCH_OPTIONS = (
     metavar="KEY=VALUE",
     help="Override a base setting: model.<param>, train.<key>, data.<key>. Repeatable.",
 )
+@log_option
 @output_option
 @slurm_options(
     "Run the whole search as one SLURM job (Ray uses all its CPUs).",
@@ -166,6 +168,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
         "model": {"name": kw["model"]},
         "data": data_flags(kw),
         "slurm": _slurm_section(kw),
+        "tracking": {"loggers": kw["loggers"]},
     }
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
     settings = engine.TuneSettings(

@@ -136,6 +136,15 @@ def read_npy(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     return np.asarray(raw), mass
 
 
+def as_image(array: Any, name: str | os.PathLike[str]) -> np.ndarray:
+    """An in-memory array checked as a file's image is: ``(H, W)`` float32, or
+    :class:`BadImageError` naming ``name`` (the same reasons as for a file)."""
+    try:
+        return _as_image(array)
+    except _Bad as exc:
+        raise BadImageError(name, str(exc)) from None
+
+
 def _as_image(raw: Any) -> np.ndarray:
     if not isinstance(raw, np.ndarray):
         raise _Bad(f"holds a {type(raw).__name__}, not an image array")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,12 +14,30 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.imageset import ImageSet, Progress, load_image_set
 from deeplense_cli.data.sources import DataSource, resolve_source
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 def source_for(target: str, data_root: str | os.PathLike[str] | None = None) -> DataSource:
     """``target`` is an existing folder, else a dataset name under the data root."""
     if Path(target).expanduser().is_dir():
         return resolve_source(data=target)
     return resolve_source(dataset=target, data_root=data_root)
+
+
+def dataset_folder(
+    target: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    test: bool = False,
+) -> Path:
+    """The training folder of ``target`` (a folder, or a dataset name under the data root),
+    or with ``test`` its test folder (``X_test`` beside it)."""
+    source = source_for(os.fspath(target), data_root)
+    if not test:
+        return source.train_dir
+    if source.test_dir is None:
+        raise DeepLenseError(f"{source.name} has no test folder ({source.train_dir}_test)")
+    return source.test_dir
 
 
 def _range(values: np.ndarray) -> dict[str, float] | None:
@@ -111,15 +129,10 @@ def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np
     return out
 
 
-def save_example_grid(
-    image_set: ImageSet, out: str | os.PathLike[str], per_class: int = 4, seed: int = 0
-) -> Path:
-    """A PNG grid: one row per class, ``per_class`` images each (at most what the largest
+def example_grid(image_set: ImageSet, per_class: int = 4, seed: int = 0) -> Figure:
+    """A figure with one row per class, ``per_class`` images each (at most what the largest
     class has, see :func:`examples_per_class`), titled with the axion mass."""
     per_class = examples_per_class(image_set, per_class)
-    out_path = Path(out)
-    if out_path.suffix.lower() != ".png":
-        raise DeepLenseError(f"{out_path}: the grid is written as PNG; use a .png file name")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -143,6 +156,18 @@ def save_example_grid(
             ax.set_title(title, fontsize=8)
     fig.suptitle(f"{image_set.root.name}: {per_class} per class", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def save_example_grid(
+    image_set: ImageSet, out: str | os.PathLike[str], per_class: int = 4, seed: int = 0
+) -> Path:
+    """The :func:`example_grid` as a PNG file."""
+    examples_per_class(image_set, per_class)  # a bad count fails before the name is checked
+    out_path = Path(out)
+    if out_path.suffix.lower() != ".png":
+        raise DeepLenseError(f"{out_path}: the grid is written as PNG; use a .png file name")
+    fig = example_grid(image_set, per_class, seed)
     atomic.sweep(out_path.parent, out_path.name)  # what a killed run left half-written
     with atomic.atomic_path(out_path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)

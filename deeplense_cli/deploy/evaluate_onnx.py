@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
 from deeplense_cli.deploy.pretrained import resolve_model
-from deeplense_cli.evaluation.evaluate import check_finite, score, write_report
+from deeplense_cli.evaluation.evaluate import Evaluation, check_finite, score, write_report
 
 
 def evaluate_onnx(
@@ -34,10 +33,10 @@ def evaluate_onnx(
     out_dir: Path | None = None,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate ``model`` (a path or a shipped model's name) on ``data`` (any class-per-folder
     tree) or ``dataset`` (its test folder); write metrics.json and the figures to ``out_dir``
-    (default ``RUN_ROOT/evaluations/<model>-<folder>/``)."""
+    (default ``RUN_ROOT/evaluations/<model>-<folder>/``); return the metrics and figures."""
     if data is None and dataset is None:
         raise DeepLenseError(
             "an ONNX file carries no data of its own: pass --dataset Model_X (its test folder) "
@@ -81,6 +80,6 @@ def evaluate_onnx(
     )
     if out_dir is None:
         out_dir = paths.run_root() / "evaluations" / f"{path.stem}-{Path(folder).name}"
-    write_report(metrics, logits, images, idx, out_dir, str(folder))
+    figures = write_report(metrics, logits, images, idx, out_dir, str(folder))
     metrics["out_dir"] = str(out_dir)
-    return metrics
+    return Evaluation(metrics, figures)

@@ -52,6 +52,7 @@ from deeplense_cli.deploy.onnx_session import (
 )
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.tracking import add_artifacts
 
 if TYPE_CHECKING:
     import torch
@@ -647,7 +648,7 @@ def export_onnx(
     batch_sizes: tuple[int, ...] = (1, 32),
     min_agreement: float = INT8_MIN_AGREEMENT,
     standard_ops: bool = False,
-    int8_scheme: str = DEFAULT_INT8_SCHEME,
+    int8_scheme: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
@@ -656,7 +657,11 @@ def export_onnx(
     for the other precisions). Raises DeepLenseError, writing nothing, when validation fails.
     Attention layers that have a fused form export as ONNX Runtime's ``com.microsoft``
     MultiHeadAttention unless ``standard_ops`` (standard operators only, for other runtimes).
+    ``int8_scheme`` (int8 only; default :data:`DEFAULT_INT8_SCHEME`) is the integer types.
     """
+    if int8_scheme is not None and precision != "int8":
+        raise DeepLenseError(f"--int8-scheme applies to --precision int8, not {precision}")
+    int8_scheme = int8_scheme or DEFAULT_INT8_SCHEME
     import_ort()
     start = time.perf_counter()
     if precision not in PRECISIONS:
@@ -715,6 +720,7 @@ def export_onnx(
             continue
         result.notes.extend(f"first attempt failed, {f}" for f in failures)
         result.seconds = time.perf_counter() - start
+        add_artifacts(run.path, [target])  # to the run's tracker runs, if it was tracked
         return result
     raise DeepLenseError(
         "; ".join(failures) if len(failures) > 1 else failures[0].split(": ", 1)[1]

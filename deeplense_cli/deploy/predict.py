@@ -29,7 +29,7 @@ from deeplense_cli.core import atomic
 from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.data.readers import BadImageError, find_images, read_image
+from deeplense_cli.data.readers import BadImageError, as_image, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.deploy.pretrained import resolve_model
@@ -149,6 +149,43 @@ def fit_image(
 
 
 # ---- predictions --------------------------------------------------------------------
+def probabilities(predictor: Predictor, raw: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` for raw images at the model's input size
+    ``(N, C, S, S)``: the model's transform, its logits, a softmax."""
+    logits = predictor.logits(apply_transform(raw, predictor.transform))
+    return softmax(logits.astype(np.float64))
+
+
+def predict_arrays(
+    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` for images in memory: one ``(H, W)`` image or a
+    batch ``(N, H, W)`` or ``(N, 1, H, W)``. Each image is checked as a file's would be
+    (NaN/Inf pixels, size; named ``image I`` in errors) and sized by the module's rules."""
+    if batch_size < 1:
+        raise DeepLenseError("--batch-size must be at least 1")
+    arr = np.asarray(images)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise DeepLenseError(
+            f"images of shape {tuple(arr.shape)}: expected one image (H, W) or a batch "
+            "(N, H, W) or (N, 1, H, W)"
+        )
+    transform = predictor.transform
+    size, channels = source_size(transform), int(transform.get("in_channels", 1))
+    parts = [np.zeros((0, len(predictor.classes)))]
+    for start in range(0, len(arr), batch_size):
+        raw = [
+            fit_image(as_image(image, f"image {i}"), size, channels, resize, f"image {i}")
+            for i, image in enumerate(arr[start : start + batch_size], start)
+        ]
+        parts.append(probabilities(predictor, np.stack(raw)))
+    return np.concatenate(parts)
+
+
 @dataclass
 class Prediction:
     path: str
@@ -240,9 +277,7 @@ def iter_predictions(
             if summary is not None:
                 summary.skipped.extend(skipped)
             if len(kept):
-                probs = softmax(
-                    predictor.logits(apply_transform(raw, transform)).astype(np.float64)
-                )
+                probs = probabilities(predictor, raw)
                 top = probs.argmax(1)
                 for path, p, k, mass in zip(kept, probs, top, masses, strict=True):
                     pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], mass)

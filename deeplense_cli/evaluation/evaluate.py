@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +24,40 @@ from deeplense_cli.evaluation.metrics import (
     roc_curves,
     softmax,
 )
-from deeplense_cli.evaluation.plots import save_axion_mass, save_confusion, save_roc
+from deeplense_cli.evaluation.plots import (
+    axion_mass_figure,
+    confusion_figure,
+    roc_figure,
+    save_figure,
+)
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.tracking import add_artifacts
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from deeplense_cli.data.imageset import ImageSet
     from deeplense_cli.data.splits import Splits
 
 SPLITS = ("test", "val", "train")
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation found and drew.
+
+    ``metrics`` is what ``deeplense evaluate --json`` prints (and ``metrics.json`` holds, with
+    ``out_dir`` added); ``figures`` are the figures written beside it, by file stem:
+    ``roc``, ``confusion_matrix`` and, when the images carry axion masses, ``axion_mass``.
+    """
+
+    metrics: dict[str, Any]
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        """The folder holding ``metrics.json`` and the PNGs."""
+        return Path(self.metrics["out_dir"])
 
 
 def _select(
@@ -84,11 +111,14 @@ def evaluate_run(
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     skip_bad: bool = False,
-) -> dict[str, Any]:
-    """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png.
+    track: bool = True,
+) -> Evaluation:
+    """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png
+    (and axion_mass.png) into ``out_dir`` and return the metrics with those figures.
 
     ``skip_bad``: leave unreadable files of the evaluated data out (counted in the result's
-    ``skipped_files`` and ``warnings``) instead of failing.
+    ``skipped_files`` and ``warnings``) instead of failing. ``track``: add the files to the
+    run's tracker runs (``RUN/tracking.json``), if it has any; training logs its own.
     """
     images, idx, what = _select(run, split, splits, data, dataset, data_root, skip_bad)
     if len(idx) == 0:
@@ -129,9 +159,12 @@ def evaluate_run(
     if out_dir is None:
         tag = split if (data is None and dataset is None) else "external"
         out_dir = run.evaluation_dir if tag == "test" else run.path / f"evaluation-{tag}"
-    write_report(metrics, logits, images, idx, out_dir, what)
+    figures = write_report(metrics, logits, images, idx, out_dir, what)
     metrics["out_dir"] = str(out_dir)
-    return metrics
+    if track:
+        written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]
+        add_artifacts(run.path, written)
+    return Evaluation(metrics, figures)
 
 
 def check_finite(logits: np.ndarray, what: str, hint: str) -> None:
@@ -159,6 +192,30 @@ def score(
     return metrics
 
 
+def report_figures(
+    metrics: dict[str, Any], logits: np.ndarray, images: ImageSet, idx: np.ndarray, what: str
+) -> dict[str, Figure]:
+    """The figures of an evaluation by file stem: ``roc``, ``confusion_matrix`` and, when
+    the images carry axion masses, ``axion_mass`` (recall by mass)."""
+    classes = list(metrics["classes"])
+    labels = np.asarray(images.labels)[idx]
+    probs = softmax(logits.astype(np.float64))
+    curves = roc_curves(labels, probs, classes)
+    aucs = {**metrics["auc"], "micro": metrics["micro_auc"], "macro": metrics["macro_auc"]}
+    title = f"{metrics['model']} on {what} (n={len(labels)})"
+    figures = {
+        "roc": roc_figure(curves, aucs, title),
+        "confusion_matrix": confusion_figure(np.array(metrics["confusion_matrix"]), classes, title),
+    }
+    by_mass = metrics.get("axion_mass_bins")
+    if by_mass:
+        n_mass = sum(b["n"] for b in by_mass)
+        figures["axion_mass"] = axion_mass_figure(
+            by_mass, f"{metrics['model']} on {what}: {n_mass} axion images"
+        )
+    return figures
+
+
 def write_report(
     metrics: dict[str, Any],
     logits: np.ndarray,
@@ -166,24 +223,15 @@ def write_report(
     idx: np.ndarray,
     out_dir: Path,
     what: str,
-) -> None:
-    """Write metrics.json and the figures (ROC, confusion matrix, axion recall by mass)."""
-    classes = list(metrics["classes"])
-    labels = np.asarray(images.labels)[idx]
-    probs = softmax(logits.astype(np.float64))
-    by_mass = metrics.get("axion_mass_bins")
+) -> dict[str, Figure]:
+    """Write metrics.json and the figures (ROC, confusion matrix, axion recall by mass) as
+    PNGs named by their stems; returns the figures."""
+    figures = report_figures(metrics, logits, images, idx, what)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curves = roc_curves(labels, probs, classes)
-    aucs = {**metrics["auc"], "micro": metrics["micro_auc"], "macro": metrics["macro_auc"]}
-    title = f"{metrics['model']} on {what} (n={len(labels)})"
-    save_roc(curves, aucs, out_dir / "roc.png", title)
-    save_confusion(
-        np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title
-    )
+    for name, fig in figures.items():
+        save_figure(fig, out_dir / f"{name}.png")
     mass_plot = out_dir / "axion_mass.png"
-    if by_mass:
-        n_mass = sum(b["n"] for b in by_mass)
-        save_axion_mass(by_mass, mass_plot, f"{metrics['model']} on {what}: {n_mass} axion images")
-    elif mass_plot.exists():
+    if "axion_mass" not in figures and mass_plot.exists():
         mass_plot.unlink()  # from an earlier evaluation on data that carried masses
     atomic.write_json(out_dir / "metrics.json", metrics)
+    return figures

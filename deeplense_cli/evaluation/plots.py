@@ -1,38 +1,45 @@
-"""Evaluation figures (matplotlib, Agg backend), written atomically."""
+"""Evaluation figures: matplotlib ``Figure`` objects, and PNGs written atomically.
+
+The figures are built without pyplot, so making them never changes the caller's matplotlib
+backend (a notebook keeps its inline backend) and nothing needs closing: a figure is freed
+with its last reference. ``deeplense evaluate`` writes them with :func:`save_figure`; the
+Python API returns them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeplense_cli.core import atomic
 
-
-def _figure() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _save(plt: Any, fig: Any, path: Path) -> None:
-    """Write ``fig`` to ``path`` as PNG atomically, then free it. The folder is the run's
-    evaluation folder: what a killed evaluation left half-written there goes first."""
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG atomically. The folder is the run's evaluation
+    folder: what a killed evaluation left half-written there goes first."""
     atomic.sweep(path.parent)
-    try:
-        with atomic.atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
 
 
-def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: str) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def roc_figure(curves: dict[str, Any], aucs: dict[str, Any], title: str) -> Figure:
+    """One-vs-rest ROC curves per class, with the micro and macro averages dashed."""
+    fig = _new_figure((5.5, 5))
+    ax = fig.subplots()
     for name, (fpr, tpr) in curves.items():
         auc = aucs.get(name)
         label = f"{name} (AUC {auc:.4f})" if isinstance(auc, float) else name
@@ -43,14 +50,15 @@ def save_roc(curves: dict[str, Any], aucs: dict[str, Any], path: Path, title: st
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    _save(plt, fig, path)
+    return fig
 
 
-def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    plt = _figure()
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str) -> Figure:
+    """The confusion matrix as counts and normalised by true class, side by side."""
+    fig = _new_figure((10, 4.5))
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    axes = fig.subplots(1, 2)
     for ax, data, sub, fmt in (
         (axes[0], cm, "counts", "d"),
         (axes[1], norm, "normalised by true class", ".3f"),
@@ -74,13 +82,13 @@ def save_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
                     fontsize=9,
                 )
     fig.suptitle(title)
-    _save(plt, fig, path)
+    return fig
 
 
-def save_axion_mass(bins: list[dict[str, Any]], path: Path, title: str) -> None:
+def axion_mass_figure(bins: list[dict[str, Any]], title: str) -> Figure:
     """Recall of the axion images per bin of log10(m_a), with each bin's count."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _new_figure((6, 4))
+    ax = fig.subplots()
     lo = np.array([b["log10_mass_min"] for b in bins])
     hi = np.array([b["log10_mass_max"] for b in bins])
     recall = np.array([b["recall"] for b in bins])
@@ -100,4 +108,4 @@ def save_axion_mass(bins: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("log10 axion mass m_a (eV)  [L: vortex half-length]")
     ax.set_ylabel("recall (correctly classified)")
     ax.set_title(title, fontsize=9)
-    _save(plt, fig, path)
+    return fig

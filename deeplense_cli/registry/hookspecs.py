@@ -46,3 +46,16 @@ def register_export_formats(register: Callable[..., Any]) -> None:
     :param register: call ``register(name, command)`` where ``command`` is a click command
         taking the run directory as its first argument.
     """
+
+
+@hookspec
+def register_loggers(register: Callable[..., Any]) -> None:
+    """Register experiment trackers for ``deeplense train --log NAME``.
+
+    :param register: call ``register(name, factory, requires=(), install="")`` once per
+        logger. ``factory()`` returns a new logger object (the methods of
+        ``deeplense_cli.tracking.Logger``), one per run; import the tracking library inside
+        its methods, not at module level. ``requires`` names the modules it imports: they are
+        imported before a run starts, and a missing one stops it with ``install`` (the
+        command that installs them) in the message.
+    """

@@ -154,6 +154,60 @@ def export_formats(reserved: Iterable[str] = ()) -> dict[str, ExportFormat]:
     return found
 
 
+@dataclass(frozen=True)
+class LoggerType:
+    """An experiment tracker a plugin registered (``register_loggers``)."""
+
+    name: str
+    factory: Callable[[], Any]  # a new logger per run (deeplense_cli.tracking.Logger)
+    plugin: str
+    requires: tuple[str, ...] = ()  # modules imported before a run starts
+    install: str = ""  # how to install them, for the error when one is missing
+
+
+def _logger_problem(name: Any, factory: Any, requires: Any, install: Any) -> str | None:
+    if not isinstance(name, str) or not _FORMAT_NAME.match(name.lower()):
+        return f"invalid name {name!r}"
+    if not callable(factory):
+        return f"{name!r}: the factory is not callable"
+    if not isinstance(requires, list | tuple) or not all(
+        isinstance(m, str) and m for m in requires
+    ):
+        return f"{name!r}: requires must be a list of module names, got {requires!r}"
+    if not isinstance(install, str):
+        return f"{name!r}: install must be a string, got {install!r}"
+    return None
+
+
+def loggers() -> dict[str, LoggerType]:
+    """Experiment trackers registered by plugins, keyed by lower-case name, rebuilt on every
+    call. A broken registration is skipped with a warning; one name from two plugins is an
+    error naming both (never a silent choice)."""
+    found: dict[str, LoggerType] = {}
+
+    def make_register(plugin_name: str) -> Callable[..., None]:
+        def register(name: Any, factory: Any, requires: Any = (), install: Any = "") -> None:
+            if isinstance(requires, str):
+                requires = (requires,)
+            problem = _logger_problem(name, factory, requires, install)
+            if problem:
+                warn(f"plugin {plugin_name!r} registered a broken logger (skipped): {problem}")
+                return
+            key = name.lower()
+            if key in found:
+                raise DeepLenseError(
+                    f"logger name {name!r} is registered by two plugins, "
+                    f"{found[key].plugin!r} and {plugin_name!r}; uninstall or block one "
+                    f"(DEEPLENSE_BLOCK_PLUGINS={plugin_name})"
+                )
+            found[key] = LoggerType(key, factory, plugin_name, tuple(requires), install)
+
+        return register
+
+    _call_each("register_loggers", register=make_register)
+    return dict(sorted(found.items()))
+
+
 def get_architecture(name: str) -> Architecture:
     """Look up an architecture by case-insensitive name; a clear error if unknown."""
     archs = architectures()
@@ -170,6 +224,7 @@ def plugin_summary() -> list[dict[str, Any]]:
     """One entry per loaded plugin: name, distribution, what it registers."""
     pm = get_plugin_manager()
     archs = architectures()
+    trackers = loggers()
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: str(item[0])):
         if plugin is None:
@@ -182,6 +237,7 @@ def plugin_summary() -> list[dict[str, Any]]:
                 "module": getattr(plugin, "__name__", repr(plugin)),
                 "hooks": hooks,
                 "architectures": [a.name for a in archs.values() if a.plugin == name],
+                "loggers": [t.name for t in trackers.values() if t.plugin == name],
             }
         )
     return rows

@@ -11,6 +11,8 @@ Layout::
       checkpoints/last.pt  everything needed to resume (weights, optimizer, RNG; atomic)
       checkpoints/best.pt  the best epoch's weights and record, for evaluate/export (atomic)
       evaluation/        metrics.json, roc.png, confusion_matrix.png
+      tracking.json      with --log: the experiment-tracker runs (deeplense_cli.tracking)
+      tensorboard/       with --log tensorboard: its event files
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import datetime as _dt
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deeplense_cli.core import atomic, yamlio
+from deeplense_cli.core import atomic, paths, yamlio
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.registry.manager import get_architecture
 
@@ -46,6 +49,38 @@ class RunDir:
         path = Path(root) / name
         path.mkdir(parents=True, exist_ok=False)
         return cls(path)
+
+    @classmethod
+    def for_config(
+        cls,
+        config: dict[str, Any],
+        path: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+    ) -> RunDir:
+        """The folder of a new run of the resolved ``config``: ``path``, which must be empty
+        or absent, else a new dated folder under ``root`` (default: the run root) named
+        after the model and the data."""
+        if path:
+            folder = Path(path)
+            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                raise DeepLenseError(
+                    f"run directory {folder} is not empty; use --resume to continue it"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            return cls(folder)
+        data = config["data"]
+        dataset = data["dataset"] or "data"
+        if data["data"]:
+            dataset = Path(data["data"]).name or "data"
+        return cls.create(paths.run_root(root), config["model"]["name"], dataset)
+
+    def discard_unless_resumable(self, keep: bool = False) -> None:
+        """After a run failed: remove its folder unless resuming would continue something,
+        that is unless it has its ``config.yaml`` and a checkpoint or ``keep`` (interrupted,
+        or a SLURM job whose folder holds the job's logs). A run that failed on bad data or
+        settings, or diverged before its first checkpoint, leaves nothing behind."""
+        if not (self.config_path.exists() and (keep or self.checkpoint_path("last").exists())):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunDir:

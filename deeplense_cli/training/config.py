@@ -1,11 +1,12 @@
 """Run configuration: built-in defaults < architecture defaults < --config FILE < flags.
 
-A configuration is a plain mapping with four sections::
+A configuration is a plain mapping with five sections::
 
     model: {name: CCT, params: {...}}       # params override the architecture's defaults
     data:  {dataset: Model_III, data: null, ...}
     train: {epochs: 10, lr: 0.0005, ...}
     slurm: {partition: null, ...}           # used by --slurm
+    tracking: {loggers: [], experiment: null}   # --log tensorboard,mlflow
 
 The resolved configuration is saved as ``config.yaml`` in every run directory, and that file
 is itself a valid ``--config``.
@@ -25,6 +26,7 @@ from deeplense_cli.core import yamlio
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.tracking import check_loggers, logger_names
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": None,  # Model_I / Model_II / Model_III under the data root
@@ -84,7 +86,14 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "qos": None,
 }
 
-SECTIONS = ("model", "data", "train", "slurm")
+TRACKING_DEFAULTS: dict[str, Any] = {
+    "loggers": [],  # experiment trackers: tensorboard, mlflow, or a plugin's (off by default)
+    # the group of tracker runs (MLflow experiment, W&B project); null: "deeplense", or for
+    # a tune trial the search's name
+    "experiment": None,
+}
+
+SECTIONS = ("model", "data", "train", "slurm", "tracking")
 
 # The validation metrics a run can select its best epoch by, and which way is better.
 METRICS: dict[str, str] = {"val_macro_auc": "max", "val_loss": "min", "val_accuracy": "max"}
@@ -105,6 +114,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     raw = yamlio.load_mapping(p, "config file", f"sections {', '.join(SECTIONS)}")
     _check_sections(raw, f"config file {p}")
     return raw
+
+
+def config_from_mapping(raw: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A configuration given as a mapping (a parsed file, a run's ``config.yaml``), checked
+    as a ``--config`` file is; a copy, so resolving it never changes ``raw``."""
+    if not isinstance(raw, dict):
+        raise DeepLenseError(f"{where} must be a mapping with sections {', '.join(SECTIONS)}")
+    _check_sections(raw, where)
+    return copy.deepcopy(raw)
 
 
 def _check_sections(raw: dict[str, Any], where: str) -> None:
@@ -180,7 +198,9 @@ def resolve(
     train = {**TRAIN_DEFAULTS, **dict(arch.train_defaults)}
     data = dict(DATA_DEFAULTS)
     slurm = dict(SLURM_DEFAULTS)
-    for section, target in (("train", train), ("data", data), ("slurm", slurm)):
+    tracking = copy.deepcopy(TRACKING_DEFAULTS)
+    sections = {"train": train, "data": data, "slurm": slurm, "tracking": tracking}
+    for section, target in sections.items():
         values = dict(file_config.get(section) or {})
         _check_keys(section, values, target)
         target.update(values)
@@ -196,8 +216,8 @@ def resolve(
             sub = arch.param_name(sub)
             _check_keys(f"{arch.name} model", {sub: value}, params)
             params[sub] = value
-        elif sub and section in ("train", "data", "slurm"):
-            target = {"train": train, "data": data, "slurm": slurm}[section]
+        elif sub and section in sections:
+            target = sections[section]
             _check_keys(section, {sub: value}, target)
             target[sub] = value
         elif not sub and key in train:
@@ -209,8 +229,8 @@ def resolve(
             params[param] = value
         else:
             raise DeepLenseError(
-                f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key> "
-                f"(see `deeplense train --print-config`)"
+                f"unknown setting {key!r}; use model.<param>, train.<key>, data.<key>, "
+                "tracking.<key> (see `deeplense train --print-config`)"
             )
     arch.canonical_params(set_params)  # an old and a new name set to different values
 
@@ -220,11 +240,13 @@ def resolve(
         train["amp"] = "off"
     _validate_train(train)
     _validate_data(data)
+    _validate_tracking(tracking)
     return {
         "model": {"name": arch.name, "params": params},
         "data": data,
         "train": train,
         "slurm": slurm,
+        "tracking": tracking,
     }
 
 
@@ -341,6 +363,18 @@ def _validate_data(data: dict[str, Any]) -> None:
     if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
         # the same rule as data.transforms.check_crop, which also knows the images' size
         raise DeepLenseError(f"data.crop must be a whole number of pixels (or null), got {crop!r}")
+
+
+def _validate_tracking(tracking: dict[str, Any]) -> None:
+    """Known loggers whose libraries are installed (a missing one names its extra), and an
+    experiment name; normalises ``loggers`` to a list of lower-case names."""
+    tracking["loggers"] = logger_names(tracking["loggers"])
+    experiment = tracking["experiment"]
+    if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
+        raise DeepLenseError(
+            f"tracking.experiment must be a name (or null for 'deeplense'), got {experiment!r}"
+        )
+    check_loggers(tracking["loggers"])
 
 
 # What `train --resume` may change: where the run continues, and how far.

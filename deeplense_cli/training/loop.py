@@ -33,6 +33,7 @@ from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import classification_metrics, mean_log_loss, softmax
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.tracking import tracked
 from deeplense_cli.training.augment import augment, augment_group
 from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
@@ -523,6 +524,19 @@ def train(
         run.truncate_metrics(trainer.epoch)
     elif resume:
         run.truncate_metrics(0)
+    # the run's loggers (tracking.loggers) see the same events as the display
+    with tracked(config, run, reporter, resumed=resume) as reporter:
+        return _train_and_report(config, run, reporter, trainer, splits, evaluate)
+
+
+def _train_and_report(
+    config: dict[str, Any],
+    run: RunDir,
+    reporter: Reporter,
+    trainer: Trainer,
+    splits: Splits,
+    evaluate: bool,
+) -> TrainResult:
     # what --skip-bad left out, for the display and the JSON-lines start event
     sets = [splits.train] if splits.test is splits.train else [splits.train, splits.test]
     skipped = sum(len(s.skipped) for s in sets)
@@ -548,7 +562,10 @@ def train(
     )
     result = trainer.fit(reporter)
     if evaluate and len(splits.test_idx):
-        result.evaluation = evaluate_run(run, splits=splits, device=str(trainer.device))
+        # the loggers take the evaluation from the end event below
+        result.evaluation = evaluate_run(
+            run, splits=splits, device=str(trainer.device), track=False
+        ).metrics
     reporter.end(
         {
             "run_dir": str(run.path),

@@ -17,6 +17,10 @@ from deeplense_cli.training.loop import init_run, train
 from deeplense_cli.tune.settings import TuneSettings
 from deeplense_cli.tune.space import trial_config
 
+# Where the trackers' records go; a Ray cluster's workers and SLURM jobs do not share our
+# environment. Never credentials: this environment is pickled to disk with the search.
+TRACKER_ENV = ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_DIR", "WANDB_ENTITY", "WANDB_BASE_URL")
+
 
 class RayReporter:
     """Hands each epoch to Ray Tune: its metrics and the run's ``last`` checkpoint."""
@@ -64,6 +68,7 @@ def _run_trial(
     runs_dir: str,
     env: dict[str, str],
     threads: int,
+    search: str | None = None,
 ) -> None:
     """One trial (runs in a Ray worker): resume from Ray's checkpoint or start a new run."""
     os.environ.update(env)
@@ -71,6 +76,8 @@ def _run_trial(
 
     config = trial_config(base, params)
     config["train"]["num_threads"] = threads
+    if search and not config["tracking"]["experiment"]:
+        config["tracking"]["experiment"] = search  # the trials' tracker runs, grouped
     run = RunDir(Path(runs_dir) / tune.get_context().get_trial_id())
     splits = load_splits(config)  # opens the cache the driver built
     checkpoint = tune.get_checkpoint()
@@ -159,6 +166,7 @@ def env_for_trials() -> dict[str, str]:
     }
     if os.environ.get("DEEPLENSE_BLOCK_PLUGINS"):
         env["DEEPLENSE_BLOCK_PLUGINS"] = os.environ["DEEPLENSE_BLOCK_PLUGINS"]
+    env.update({k: os.environ[k] for k in TRACKER_ENV if os.environ.get(k)})
     return env
 
 
@@ -174,6 +182,7 @@ def trainable(state: dict[str, Any], exp: Path) -> Any:
         runs_dir=str(exp / "runs"),
         env=env_for_trials(),
         threads=threads,
+        search=str(state["name"]),
     )
     resources = {"cpu": settings.cpus_per_trial, "gpu": float(state["gpus_per_trial"])}
     return tune.with_resources(fn, resources)

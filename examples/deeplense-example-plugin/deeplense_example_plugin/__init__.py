@@ -1,4 +1,5 @@
-"""An example deeplense plugin registering one architecture, ``TinyCNN``.
+"""An example deeplense plugin registering one architecture, ``TinyCNN``, and one experiment
+tracker, ``wandb`` (Weights & Biases, in :mod:`deeplense_example_plugin.wandb_logger`).
 
 Copy this package to start your own. Keep this module cheap to import: deeplense imports
 every plugin for ``deeplense models`` and ``deeplense --help``, so torch is imported inside
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import deeplense_cli
 from deeplense_cli import Architecture
+from deeplense_example_plugin.wandb_logger import WandbLogger
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -74,3 +76,15 @@ TINY_CNN = Architecture(
 def register_architectures(register: Any) -> None:
     """Called by deeplense whenever it lists or looks up architectures."""
     register(TINY_CNN)
+
+
+@deeplense_cli.hookimpl
+def register_loggers(register: Any) -> None:
+    """``--log wandb``. deeplense imports ``requires`` before a run starts, so a missing
+    library is one line with ``install`` instead of a failed run."""
+    register(
+        "wandb",
+        WandbLogger,
+        requires=["wandb"],
+        install="pip install 'deeplense-example-plugin[wandb]'",
+    )
