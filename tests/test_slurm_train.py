@@ -55,11 +55,21 @@ def test_train_slurm_wait_runs_and_evaluates(
 ) -> None:
     run_dir = tmp_path / "run"
     try:
-        result = CliRunner().invoke(cli, [*_train_args(sim_root, run_dir, 1), *SLURM, "--wait"])
+        args = [*_train_args(sim_root, run_dir, 1), *SLURM, "--wait", "--log", "tensorboard"]
+        result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert "Submitted SLURM job" in " ".join(result.output.split())
         run = RunDir.open(run_dir)
         assert [r["epoch"] for r in run.read_metrics()] == [1]
+        # the job logged like a local run: the tracker settings travel in the config
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        tracking = json.loads((run_dir / "tracking.json").read_text())
+        assert tracking["status"] == "finished" and "tensorboard" in tracking["loggers"]
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        logged = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+        assert logged == [(1, pytest.approx(run.read_metrics()[0]["val_accuracy"]))]
         assert json.loads((run.evaluation_dir / "metrics.json").read_text())["n"] == 24
         jobs = CliRunner().invoke(cli, ["jobs", "--json"])
         assert jobs.exit_code == 0, jobs.output
