@@ -44,6 +44,7 @@ from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.readers import find_images
 from deeplense_cli.data.summary import dataset_folder, example_grid, summarize
 from deeplense_cli.data.transforms import source_size
+from deeplense_cli.deploy.evaluate_onnx import evaluate_target
 from deeplense_cli.deploy.onnx_session import int8_saturation_warning
 from deeplense_cli.deploy.predict import (
     Predictor,
@@ -526,29 +527,13 @@ def evaluate(
     root_arg = None if data_root is None else os.fspath(data_root)
     out_dir = None if out is None else Path(out)
     with _counter(progress, "evaluate", None) as advance:
-        if Path(os.fspath(target)).is_dir():
-            from deeplense_cli.evaluation.evaluate import evaluate_run
-
-            return evaluate_run(
-                RunDir.open(target),
-                split=split,
-                data=data_arg,
-                dataset=dataset,
-                data_root=root_arg,
-                checkpoint=checkpoint,
-                device=device,
-                batch_size=batch_size,
-                skip_bad=skip_bad,
-                out_dir=out_dir,
-                progress=advance,
-            )
-        from deeplense_cli.deploy.evaluate_onnx import evaluate_onnx
-
-        return evaluate_onnx(
+        return evaluate_target(
             os.fspath(target),
+            split=split,
             data=data_arg,
             dataset=dataset,
             data_root=root_arg,
+            checkpoint=checkpoint,
             device=device,
             batch_size=batch_size,
             skip_bad=skip_bad,

@@ -8,7 +8,6 @@ import click
 
 from deeplense_cli.commands.display import evaluation_tables
 from deeplense_cli.core.console import console, err_console, print_json
-from deeplense_cli.runs.rundir import RunDir
 
 
 @click.command()
@@ -59,35 +58,20 @@ def evaluate(
 
     A run is evaluated with PyTorch on its own test split (or --split, --data, --dataset); an
     ONNX model with ONNX Runtime on --dataset (its test folder) or --data."""
-    out = Path(out_dir) if out_dir else None
-    if Path(target).is_dir():
-        from deeplense_cli.evaluation.evaluate import evaluate_run
+    from deeplense_cli.deploy.evaluate_onnx import evaluate_target
 
-        metrics = evaluate_run(
-            RunDir.open(target),
-            split=split,
-            data=data_path,
-            dataset=dataset,
-            data_root=data_root,
-            checkpoint=checkpoint,
-            device=device,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-            out_dir=out,
-        ).metrics
-    else:
-        from deeplense_cli.deploy.evaluate_onnx import evaluate_onnx
-
-        metrics = evaluate_onnx(
-            target,
-            data=data_path,
-            dataset=dataset,
-            data_root=data_root,
-            device=device,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-            out_dir=out,
-        ).metrics
+    metrics = evaluate_target(
+        target,
+        split=split,
+        data=data_path,
+        dataset=dataset,
+        data_root=data_root,
+        checkpoint=checkpoint,
+        device=device,
+        batch_size=batch_size,
+        skip_bad=skip_bad,
+        out_dir=Path(out_dir) if out_dir else None,
+    ).metrics
     for warning in metrics.get("warnings", []):
         err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)
     if as_json:

@@ -19,7 +19,14 @@ from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
 from deeplense_cli.deploy.pretrained import resolve_model
-from deeplense_cli.evaluation.evaluate import Evaluation, check_finite, score, write_report
+from deeplense_cli.evaluation.evaluate import (
+    Evaluation,
+    check_finite,
+    evaluate_run,
+    score,
+    write_report,
+)
+from deeplense_cli.runs.rundir import RunDir
 
 
 def evaluate_onnx(
@@ -83,3 +90,47 @@ def evaluate_onnx(
     figures = write_report(metrics, logits, images, idx, out_dir, str(folder))
     metrics["out_dir"] = str(out_dir)
     return Evaluation(metrics, figures)
+
+
+def evaluate_target(
+    target: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    data: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 256,
+    skip_bad: bool = False,
+    out_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """What `deeplense evaluate TARGET` evaluates: a run directory with PyTorch (its ``split``
+    or ``data``/``dataset``), anything else (an .onnx file, a shipped model's name) with ONNX
+    Runtime; the command and the Python API both come through here."""
+    if Path(target).is_dir():
+        return evaluate_run(
+            RunDir.open(target),
+            split=split,
+            data=data,
+            dataset=dataset,
+            data_root=data_root,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            out_dir=out_dir,
+            progress=progress,
+        )
+    return evaluate_onnx(
+        target,
+        data=data,
+        dataset=dataset,
+        data_root=data_root,
+        device=device,
+        batch_size=batch_size,
+        skip_bad=skip_bad,
+        out_dir=out_dir,
+        progress=progress,
+    )
