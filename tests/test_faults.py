@@ -157,7 +157,8 @@ def cli_command(*args: str) -> list[str]:
 
 def kill_when(args: list[str], point: Callable[[], bool], timeout: float = 300) -> None:
     """Run ``args`` and SIGKILL it, with its worker processes, as soon as ``point()`` holds
-    (polled every 2 ms)."""
+    (polled every 2 ms). The point is checked again with the processes stopped, so the kill
+    lands in that state: a file can be renamed between a look and a kill on a loaded machine."""
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -165,9 +166,12 @@ def kill_when(args: list[str], point: Callable[[], bool], timeout: float = 300) 
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if point():
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return
+                stop_group(proc.pid)
+                if point():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return
+                os.killpg(proc.pid, signal.SIGCONT)
             time.sleep(0.002)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         pytest.fail(f"the command ended (status {proc.returncode}) before the point: {err}")
@@ -177,6 +181,29 @@ def kill_when(args: list[str], point: Callable[[], bool], timeout: float = 300) 
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def stop_group(pgid: int, timeout: float = 5) -> None:
+    """SIGSTOP process group ``pgid`` and wait until every member has stopped (kill() only
+    queues the signal)."""
+    os.killpg(pgid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+            if int(fields[2]) == pgid:
+                states.append(fields[0])
+        if all(state in "TtZX" for state in states):
+            return
+        time.sleep(0.001)
+    pytest.fail(f"process group {pgid} did not stop within {timeout} s")
 
 
 def appeared(folder: Path, name: str, min_bytes: int = 0) -> Callable[[], bool]:
