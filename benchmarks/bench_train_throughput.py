@@ -11,6 +11,10 @@ CPUs with native bf16) at 64 px, the two timed in alternating rounds.
 ``--optimizer`` compares torch's default AdamW with the fused one ``deeplense train`` builds
 (bf16 steps with gradient clipping, alternating).
 
+``--crops 150,100`` compares centre crops of larger images (Model_I's 150 px: ``--source
+150``): each model built for the crop it sees, fed the same raw batch, the crop alternating
+step by step; what ``data.crop`` buys in training speed.
+
 ``--channels-last`` compares contiguous with channels-last memory for the same step.
 
 ``--openmp`` times the same training steps in child processes under three OpenMP wait
@@ -84,6 +88,54 @@ def resolution_rows(archs, names: list[str], batch: int, steps: int, bf16: bool)
             f"{speed['native'] / speed['224']:.1f}x |",
             flush=True,
         )
+
+
+def crop_rows(
+    archs, names: list[str], batch: int, steps: int, bf16: bool, source: int, crops: list[int]
+) -> None:
+    """The same architecture built for each centre crop of ``source`` px images, each fed
+    the crop of one raw batch (the crop is inside the timed step, as cheap as a view)."""
+    import torch
+    import torch.nn as nn
+
+    from deeplense_cli.core.device import cpu_bf16_fixups
+
+    class CentreCrop(nn.Module):
+        def __init__(self, size: int) -> None:
+            super().__init__()
+            self.size = size
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            top = (x.shape[-1] - self.size) // 2
+            return x[..., top : top + self.size, top : top + self.size]
+
+    print(
+        f"Training steps in {'bf16 autocast' if bf16 else 'float32'}, batch {batch}, "
+        f"{source} px images, median of {steps} steps each, crops alternating\n"
+    )
+    print(
+        "| model | " + " | ".join(f"{c} px img/s" for c in crops) + " | speed-up of the smallest |"
+    )
+    print("| --- | " + " | ".join("---" for _ in crops) + " | --- |")
+    for name in names:
+        setups = {}
+        for crop in crops:
+            torch.manual_seed(0)
+            try:
+                net = archs[name].build(image_size=crop)
+            except Exception as exc:  # an architecture built for fixed sizes only
+                print(f"| {archs[name].name} | {crop} px: n/a ({exc}) |", flush=True)
+                break
+            model = nn.Sequential(CentreCrop(crop), net)
+            cpu_bf16_fixups(model)
+            model.train()
+            setups[crop] = (model, optimizer(model), bf16)
+        else:
+            x, y = torch.rand(batch, 1, source, source), torch.randint(0, 3, (batch,))
+            speed = alternating_images_per_s(setups, x, y, steps, warmup=1)
+            cells = " | ".join(f"{speed[c]:.1f}" for c in crops)
+            ratio = speed[min(crops)] / speed[max(crops)]
+            print(f"| {archs[name].name} | {cells} | {ratio:.2f}x |", flush=True)
 
 
 def amp_rows(archs, names: list[str], batch: int, steps: int) -> None:
@@ -244,6 +296,8 @@ def main() -> None:
     parser.add_argument(
         "--channels-last", action="store_true", help="contiguous vs channels-last memory"
     )
+    parser.add_argument("--crops", help="centre crops to compare, e.g. 150,100 (pixels)")
+    parser.add_argument("--source", type=int, default=150, help="--crops: raw image size")
     parser.add_argument("--openmp", action="store_true", help="OpenMP wait policies, under load")
     parser.add_argument("--loads", default="0,2", help="--openmp: busy processes per level")
     parser.add_argument("--rounds", type=int, default=3, help="--openmp: children per policy")
@@ -267,6 +321,13 @@ def main() -> None:
         return
     if args.channels_last:
         channels_last_rows(archs, names, args.batch, args.steps)
+        return
+    if args.crops:
+        from deeplense_cli.core.device import cpu_has_fast_bf16
+
+        crops = [int(c) for c in args.crops.split(",")]
+        bf16 = cpu_has_fast_bf16() and not args.float32
+        crop_rows(archs, names, args.batch, args.steps, bf16, args.source, crops)
         return
     if args.openmp:
         openmp_rows(archs, names, args)

@@ -103,6 +103,13 @@ def test_contract_at_150(key: str) -> None:
     check_architecture(ARCHS[key], image_sizes=[150])
 
 
+@pytest.mark.parametrize("size", [50, 80, 100])
+def test_cvt_at_its_crop_sizes(size: int) -> None:
+    # CvT's extra sizes serve data.crop (Model_I cropped to 80 or 100 px, Model_II/III to 50)
+    assert size in ARCHS["cvt"].image_sizes
+    check_architecture(ARCHS["cvt"], image_sizes=[size])
+
+
 def _corners(arch: Architecture) -> list[dict[str, Any]]:
     """All first values and all last values of the model.* choices (dropouts included)."""
     space = arch.tune_space

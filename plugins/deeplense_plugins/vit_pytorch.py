@@ -93,6 +93,9 @@ CVT = Architecture(
         "dropout": 0.0,
     },
     description="Convolutional vision transformer (2 stages, conv token embedding and projections)",
+    # all convolutions and a global pool, so any size; the centre crops (data.crop) that
+    # keep a lens's ring (Model_I's reaches ~40 px from the centre: 80 px) and the published ones
+    image_sizes=(50, 64, 80, 100, 150),
     train_defaults=train_defaults(5e-4),
     tune_space={
         **training_space((1e-5, 2e-3)),
