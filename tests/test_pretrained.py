@@ -116,7 +116,8 @@ def test_every_shipped_model_holds_its_accuracy_on_fresh_simulations(
     assert n == 1200
     stderr = math.sqrt(max(claimed * (1 - claimed), 1 / n) / n)
     assert metrics["accuracy"] >= claimed - 3 * stderr, (metrics["accuracy"], claimed, stderr)
-    assert metrics["macro_auc"] >= 0.99
+    # AUC's standard error on 1,200 images is at most ~0.005 where the cards sit (0.98-1.0)
+    assert metrics["macro_auc"] >= shipped.card["test_metrics"]["macro_auc"] - 0.015
 
 
 def test_the_shipped_model_iii_classifies_the_real_released_samples(real_samples: Path) -> None:
