@@ -89,9 +89,11 @@ def test_architectures_and_pretrained_models() -> None:
     archs = api.architectures()
     assert list(archs) == list(deeplense_cli.architectures())
     assert {"resnet18", "cvt"} <= set(archs)
-    (shipped,) = api.pretrained_models()
-    assert shipped.name == "Model_III" and shipped.path.is_file()
-    assert shipped.card["classes"] == CLASSES
+    shipped = {model.name: model for model in api.pretrained_models()}
+    assert {"Model_II", "Model_III"} <= set(shipped)
+    for model in shipped.values():
+        assert model.path.is_file() and model.card["classes"] == CLASSES
+        assert model.card["dataset"] == model.name
 
 
 def test_a_full_disk_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
