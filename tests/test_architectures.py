@@ -70,7 +70,7 @@ def test_unknown_hyperparameter_is_a_clear_error() -> None:
 
 def test_unsupported_image_size_is_a_clear_error() -> None:
     with pytest.raises(DeepLenseError, match="does not support 100x100"):
-        get_architecture("CvT").build(image_size=100)
+        get_architecture("CCT").build(image_size=100)
 
 
 @pytest.mark.parametrize("key", sorted(ARCHS))
