@@ -26,7 +26,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # packaged any more.
     source = out / "source"
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        ["git", "-c", "safe.directory=*", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, text=True, cwd=REPO, check=True,
     ).stdout  # fmt: skip
     for name in filter(None, listed.split("\0")):
