@@ -28,7 +28,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -58,6 +58,7 @@ from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.simulate import check_request, model_spec, parse_classes, simulate_dataset
+from deeplense_cli.tracking import logger_names
 from deeplense_cli.training.config import config_from_mapping, load_config_file, resolve
 from deeplense_cli.training.reporters import (
     BarReporter,
@@ -442,6 +443,8 @@ def train(
     run_dir: PathArg | None = None,
     run_root: PathArg | None = None,
     evaluate: bool = True,
+    loggers: str | Sequence[str] | None = None,
+    experiment: str | None = None,
     progress: Progress = None,
     **settings: Any,
 ) -> Run:
@@ -455,7 +458,9 @@ def train(
     the model's hyper-parameters (``dropout=0.1``); dotted keys go through a dict
     (``**{"model.depth": 4}``). ``run_dir``: an empty or new folder, else a new dated one
     under ``run_root``. ``evaluate``: evaluate the best checkpoint on the test split at the
-    end. ``progress``: events as ``deeplense train --output jsonl`` prints them (``start``,
+    end. ``loggers``: experiment trackers, as ``--log`` takes them (``["tensorboard",
+    "mlflow"]`` or ``"tensorboard,mlflow"``), under ``experiment`` (default ``deeplense``);
+    the config's ``tracking`` section otherwise. ``progress``: events as ``deeplense train --output jsonl`` prints them (``start``,
     ``batch``, ``epoch``, ``end``). A run that fails before its first checkpoint leaves no
     folder; an interrupted one (KeyboardInterrupt) can be continued with
     ``deeplense train --resume``.
@@ -469,12 +474,16 @@ def train(
     from deeplense_cli.training.loop import train as run_training
 
     data_path = data.root if isinstance(data, Dataset) else data
-    flags = {
+    flags: dict[str, dict[str, Any]] = {
         "model": {"name": model},
         "data": {
             "dataset": dataset,
             "data": None if data_path is None else os.fspath(data_path),
             "data_root": None if data_root is None else os.fspath(data_root),
+        },
+        "tracking": {
+            "loggers": None if loggers is None else logger_names(loggers, "loggers"),
+            "experiment": experiment,
         },
     }
     resolved = resolve(_file_config(config), flags, settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import doctest
 import errno
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,30 @@ def test_train_with_a_bar_a_config_and_a_dataset(
     assert api.train(config=run, run_dir=tmp_path / "again", evaluate=False).config == run.config
 
 
+def test_train_logs_to_the_trackers_it_is_given(sim_root: Path, tmp_path: Path) -> None:
+    """``loggers=`` is ``--log``: the run's curves are in TensorBoard, read back with its own
+    reader, under the experiment named."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = api.train(
+        "resnet18",
+        dataset="Model_III",
+        data_root=sim_root,
+        run_dir=tmp_path / "run",
+        evaluate=False,
+        loggers=["TensorBoard"],
+        experiment="notebook",
+        **SMALL,
+    )
+    assert run.config["tracking"] == {"loggers": ["tensorboard"], "experiment": "notebook"}
+    record = json.loads((run.path / "tracking.json").read_text())
+    assert record["experiment"] == "notebook" and set(record["loggers"]) == {"tensorboard"}
+    events = EventAccumulator(str(run.path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+    assert logged == [(r["epoch"], pytest.approx(r["val_accuracy"])) for r in run.history]
+
+
 def test_train_errors_are_the_commands_and_leave_no_folder(sim_root: Path, tmp_path: Path) -> None:
     where = ["--dataset", "Model_III", "--data-root", str(sim_root)]
     cases: list[tuple[dict[str, Any], list[str]]] = [
@@ -234,6 +259,7 @@ def test_train_errors_are_the_commands_and_leave_no_folder(sim_root: Path, tmp_p
         ({"model": "resnet18", "epochs": 0}, ["-m", "resnet18", "--epochs", "0"]),
         ({"model": "resnet18", "lr": float("nan")}, ["-m", "resnet18", "--lr", "nan"]),
         ({"model": "resnet18", "device": "cuda:7"}, ["-m", "resnet18", "--device", "cuda:7"]),
+        ({"model": "resnet18", "loggers": "nope"}, ["-m", "resnet18", "--log", "nope"]),
     ]
     for kw, flags in cases:
         with pytest.raises(DeepLenseError) as exc:

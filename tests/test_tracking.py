@@ -4,9 +4,16 @@ their own libraries; files added by a later export or evaluation; plugin loggers
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +209,92 @@ def test_mlflow_holds_params_metrics_and_artifacts(tracked: Tracked) -> None:
     assert local.read_text() == tracked.run.config_path.read_text()
     artifacts = tracked.home / "mlartifacts" / "deeplense"  # beside the store, not in the cwd
     assert any(artifacts.rglob("roc.png"))
+
+
+# ---- the user interfaces: `tensorboard --logdir RUN` and `mlflow ui` ------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serving(args: list[str], url: str, ready: Any, timeout: float = 120.0) -> Iterator[Any]:
+    """Start a server (``args``), poll ``url`` until ``ready(json)`` holds and yield that
+    JSON; the server is stopped on leaving."""
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert server.poll() is None, _tail(log)
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        doc = json.loads(response.read())
+                    if ready(doc):
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"{url} never ready:\n{_tail(log)}"
+                time.sleep(0.5)
+            yield doc
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _tail(log: Any) -> str:
+    log.seek(0)
+    return str(log.read()[-3000:].decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_tensorboard_logdir_run_shows_the_curves(tracked: Tracked) -> None:
+    """What the README promises: ``tensorboard --logdir RUN`` serves each epoch's curves
+    (asked over its HTTP API, as its web page does)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    tensorboard = str(Path(sys.executable).with_name("tensorboard"))
+    args = [tensorboard, "--logdir", str(tracked.run.path), "--port", str(port),
+            "--host", "127.0.0.1"]  # fmt: skip
+    tagged = lambda doc: any("val_accuracy" in t for t in doc.values())  # noqa: E731
+    with _serving(args, f"{base}/tags", tagged) as tags:
+        (run_name,) = [name for name, t in tags.items() if "val_accuracy" in t]
+        query = urllib.parse.urlencode({"run": run_name, "tag": "val_accuracy"})
+        with urllib.request.urlopen(f"{base}/scalars?{query}", timeout=10) as response:
+            points = json.loads(response.read())
+    rows = tracked.run.read_metrics()
+    assert [(step, pytest.approx(value, rel=1e-6)) for _, step, value in points] == [
+        (r["epoch"], r["val_accuracy"]) for r in rows
+    ]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_run_with_its_metrics_and_artifacts(tracked: Tracked) -> None:
+    """What the README promises: ``mlflow ui`` on the default store lists the run, its
+    metric history and its artifacts (asked over the REST API its web page uses)."""
+    record = read_record(tracked.run)["loggers"]["mlflow"]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    args = [mlflow, "ui", "--backend-store-uri", record["tracking_uri"], "--port", str(port),
+            "--host", "127.0.0.1", "--workers", "1"]  # fmt: skip
+    run_id = record["run_id"]
+    with _serving(args, f"{base}/runs/get?run_id={run_id}", lambda doc: "run" in doc) as run:
+        url = f"{base}/metrics/get-history?run_id={run_id}&metric_key=val_accuracy"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            history = json.loads(response.read())["metrics"]
+        with urllib.request.urlopen(f"{base}/artifacts/list?run_id={run_id}") as response:
+            files = {f["path"] for f in json.loads(response.read())["files"]}
+    metrics = {m["key"]: m["value"] for m in run["run"]["data"]["metrics"]}
+    assert metrics["test_accuracy"] == pytest.approx(_test_metrics(tracked.run)["accuracy"])
+    rows = tracked.run.read_metrics()
+    assert [(m["step"], m["value"]) for m in history] == [
+        (r["epoch"], pytest.approx(r["val_accuracy"])) for r in rows
+    ]
+    assert {"config.yaml", "metrics.jsonl", "evaluation"} <= files
 
 
 def test_the_run_records_its_tracker_runs(tracked: Tracked) -> None:
