@@ -58,7 +58,6 @@ from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.simulate import check_request, model_spec, parse_classes, simulate_dataset
-from deeplense_cli.tracking import logger_names
 from deeplense_cli.training.config import config_from_mapping, load_config_file, resolve
 from deeplense_cli.training.reporters import (
     BarReporter,
@@ -482,7 +481,8 @@ def train(
             "data_root": None if data_root is None else os.fspath(data_root),
         },
         "tracking": {
-            "loggers": None if loggers is None else logger_names(loggers, "loggers"),
+            # a string as --log takes it ("tensorboard,mlflow"), else a list of names
+            "loggers": loggers if loggers is None or isinstance(loggers, str) else list(loggers),
             "experiment": experiment,
         },
     }

@@ -238,7 +238,7 @@ def test_train_logs_to_the_trackers_it_is_given(sim_root: Path, tmp_path: Path) 
         data_root=sim_root,
         run_dir=tmp_path / "run",
         evaluate=False,
-        loggers=["TensorBoard"],
+        loggers="TensorBoard,",
         experiment="notebook",
         **SMALL,
     )
@@ -260,6 +260,10 @@ def test_train_errors_are_the_commands_and_leave_no_folder(sim_root: Path, tmp_p
         ({"model": "resnet18", "lr": float("nan")}, ["-m", "resnet18", "--lr", "nan"]),
         ({"model": "resnet18", "device": "cuda:7"}, ["-m", "resnet18", "--device", "cuda:7"]),
         ({"model": "resnet18", "loggers": "nope"}, ["-m", "resnet18", "--log", "nope"]),
+        (
+            {"model": "resnet18", "loggers": ["mlflow", "nope"]},
+            ["-m", "resnet18", "--log", "mlflow,nope"],
+        ),
     ]
     for kw, flags in cases:
         with pytest.raises(DeepLenseError) as exc:
