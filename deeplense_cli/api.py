@@ -459,8 +459,8 @@ def train(
     under ``run_root``. ``evaluate``: evaluate the best checkpoint on the test split at the
     end. ``loggers``: experiment trackers, as ``--log`` takes them (``["tensorboard",
     "mlflow"]`` or ``"tensorboard,mlflow"``), under ``experiment`` (default ``deeplense``);
-    the config's ``tracking`` section otherwise. ``progress``: events as ``deeplense train --output jsonl`` prints them (``start``,
-    ``batch``, ``epoch``, ``end``). A run that fails before its first checkpoint leaves no
+    the config's ``tracking`` section otherwise. ``progress``: events as ``deeplense train
+    --output jsonl`` prints them (``start``, ``batch``, ``epoch``, ``end``). A run that fails before its first checkpoint leaves no
     folder; an interrupted one (KeyboardInterrupt) can be continued with
     ``deeplense train --resume``.
 

@@ -231,8 +231,7 @@ def _serving(args: list[str], url: str, ready: Any, timeout: float = 120.0) -> I
             while True:
                 assert server.poll() is None, _tail(log)
                 try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        doc = json.loads(response.read())
+                    doc = _get_json(url)
                     if ready(doc):
                         break
                 except OSError:
@@ -243,6 +242,11 @@ def _serving(args: list[str], url: str, ready: Any, timeout: float = 120.0) -> I
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def _tail(log: Any) -> str:
@@ -263,8 +267,7 @@ def test_tensorboard_logdir_run_shows_the_curves(tracked: Tracked) -> None:
     with _serving(args, f"{base}/tags", tagged) as tags:
         (run_name,) = [name for name, t in tags.items() if "val_accuracy" in t]
         query = urllib.parse.urlencode({"run": run_name, "tag": "val_accuracy"})
-        with urllib.request.urlopen(f"{base}/scalars?{query}", timeout=10) as response:
-            points = json.loads(response.read())
+        points = _get_json(f"{base}/scalars?{query}")
     rows = tracked.run.read_metrics()
     assert [(step, pytest.approx(value, rel=1e-6)) for _, step, value in points] == [
         (r["epoch"], r["val_accuracy"]) for r in rows
@@ -284,10 +287,8 @@ def test_mlflow_ui_shows_the_run_with_its_metrics_and_artifacts(tracked: Tracked
     run_id = record["run_id"]
     with _serving(args, f"{base}/runs/get?run_id={run_id}", lambda doc: "run" in doc) as run:
         url = f"{base}/metrics/get-history?run_id={run_id}&metric_key=val_accuracy"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            history = json.loads(response.read())["metrics"]
-        with urllib.request.urlopen(f"{base}/artifacts/list?run_id={run_id}") as response:
-            files = {f["path"] for f in json.loads(response.read())["files"]}
+        history = _get_json(url)["metrics"]
+        files = {f["path"] for f in _get_json(f"{base}/artifacts/list?run_id={run_id}")["files"]}
     metrics = {m["key"]: m["value"] for m in run["run"]["data"]["metrics"]}
     assert metrics["test_accuracy"] == pytest.approx(_test_metrics(tracked.run)["accuracy"])
     rows = tracked.run.read_metrics()
