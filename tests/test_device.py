@@ -25,7 +25,8 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(
 
     monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
     base = ["train", "-m", "cct", "--data", str(sim_root / "Model_III"), "--epochs", "1",
-            "--max-train-per-class", "4", "--batch-size", "4", "--no-evaluate"]  # fmt: skip
+            "--max-train-per-class", "4", "--batch-size", "4", "--no-evaluate",
+            "--device", "cpu"]  # on a GPU machine auto would train on CUDA  # fmt: skip
     starts = {}
     for amp in ("bf16", "auto"):
         args = [*base, "--amp", amp, "--run-dir", str(tmp_path / amp), "--output", "jsonl"]
@@ -105,12 +106,31 @@ def test_bf16_training_on_the_cpu_keeps_float32_checkpoints(
 
     changed: list[int] = []
     monkeypatch.setattr(loop, "cpu_bf16_fixups", lambda m: changed.append(cpu_bf16_fixups(m)) or 0)
-    args = ("--amp", "bf16", "--epochs", "1", "--no-evaluate")
+    args = ("--amp", "bf16", "--epochs", "1", "--no-evaluate", "--device", "cpu")
     run = quick_train(tmp_path / "bf16", *args, model="cvt")
     assert changed == [4]  # CvT's strided key/value projections train in float32
-    quick_train(tmp_path / "fp32", "--amp", "off", "--epochs", "1", "--no-evaluate")
+    quick_train(
+        tmp_path / "fp32", "--amp", "off", "--epochs", "1", "--no-evaluate", "--device", "cpu"
+    )
     assert changed == [4]  # not without autocast
     (row,) = run.read_metrics()
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
     assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_exact_float32_turns_tf32_convolutions_off_on_cuda_only_and_restores() -> None:
+    """Checked on an H200: with cuDNN's default TF32 convolutions a run's probabilities
+    differed from its ONNX export's by 4e-4. The flag handling itself runs without a GPU."""
+    import torch
+
+    from deeplense_cli.core.device import exact_float32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with exact_float32(torch.device("cpu")):
+        assert conv.fp32_precision == before
+    with pytest.raises(KeyError), exact_float32(torch.device("cuda")):
+        assert conv.fp32_precision == "ieee"
+        raise KeyError("the caller's error")
+    assert conv.fp32_precision == before

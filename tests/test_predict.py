@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
+from deeplense_cli.core.errors import DeepLenseError
 
 CLASSES = ["axion", "cdm", "no_sub"]
 
@@ -278,6 +279,92 @@ def test_explicit_gpu_provider_never_falls_back_silently(
     assert used in ("cpu", "cuda", "tensorrt") and session.get_providers()[0].lower().startswith(
         {"cpu": "cpu", "cuda": "cuda", "tensorrt": "tensorrt"}[used]
     )
+
+
+def test_a_model_this_onnx_runtime_cannot_load_is_still_named(
+    exported: tuple[Path, Path], test_folder: Path, tmp_path: Path
+) -> None:
+    """Seen on a GPU machine whose ONNX Runtime was older than its onnx package: a file the
+    runtime refuses is still called what it is (a foreign model, or ours needing a newer
+    runtime), not left as the runtime's error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+    )
+    plain = helper.make_model(graph)
+    ours = onnx.load(str(exported[1]))
+    cases = {"plain": "not a deeplense export", "ours": "needs a newer ONNX Runtime"}
+    for name, proto in (("plain", plain), ("ours", ours)):
+        proto.ir_version = 99  # newer than any runtime reads
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(proto, str(path))
+        result = CliRunner().invoke(cli, ["predict", str(path), str(test_folder)])
+        assert result.exit_code == 1 and cases[name] in result.output, result.output
+        assert (
+            len(result.output.strip().splitlines()) == 1 and "onnxruntime_src" not in result.output
+        )
+
+
+class _OrtWithoutTensorRT:
+    """The real onnxruntime module, except that TensorRT is listed but fails to load the way
+    onnxruntime-gpu 1.31 does on a machine without TensorRT (recorded on an H200): a C++ log
+    line on file descriptor 2, an "EP Error" banner on stdout, then a session on CUDA.
+
+    A stand-in only for what this CPU machine cannot run: the GPU provider libraries."""
+
+    def __init__(self) -> None:
+        import onnxruntime
+
+        self._real = onnxruntime
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def get_available_providers(self) -> list[str]:
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def InferenceSession(self, path: str, so: object, providers: list[object]) -> object:
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        session = self._real.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        got = [n for n in names if n != "TensorrtExecutionProvider"]
+        if names[0] == "TensorrtExecutionProvider":
+            os.write(2, b"\x1b[1;31m2026-12-04 14:56:35 [E:onnxruntime:Default, provider_bridge_ort.cc:2430"
+                     b" operator()] Failed to load library libonnxruntime_providers_tensorrt.so with"
+                     b" error: libnvinfer.so.10: cannot open shared object file: No such file or"
+                     b" directory\x1b[m\n")  # fmt: skip
+            print("*************** EP Error ***************")
+            print(f"EP Error ... when using {providers}\nFalling back to {got} and retrying.")
+        session.get_providers = lambda: got  # type: ignore[method-assign]
+        return session
+
+
+def test_a_gpu_provider_that_fails_to_load_is_quiet_and_named(
+    exported: tuple[Path, Path],
+    test_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from deeplense_cli.deploy import onnx_session
+
+    _, model = exported
+    monkeypatch.setattr(onnx_session, "import_ort", _OrtWithoutTensorRT)
+    session, used = onnx_session.create_session(model, "auto")
+    assert used == "cuda" and session.get_providers()[0] == "CUDAExecutionProvider"
+    assert capfd.readouterr() == ("", "")  # no banner in --json output, no C++ log
+    with pytest.raises(DeepLenseError) as err:
+        onnx_session.create_session(model, "tensorrt")
+    message = str(err.value)
+    assert "libnvinfer.so.10: cannot open shared object file" in message
+    assert "--device cuda" in message and "\n" not in message
+    assert capfd.readouterr() == ("", "")
+    print("still ours")  # the descriptors are back where they were
+    os.write(2, b"fd 2 too\n")
+    assert capfd.readouterr() == ("still ours\n", "fd 2 too\n")
 
 
 def test_session_options() -> None:

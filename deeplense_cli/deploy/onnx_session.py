@@ -9,9 +9,15 @@ transform the model was trained with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +219,50 @@ def _provider_config(name: str, cache_dir: Path | None) -> Any:
     return "CPUExecutionProvider"
 
 
+@contextlib.contextmanager
+def _captured_ort_output() -> Iterator[io.StringIO]:
+    """Catch what ONNX Runtime prints while a GPU provider fails to load.
+
+    Seen on an H200 without TensorRT: its Python layer prints an "EP Error" banner to
+    stdout (which broke ``predict --json``) and its C++ logger writes the cause to file
+    descriptor 2. Both land in the buffer; the caller keeps the reason and says it in one
+    line, or drops it when the fallback was what the user asked for (``auto``).
+    """
+    buf = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf):
+                yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            native.seek(0)
+            buf.write(native.read().decode(errors="replace"))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _provider_failure(captured: str) -> str:
+    """The cause in ONNX Runtime's provider-loading output: the missing library, if named."""
+    text = _ANSI.sub("", captured)
+    found = re.search(r"with error: ([^\n]+)", text)
+    if found:
+        return found.group(1).strip()
+    found = re.search(r"(Please install [^\n.]+)", text)
+    return found.group(1).strip() if found else ""
+
+
+def _ort_reason(message: str) -> str:
+    """An ONNX Runtime error without its C++ source locations and function signatures."""
+    message = re.sub(r"/onnxruntime_src/\S+:\d+ (?:[^()]*\([^()]*\)(?: const)? )?", "", message)
+    return message.strip()
+
+
 def _provider_chain(device: str) -> list[str]:
     # A GPU provider leaves the nodes it cannot run to the ones after it.
     return {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"]}[
@@ -274,10 +324,12 @@ def create_session(
             cached = _cached_cpu_session(ort, path, threads, spinning)
             if cached is not None:
                 return cached, "cpu"
+        gpu = candidate != "cpu"
         try:
-            session = ort.InferenceSession(os.fspath(path), so, providers=providers)
+            with _captured_ort_output() if gpu else contextlib.nullcontext(io.StringIO()) as said:
+                session = ort.InferenceSession(os.fspath(path), so, providers=providers)
         except Exception as exc:
-            last_error = first_line(exc, limit=1000)
+            last_error = _ort_reason(first_line(exc, limit=1000))
             if candidate == "cpu" or device != "auto":
                 if _looks_corrupt(last_error):
                     raise DeepLenseError(
@@ -291,9 +343,18 @@ def create_session(
         if got and got[0] == PROVIDERS[candidate]:
             return session, candidate
         if device != "auto":
+            cause = _provider_failure(said.getvalue())
+            if cause and got and got[0] == PROVIDERS["cuda"]:
+                raise DeepLenseError(
+                    f"--device {device}: ONNX Runtime's {PROVIDERS[device]} did not load "
+                    f"({cause[:200]}); install its libraries where ONNX Runtime finds them "
+                    "(LD_LIBRARY_PATH), or use --device cuda"
+                )
             raise DeepLenseError(
                 f"--device {device} was requested but {PROVIDERS[device]} failed to load "
-                f"(the session fell back to {', '.join(got)}); {_install_hint(device)}"
+                f"(the session fell back to {', '.join(got)}"
+                + (f": {cause[:200]}" if cause else "")
+                + f"); {_install_hint(device)}"
             )
     raise DeepLenseError(f"cannot create an ONNX Runtime session for {path}: {last_error}")
 
@@ -365,9 +426,13 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise DeepLenseError(f"{self.path}: no such file")
-        self.session, self.device = create_session(
-            self.path, device, threads=threads, spinning=spinning, optimization=optimization
-        )
+        try:
+            self.session, self.device = create_session(
+                self.path, device, threads=threads, spinning=spinning, optimization=optimization
+            )
+        except DeepLenseError as exc:
+            _explain_unloadable(self.path, exc)
+            raise
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.info = ModelInfo.from_metadata(self.path, meta)
         inputs = self.session.get_inputs()
@@ -415,6 +480,32 @@ class OnnxModel:
         binding.bind_output(self.output_name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
+def _explain_unloadable(path: Path, exc: DeepLenseError) -> None:
+    """Say what a file ONNX Runtime refused is, when the onnx package can read it.
+
+    Seen on a machine whose ONNX Runtime (1.30) was older than its onnx package: a plain
+    model's IR version was too new for the runtime, and the user got the runtime's error
+    instead of "not a deeplense export". Raises the better error; returns if it has none.
+    """
+    try:
+        import onnx
+
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:
+        return  # not an ONNX file either: the runtime's error stands
+    ModelInfo.from_metadata(path, {p.key: p.value for p in proto.metadata_props})
+    ir = re.search(
+        r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", str(exc)
+    )
+    if ir:
+        ort = import_ort()
+        raise DeepLenseError(
+            f"{path} needs a newer ONNX Runtime: its IR version is {ir.group(1)}, onnxruntime "
+            f"{ort.__version__} reads up to {ir.group(2)}; upgrade it (pip install -U onnxruntime, "
+            "or onnxruntime-gpu where that is the one installed)"
+        ) from None
 
 
 def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:

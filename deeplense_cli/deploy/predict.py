@@ -27,7 +27,7 @@ import numpy as np
 
 from deeplense_cli.core import atomic
 from deeplense_cli.core.cpu import cpu_flags
-from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
+from deeplense_cli.core.device import exact_float32, prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, as_image, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform, source_size
@@ -87,7 +87,7 @@ class TorchPredictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_float32(self.dev):
             out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dev))
         return np.asarray(out.float().cpu().numpy())
 

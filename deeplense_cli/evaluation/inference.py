@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplense_cli.core.device import exact_float32
 from deeplense_cli.data.transforms import apply_transform
 
 if TYPE_CHECKING:
@@ -34,7 +36,8 @@ def predict_logits(
     idx = np.arange(len(images)) if indices is None else np.asarray(indices)
     out: list[np.ndarray] = []
     model.eval()
-    with torch.inference_mode():
+    exact = exact_float32(device) if autocast is None else contextlib.nullcontext()
+    with torch.inference_mode(), exact:
         for sl in iter_batches(len(idx), batch_size):
             batch_idx = idx[sl]
             # Sorted reads are sequential on a memory-mapped cache; restore order after.
