@@ -517,6 +517,30 @@ def test_time_budget_replans_keep_the_learning_rate_continuous() -> None:
     assert steps.min() > -0.01  # and smoothly: no step drops more than 1% of the peak
 
 
+def test_time_budget_replans_every_epoch_still_follow_one_cosine() -> None:
+    """A budget re-plans after every epoch, and machine noise moves the plan by a few steps
+    each time. The rate must still trace one cosine over the run: each re-plan used to
+    restart a whole cosine from the current rate, whose flat top held the rate near its peak
+    (0.94 of it half-way through this run) until the last few epochs."""
+    from deeplense_cli.training.schedule import lr_factor
+
+    t = _budget_trainer(100, epochs=100, minutes=10.0, warmup=0)
+    t.plan_early(0.1)  # 600 s at 0.1 s a step: 60 epochs
+    spent, factors = 0.0, []
+    for epoch in range(1, 61):
+        factors += [t.lr_factor(s) for s in range((epoch - 1) * 100, epoch * 100)]
+        seconds = 10.0 * (1.02 if epoch % 2 else 0.98)  # a noisy machine: +-2% an epoch
+        spent += seconds
+        _end_epoch(t, epoch, spent=spent, epoch_seconds=seconds)
+        if epoch * 100 >= t.total_steps:
+            break
+    assert 5900 <= t.total_steps <= 6100 and t.lr_anchor is not None  # it did re-plan
+    single = [lr_factor(s, t.total_steps, 0, 0.01) for s in range(len(factors))]
+    assert max(abs(a - b) for a, b in zip(factors, single, strict=True)) < 0.05
+    assert factors[len(factors) // 2] == pytest.approx(0.5, abs=0.05)
+    assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
 def test_time_budget_shorter_than_an_epoch_truncates_it(
     sim_root: Path, tmp_path: Path, quick_train: Callable[..., RunDir]
 ) -> None:
