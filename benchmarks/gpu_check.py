@@ -71,6 +71,13 @@ class Check:
     def dl(self, name: str, *args: str, timeout: float = 300) -> tuple[int, str, str, float]:
         return self.run(name, [*DEEPLENSE, *args], timeout)
 
+    def dl_json(
+        self, name: str, *args: str, timeout: float = 300
+    ) -> tuple[int, dict[str, Any], str, float]:
+        """A deeplense call with ``--json`` output: (exit status, the document, stderr, s)."""
+        rc, so, se, secs = self.dl(name, *args, timeout=timeout)
+        return rc, _json(so), se, secs
+
     def record(self, name: str, ok: bool | None, secs: float, detail: str) -> None:
         verdict = {True: "pass", False: "FAIL", None: "skip"}[ok]
         self.rows.append((name, verdict, secs, detail))
@@ -214,8 +221,9 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
     run_tests(c, gpu)
 
     cvt = runs["cvt"]["run"]
-    rc, so, se, secs = c.dl("evaluate-cvt", "evaluate", str(cvt), "--device", c.device, "--json")
-    ev = _json(so)
+    rc, ev, se, secs = c.dl_json(
+        "evaluate-cvt", "evaluate", str(cvt), "--device", c.device, "--json"
+    )
     trained = runs["cvt"]["test"].get("accuracy")
     c.record(
         "evaluate CvT run (PyTorch)",
@@ -231,11 +239,10 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
         run = runs[name]["run"]
         for precision in ("fp32", "fp16"):
             path = run / f"model-{precision}.onnx"
-            rc, so, se, secs = c.dl(
+            rc, res, se, secs = c.dl_json(
                 f"export-{name}-{precision}", "export", "onnx", str(run), "--precision", precision,
                 "-o", str(path), "--json", timeout=300,
             )  # fmt: skip
-            res = _json(so)
             c.record(
                 f"export {name} {precision}", rc == 0 and path.is_file(), secs, _short(res, se)
             )
@@ -266,11 +273,10 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
         )
 
     if gpu:
-        rc, so, se, secs = c.dl(
+        rc, eo, se, secs = c.dl_json(
             "evaluate-onnx-cuda", "evaluate", str(onnx["cvt-fp32"]), "--data", str(test),
             "--device", "cuda", "--json", "--out", str(c.work / "eval-onnx"),
         )  # fmt: skip
-        eo = _json(so)
         c.record(
             "evaluate CvT ONNX on CUDA",
             rc == 0 and abs(eo.get("accuracy", -1) - ev.get("accuracy", -2)) <= 0.005,
@@ -278,7 +284,7 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
             f"{100 * eo.get('accuracy', 0):.2f}% (PyTorch {100 * ev.get('accuracy', 0):.2f}%), macro AUC {eo.get('macro_auc', 0):.4f}"
             + ("" if rc == 0 else f"; {se.strip()[-200:]}"),
         )
-        rc, so, se, secs = c.dl(
+        rc, res, se, secs = c.dl_json(
             "predict-trt",
             "predict",
             str(onnx["cvt-fp32"]),
@@ -288,7 +294,6 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
             "--json",
             timeout=300,
         )
-        res = _json(so)
         if rc == 0:
             c.record(
                 "predict --device tensorrt",
@@ -303,7 +308,7 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
                 secs,
                 se.strip()[:300],
             )
-        rc, so, se, secs = c.dl(
+        rc, res, se, secs = c.dl_json(
             "predict-auto",
             "predict",
             str(onnx["cvt-fp32"]),
@@ -313,7 +318,6 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
             "--json",
             timeout=300,
         )
-        res = _json(so)
         c.record(
             "predict --device auto",
             rc == 0 and res.get("device") in ("cuda", "tensorrt"),
@@ -321,10 +325,9 @@ def checks(c: Check, args: argparse.Namespace, gpu: bool) -> int:
             f"picked {res.get('model')}",
         )
         real = REPO / "examples/real_samples"
-        rc, so, se, secs = c.dl(
+        rc, res, se, secs = c.dl_json(
             "predict-shipped", "predict", "Model_III", str(real), "--device", "cuda", "--json"
         )
-        res = _json(so)
         preds = {Path(p["path"]).stem: p["predicted"] for p in res.get("predictions", [])}
         c.record(
             "shipped Model_III on the real samples, CUDA",
@@ -396,7 +399,7 @@ def predict(
     c: Check, name: str, model: Path, test: Path, device: str,
     ref: dict[str, str] | None = None, min_agree: float = 0.995, quiet: bool = False,
 ) -> dict[str, str]:  # fmt: skip
-    rc, so, se, secs = c.dl(
+    rc, res, se, secs = c.dl_json(
         f"predict-{name}",
         "predict",
         str(model),
@@ -407,7 +410,6 @@ def predict(
         "256",
         "--json",
     )
-    res = _json(so)
     preds = {p["path"]: p["predicted"] for p in res.get("predictions", [])}
     truth = sum(Path(p).parent.name == v for p, v in preds.items()) / max(1, len(preds))
     agree = sum(ref.get(p) == v for p, v in preds.items()) / max(1, len(preds)) if ref else None
