@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,6 @@ def predict_logits(
     indices: np.ndarray | None = None,
     batch_size: int = 256,
     device: torch.device | None = None,
-    autocast: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Logits ``(N, num_classes)`` for ``images[indices]`` (raw, untransformed images)."""
@@ -36,19 +34,14 @@ def predict_logits(
     idx = np.arange(len(images)) if indices is None else np.asarray(indices)
     out: list[np.ndarray] = []
     model.eval()
-    exact = exact_float32(device) if autocast is None else contextlib.nullcontext()
-    with torch.inference_mode(), exact:
+    with torch.inference_mode(), exact_float32(device):
         for sl in iter_batches(len(idx), batch_size):
             batch_idx = idx[sl]
             # Sorted reads are sequential on a memory-mapped cache; restore order after.
             order = np.argsort(batch_idx, kind="stable")
             raw = np.asarray(images[batch_idx[order]])
             x = torch.from_numpy(apply_transform(raw, transform)).to(device)
-            if autocast is not None:
-                with torch.autocast(device.type, dtype=autocast):
-                    logits = model(x)
-            else:
-                logits = model(x)
+            logits = model(x)
             result = np.empty((len(batch_idx), logits.shape[1]), dtype=np.float32)
             result[order] = logits.float().cpu().numpy()
             out.append(result)
