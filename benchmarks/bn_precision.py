@@ -7,8 +7,8 @@ statistics gathered in either precision.
 Rows, each on the run's whole validation split:
 - the checkpoint as saved, in float32 and under bf16 autocast (with and without the float32
   strided depthwise convolutions training uses on the CPU, `cpu_bf16_fixups`);
-- the statistics gathered again in float32 and in bf16 from ``--images`` training images,
-  drawn and batched as training's precise-BatchNorm pass does, each scored both ways.
+- the statistics gathered again in float32 and in bf16 from ``--images`` training images by
+  training's own precise-BatchNorm pass (`Trainer.precise_batch_norm`), each scored both ways.
 
 A run trained before float32 validation (6344208) saved statistics gathered under autocast.
 """
@@ -28,10 +28,10 @@ from _machine import machine
 
 from deeplense_cli.core.device import cpu_bf16_fixups
 from deeplense_cli.data.splits import load_splits
-from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import mean_log_loss, softmax
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training.loop import Trainer
 
 
 @contextlib.contextmanager
@@ -52,25 +52,14 @@ def score(model: torch.nn.Module, splits: Any, transform: dict[str, Any], bf16: 
     return f"{accuracy:.2%} | {loss:.4f} | {time.perf_counter() - start:.1f}"
 
 
-def gather_statistics(
-    model: torch.nn.Module, splits: Any, transform: dict[str, Any], config: dict[str, Any], n: int
-) -> None:
-    """Training's precise-BatchNorm pass (`Trainer.precise_batch_norm`), in the caller's
-    precision: the same images, in the same batches."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    rng = np.random.default_rng([int(config["train"]["seed"]), 7])
-    idx = rng.choice(splits.train_idx, size=min(n, len(splits.train_idx)), replace=False)
-    batch = int(config["train"]["batch_size"])
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    with torch.no_grad():
-        for start in range(0, len(idx), batch):
-            raw = np.asarray(splits.train.images[np.sort(idx[start : start + batch])])
-            model(torch.from_numpy(apply_transform(raw, transform)))
-    model.eval()
+def trainer_with(run: RunDir, config: dict[str, Any], splits: Any, checkpoint: str) -> Trainer:
+    """A Trainer whose evaluated model holds ``checkpoint``'s weights: its
+    `precise_batch_norm` is training's own pass (the same images, batches and inputs)."""
+    trainer = Trainer(config, run, splits)
+    model = trainer.eval_model()
+    model.load_state_dict(run.load_checkpoint(checkpoint)["model"])
+    cpu_bf16_fixups(model)  # float32 strided depthwise convolutions, as bf16 training has
+    return trainer
 
 
 def main() -> None:
@@ -88,24 +77,20 @@ def main() -> None:
     print("| BatchNorm statistics | scored in | accuracy | loss | seconds |")
     print("| --- | --- | ---: | ---: | ---: |")
 
-    def fresh() -> torch.nn.Module:
-        model = run.build_model(args.checkpoint)
-        cpu_bf16_fixups(model)  # float32 strided depthwise convolutions, as training has
-        return model
-
     model = run.build_model(args.checkpoint)
     print(f"| saved | bf16, no fix-ups | {score(model, splits, transform, True)} |")
-    model = fresh()
+    cpu_bf16_fixups(model)
     print(f"| saved | float32 | {score(model, splits, transform, False)} |")
     print(f"| saved | bf16 | {score(model, splits, transform, True)} |")
+    config["train"] |= {"precise_bn_images": args.images, "device": "cpu"}  # as score runs
     for gathered_bf16 in (False, True):
-        model = fresh()
-        with precision(gathered_bf16):
-            gather_statistics(model, splits, transform, config, args.images)
+        trainer = trainer_with(run, config, splits, args.checkpoint)
+        with precision(gathered_bf16):  # training's pass runs in float32 unless autocast is on
+            trainer.precise_batch_norm()
         what = "bf16" if gathered_bf16 else "float32"
         for bf16 in (False, True):
             scored = "bf16" if bf16 else "float32"
-            line = score(model, splits, transform, bf16)
+            line = score(trainer.eval_model(), splits, transform, bf16)
             print(f"| gathered in {what} ({args.images} images) | {scored} | {line} |")
 
 
