@@ -74,6 +74,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # BatchNorm models: recompute the running statistics from this many training images
     # before each validation ("precise BN"); 0 keeps the momentum averages
     "precise_bn_images": 1024,
+    # also score the test split after every epoch (test_* columns of metrics.jsonl: test
+    # accuracy against training minutes); never used to choose or stop, outside max_minutes
+    "test_curve": False,
 }
 
 SLURM_DEFAULTS: dict[str, Any] = {
@@ -325,6 +328,7 @@ def _validate_train(train: dict[str, Any]) -> None:
     _number(
         "train.precise_bn_images", train["precise_bn_images"], 0, integer=True, hint=" (0 disables)"
     )
+    _boolean("train.test_curve", train["test_curve"])
     if train["early_stopping_metric"] not in METRICS:
         raise DeepLenseError(
             f"train.early_stopping_metric must be one of {', '.join(METRICS)}, "

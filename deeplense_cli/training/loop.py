@@ -430,33 +430,46 @@ class Trainer:
         that evaluate, export and predict serve. A bf16-trained CvT on Model_II validated at
         98.59% under autocast (with autocast-made BatchNorm statistics) but 97.03% in float32;
         with float32 statistics it is 98.67% in float32 (BENCHMARKS.md)."""
-        val_idx = self.splits.val_idx
-        if len(val_idx) == 0:
+        if len(self.splits.val_idx) == 0:
             return {}
+        return self._score("val", self.splits.train, self.splits.val_idx)
+
+    def score_test(self) -> dict[str, Any]:
+        """The evaluated model's metrics on the test split, for `train.test_curve`: test
+        accuracy against training minutes. Only recorded: never used to pick the best epoch,
+        stop early or plan the time budget."""
+        if len(self.splits.test_idx) == 0:
+            return {}
+        start = time.perf_counter()
+        scores = self._score("test", self.splits.test, self.splits.test_idx)
+        scores["test_seconds"] = time.perf_counter() - start
+        return scores
+
+    def _score(self, split: str, images: Any, idx: np.ndarray) -> dict[str, Any]:
         logits = predict_logits(
             self.eval_model(),
-            self.splits.train.images,
+            images.images,
             self.transform,
-            indices=val_idx,
+            indices=idx,
             batch_size=int(self.t["eval_batch_size"]),
             device=self.device,
         )
         if not np.isfinite(logits).all():
             # a diverged model: sklearn's AUC would fail on NaN probabilities with a traceback
             raise DeepLenseError(
-                "training diverged: the model's outputs on the validation images are not "
+                f"training diverged: the model's outputs on the {split} images are not "
                 "finite (NaN or inf); lower --lr or increase warm-up"
             )
-        labels = self.splits.train.labels[val_idx]
+        labels = images.labels[idx]
         probs = softmax(logits.astype(np.float64))
         m = classification_metrics(
             labels, probs, self.splits.classes, loss=mean_log_loss(probs, labels)
         )
         return {
-            "val_loss": m["loss"],
-            "val_accuracy": m["accuracy"],
-            "val_macro_auc": m["macro_auc"],
-            "val_auc": m["auc"],
+            f"{split}_loss": m["loss"],
+            f"{split}_accuracy": m["accuracy"],
+            f"{split}_macro_auc": m["macro_auc"],
+            f"{split}_auc": m["auc"],
         }
 
     def fit(self, reporter: Reporter | None = None) -> TrainResult:
@@ -477,6 +490,8 @@ class Trainer:
             self.spent_seconds += epoch_seconds
             if self.max_minutes:
                 self.replan(epoch_seconds, self.scheduler.last_epoch - steps_before)
+            if self.t.get("test_curve"):
+                row.update(self.score_test())  # after the budget's clock: outside --max-minutes
             row["planned_epochs"] = self.epochs
             is_best = improved(row, self.best, self.metric)
             if is_best:
