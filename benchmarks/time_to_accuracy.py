@@ -1,11 +1,17 @@
-"""Time to accuracy: validation accuracy against training minutes (and images seen) for runs
-side by side, read from each run's metrics.jsonl, with the minutes each run took to reach a
-few accuracy levels.
+"""Time to accuracy: accuracy against training minutes (and images seen) for runs side by
+side, read from each run's metrics.jsonl, with the minutes each run took to reach a few
+accuracy levels and each run's accuracy at a few fixed minutes.
 
-    python benchmarks/time_to_accuracy.py RUN [RUN ...] [--levels 0.95,0.99,0.995] [--plot F.png]
+    python benchmarks/time_to_accuracy.py RUN [RUN ...] [--levels 0.95,0.99,0.995]
+        [--minutes 5,10,20,30] [--split auto|val|test] [--plot F.png]
 
-Training minutes are the sum of the epochs' `train_seconds` (validation excluded), so they
-carry the load of the machine the run had; images seen (epochs x training images) do not.
+`--split test` reads the test figures that runs trained with `--set train.test_curve=true`
+record after every epoch; `auto` (the default) takes them when every run has them, the
+validation figures otherwise.
+
+Training minutes are the sum of the epochs' `train_seconds` (validation and test scoring
+excluded), so they carry the load of the machine the run had; images seen (epochs x training
+images) do not.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 
-def curve(run: Path) -> tuple[str, list[dict[str, Any]]]:
+def curve(run: Path, split: str) -> tuple[str, list[dict[str, Any]]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    split = json.loads((run / "split.json").read_text())
-    train_images = int(split["sizes"]["train"])
+    info = json.loads((run / "split.json").read_text())
+    train_images = int(info["sizes"]["train"])
     minutes = images = 0.0
     points = []
     for row in rows:
@@ -30,24 +36,36 @@ def curve(run: Path) -> tuple[str, list[dict[str, Any]]]:
                 "epoch": row["epoch"],
                 "minutes": minutes,
                 "images": images,
-                "accuracy": row["val_accuracy"],
-                "macro_auc": row["val_macro_auc"],
+                "accuracy": row[f"{split}_accuracy"],
+                "macro_auc": row[f"{split}_macro_auc"],
                 "images_per_s": row["train_images_per_s"],
             }
         )
     return run.name, points
 
 
+def has_test_curve(run: Path) -> bool:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return bool(lines) and all("test_accuracy" in json.loads(line) for line in lines if line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--levels", default="0.95,0.98,0.99,0.995,0.997")
+    parser.add_argument("--minutes", default="5,10,15,20,25,30", help="fixed-minute columns")
+    parser.add_argument("--split", choices=("auto", "val", "test"), default="auto")
     parser.add_argument("--plot", type=Path, help="Write the curves to this PNG")
     args = parser.parse_args()
+    split = args.split
+    if split == "auto":
+        split = "test" if all(has_test_curve(run) for run in args.runs) else "val"
     levels = [float(x) for x in args.levels.split(",")]
-    curves = [curve(run) for run in args.runs]
+    marks = [float(x) for x in args.minutes.split(",")]
+    curves = [curve(run, split) for run in args.runs]
 
-    print("| run | " + " | ".join(f"val {lv:.1%}" for lv in levels) + " |")
+    print(f"Minutes (epoch) at which {split} accuracy first reached each level:\n")
+    print("| run | " + " | ".join(f"{split} {lv:.1%}" for lv in levels) + " |")
     print("| --- |" + " --- |" * len(levels))
     for name, points in curves:
         cells = []
@@ -55,8 +73,23 @@ def main() -> None:
             hit = next((p for p in points if p["accuracy"] >= level), None)
             cells.append("-" if hit is None else f"{hit['minutes']:.0f} min (ep {hit['epoch']})")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+    # The last epoch that ended by each mark: what the run had to show after that long.
+    print(f"\n{split} accuracy (%) of the last epoch finished by each training minute:\n")
+    print("| run | " + " | ".join(f"{m:g} min" for m in marks) + " |")
+    print("| --- |" + " ---: |" * len(marks))
     for name, points in curves:
-        print(f"\n{name}: epoch, training minutes, images seen (M), val accuracy, macro AUC, img/s")
+        cells = []
+        for mark in marks:
+            done = [p for p in points if p["minutes"] <= mark + 1e-9]
+            cells.append(f"{100 * done[-1]['accuracy']:.2f}" if done else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+    for name, points in curves:
+        print(
+            f"\n{name}: epoch, training minutes, images seen (M), {split} accuracy, "
+            "macro AUC, img/s"
+        )
         for p in points:
             print(
                 f"  {p['epoch']:3d} {p['minutes']:7.1f} {p['images'] / 1e6:6.2f} "
@@ -71,7 +104,12 @@ def main() -> None:
             ax.plot(
                 [p["minutes"] for p in points], [p["accuracy"] for p in points], "o-", label=name
             )
-        ax.set(xlabel="training minutes", ylabel="validation accuracy", ylim=(0.9, 1.0))
+        low = min(p["accuracy"] for _, points in curves for p in points[len(points) // 3 :])
+        ax.set(
+            xlabel="training minutes",
+            ylabel=f"{'validation' if split == 'val' else 'test'} accuracy",
+            ylim=(max(0.0, low - 0.01), 1.0),
+        )
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

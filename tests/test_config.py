@@ -219,6 +219,7 @@ def test_failed_start_leaves_no_run_directory(tmp_path: Path, deeplense_home: Pa
         ({"num_threads": "many"}, "train.num_threads must be a whole number"),
         ({"device": "banana"}, "train.device must be auto, cpu, cuda or cuda:N"),
         ({"channels_last": "yes"}, "train.channels_last must be auto, true or false"),
+        ({"test_curve": "yes"}, "train.test_curve must be true or false, got 'yes'"),
     ],
 )
 def test_non_finite_and_out_of_range_train_settings_are_refused(train, message) -> None:

@@ -450,6 +450,33 @@ def test_validation_scores_the_model_that_evaluate_serves(
     assert abs(evaluated["loss"] - best["val_loss"]) < 1e-5 * max(1.0, best["val_loss"])
 
 
+def test_test_curve_records_the_test_split_and_changes_nothing_else(
+    tmp_path: Path, quick_train: Callable[..., RunDir]
+) -> None:
+    """`train.test_curve` adds each epoch's test figures (those `evaluate` finds in that
+    epoch's checkpoint) and leaves training, validation and the choice of epoch as they were."""
+    plain = quick_train(tmp_path / "plain", "--seed", "5", "--no-evaluate")
+    curve = quick_train(
+        tmp_path / "curve", "--seed", "5", "--no-evaluate", "--set", "train.test_curve=true"
+    )
+    rows, plain_rows = curve.read_metrics(), plain.read_metrics()
+    assert [r["train_loss"] for r in rows] == pytest.approx(
+        [r["train_loss"] for r in plain_rows], rel=1e-6
+    )
+    assert [r["best"] for r in rows] == [r["best"] for r in plain_rows]
+    assert all("test_accuracy" not in r for r in plain_rows)
+    assert all(
+        {"test_accuracy", "test_macro_auc", "test_loss", "test_seconds"} <= set(r) for r in rows
+    )
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(curve.path), "--checkpoint", "last", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output)
+    assert evaluated["accuracy"] == rows[-1]["test_accuracy"]
+    assert abs(evaluated["loss"] - rows[-1]["test_loss"]) < 1e-5 * max(1.0, rows[-1]["test_loss"])
+
+
 def _budget_trainer(
     steps_per_epoch: int, epochs: int, minutes: float, warmup: int, val_images: int = 0
 ) -> Any:
