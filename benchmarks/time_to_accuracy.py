@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,18 @@ def has_test_curve(run: Path) -> bool:
     return bool(lines) and all("test_accuracy" in json.loads(line) for line in lines if line)
 
 
+def table(
+    curves: list[tuple[str, list[dict[str, Any]]]],
+    headers: list[str],
+    columns: list[float],
+    cell: Callable[[list[dict[str, Any]], float], str],
+) -> None:
+    print("| run | " + " | ".join(headers) + " |")
+    print("| --- |" + " --- |" * len(headers))
+    for name, points in curves:
+        print(f"| {name} | " + " | ".join(cell(points, c) for c in columns) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -64,26 +77,19 @@ def main() -> None:
     marks = [float(x) for x in args.minutes.split(",")]
     curves = [curve(run, split) for run in args.runs]
 
-    print(f"Minutes (epoch) at which {split} accuracy first reached each level:\n")
-    print("| run | " + " | ".join(f"{split} {lv:.1%}" for lv in levels) + " |")
-    print("| --- |" + " --- |" * len(levels))
-    for name, points in curves:
-        cells = []
-        for level in levels:
-            hit = next((p for p in points if p["accuracy"] >= level), None)
-            cells.append("-" if hit is None else f"{hit['minutes']:.0f} min (ep {hit['epoch']})")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    def reached(points: list[dict[str, Any]], level: float) -> str:
+        hit = next((p for p in points if p["accuracy"] >= level), None)
+        return "-" if hit is None else f"{hit['minutes']:.0f} min (ep {hit['epoch']})"
 
-    # The last epoch that ended by each mark: what the run had to show after that long.
+    def by_minute(points: list[dict[str, Any]], mark: float) -> str:
+        # the last epoch that ended by the mark: what the run had to show after that long
+        done = [p for p in points if p["minutes"] <= mark + 1e-9]
+        return f"{100 * done[-1]['accuracy']:.2f}" if done else "-"
+
+    print(f"Minutes (epoch) at which {split} accuracy first reached each level:\n")
+    table(curves, [f"{split} {lv:.1%}" for lv in levels], levels, reached)
     print(f"\n{split} accuracy (%) of the last epoch finished by each training minute:\n")
-    print("| run | " + " | ".join(f"{m:g} min" for m in marks) + " |")
-    print("| --- |" + " ---: |" * len(marks))
-    for name, points in curves:
-        cells = []
-        for mark in marks:
-            done = [p for p in points if p["minutes"] <= mark + 1e-9]
-            cells.append(f"{100 * done[-1]['accuracy']:.2f}" if done else "-")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    table(curves, [f"{m:g} min" for m in marks], marks, by_minute)
 
     for name, points in curves:
         print(
