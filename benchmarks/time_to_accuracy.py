@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 
-def curve(run: Path, split: str) -> tuple[str, list[dict[str, Any]]]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+def metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def curve(run: Path, rows: list[dict[str, Any]], split: str) -> tuple[str, list[dict[str, Any]]]:
     info = json.loads((run / "split.json").read_text())
     train_images = int(info["sizes"]["train"])
     minutes = images = 0.0
@@ -43,11 +46,6 @@ def curve(run: Path, split: str) -> tuple[str, list[dict[str, Any]]]:
             }
         )
     return run.name, points
-
-
-def has_test_curve(run: Path) -> bool:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return bool(lines) and all("test_accuracy" in json.loads(line) for line in lines if line)
 
 
 def table(
@@ -70,12 +68,14 @@ def main() -> None:
     parser.add_argument("--split", choices=("auto", "val", "test"), default="auto")
     parser.add_argument("--plot", type=Path, help="Write the curves to this PNG")
     args = parser.parse_args()
+    rows = {run: metrics(run) for run in args.runs}
     split = args.split
-    if split == "auto":
-        split = "test" if all(has_test_curve(run) for run in args.runs) else "val"
+    if split == "auto":  # test when every run recorded a test curve (train.test_curve)
+        every = all(r and all("test_accuracy" in row for row in r) for r in rows.values())
+        split = "test" if every else "val"
     levels = [float(x) for x in args.levels.split(",")]
     marks = [float(x) for x in args.minutes.split(",")]
-    curves = [curve(run, split) for run in args.runs]
+    curves = [curve(run, rows[run], split) for run in args.runs]
 
     def reached(points: list[dict[str, Any]], level: float) -> str:
         hit = next((p for p in points if p["accuracy"] >= level), None)

@@ -44,6 +44,7 @@ from deeplense_cli.training.stopping import improved, progressed
 if TYPE_CHECKING:
     import torch
 
+    from deeplense_cli.data.imageset import ImageSet
     from deeplense_cli.data.splits import Splits
 
 
@@ -445,10 +446,10 @@ class Trainer:
         scores["test_seconds"] = time.perf_counter() - start
         return scores
 
-    def _score(self, split: str, images: Any, idx: np.ndarray) -> dict[str, Any]:
+    def _score(self, split: str, data: ImageSet, idx: np.ndarray) -> dict[str, Any]:
         logits = predict_logits(
             self.eval_model(),
-            images.images,
+            data.images,
             self.transform,
             indices=idx,
             batch_size=int(self.t["eval_batch_size"]),
@@ -460,7 +461,7 @@ class Trainer:
                 f"training diverged: the model's outputs on the {split} images are not "
                 "finite (NaN or inf); lower --lr or increase warm-up"
             )
-        labels = images.labels[idx]
+        labels = data.labels[idx]
         probs = softmax(logits.astype(np.float64))
         m = classification_metrics(
             labels, probs, self.splits.classes, loss=mean_log_loss(probs, labels)
