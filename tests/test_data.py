@@ -636,6 +636,21 @@ def test_cli_show_writes_png(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "PNG" in res.output
 
 
+def test_show_refuses_a_negative_seed_in_one_line(tmp_path: Path) -> None:
+    from deeplense_cli import api
+
+    write_tree(tmp_path / "ds", n=3)
+    out = tmp_path / "g.png"
+    res = CliRunner().invoke(
+        cli, ["data", "show", str(tmp_path / "ds"), "-o", str(out), "--seed", "-1"]
+    )
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "Error: --seed must be a whole number >= 0, got -1" in res.output
+    with pytest.raises(DeepLenseError, match="--seed must be a whole number >= 0"):
+        api.open_dataset(tmp_path / "ds").show(seed=-1)
+    assert not out.exists()
+
+
 def test_read_image_never_calls_allow_pickle(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -151,6 +151,20 @@ def test_evaluate_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None
     assert "Traceback" not in corrupt.output
 
 
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_a_batch_size_below_one_is_one_line_for_a_run_and_the_api(
+    trained_run: Path, size: str
+) -> None:
+    from deeplense_cli import api
+    from deeplense_cli.core.errors import DeepLenseError
+
+    res = CliRunner().invoke(cli, ["evaluate", str(trained_run), "--batch-size", size])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"Error: --batch-size must be a whole number >= 1, got {size}" in res.output
+    with pytest.raises(DeepLenseError, match="--batch-size must be a whole number >= 1"):
+        api.evaluate(trained_run, batch_size=int(size))
+
+
 def test_checkpoints_refuse_pickled_code(trained_run: Path, tmp_path: Path) -> None:
     """A checkpoint carrying a pickle payload must not run it (weights_only loading)."""
     import pickle

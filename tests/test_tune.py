@@ -218,6 +218,18 @@ def test_resume_errors_are_one_line() -> None:
     _one_line_error(_invoke("tune", "-m", "cvt", "--name", "../up"), "invalid experiment name")
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-epochs", "0"], "--max-epochs must be 1 or more, got 0"),  # was: 10 epochs
+        (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+        (["--num-cpus", "0"], "--num-cpus must be a whole number >= 1, got 0"),
+    ],
+)
+def test_numeric_flags_are_range_checked(flags: list[str], message: str) -> None:
+    _one_line_error(_invoke("tune", "-m", "resnet18", "--dataset", "Model_III", *flags), message)
+
+
 def test_a_per_run_time_budget_is_refused_for_a_search() -> None:
     result = _invoke("tune", "-m", "cvt", "--dataset", "Model_III", "--set", "train.max_minutes=5")
     _one_line_error(result, "limit it with --time-budget")

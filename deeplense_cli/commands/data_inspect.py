@@ -10,6 +10,7 @@ import click
 
 from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.core.ranges import check_number
 
 
 @contextlib.contextmanager
@@ -127,6 +128,7 @@ def show(
         save_example_grid,
     )
 
+    check_number("--seed", seed, 0, integer=True)  # before the folder is read
     folder = dataset_folder(target, data_root, test=use_test)
     with _cache_progress("Indexing images") as progress:
         image_set = load_image_set(folder, skip_bad=skip_bad, progress=progress)

@@ -14,6 +14,7 @@ from deeplense_cli.commands.train import data_flags, data_options, log_option, o
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.training.config import (
     METRICS,
     SLURM_DEFAULTS,
@@ -115,6 +116,8 @@ def tune(ctx: click.Context, **kw: Any) -> None:
     # The engine is imported here, not at the top: `deeplense --help` loads every command.
     from deeplense_cli import tune as engine
 
+    if kw["num_cpus"] is not None:
+        check_number("--num-cpus", kw["num_cpus"], 1, integer=True)
     listener = _listener(kw["output"])
     if kw["resume_name"]:
         given = [
@@ -173,7 +176,8 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
     settings = engine.TuneSettings(
         num_samples=kw["num_samples"],
-        max_epochs=int(kw["max_epochs"] or config["train"]["epochs"]),
+        # 0 is a value (refused below), not "unset"
+        max_epochs=config["train"]["epochs"] if kw["max_epochs"] is None else kw["max_epochs"],
         grace_period=kw["grace_period"],
         reduction_factor=kw["reduction_factor"],
         cpus_per_trial=kw["cpus_per_trial"],

@@ -11,6 +11,7 @@ import numpy as np
 
 from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import ImageSet, Progress, load_image_set
 from deeplense_cli.data.sources import DataSource, resolve_source
 
@@ -120,6 +121,7 @@ def examples_per_class(image_set: ImageSet, per_class: int) -> int:
 
 def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np.ndarray]:
     """Up to ``per_class`` indices of each class, chosen by ``seed``, sorted."""
+    check_number("--seed", seed, 0, integer=True)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(len(image_set.classes)):

@@ -14,6 +14,7 @@ import numpy as np
 
 from deeplense_cli.core import paths
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.transforms import apply_transform
@@ -49,8 +50,7 @@ def evaluate_onnx(
             "an ONNX file carries no data of its own: pass --dataset Model_X (its test folder) "
             "or --data FOLDER"
         )
-    if batch_size < 1:
-        raise DeepLenseError("--batch-size must be at least 1")
+    check_number("--batch-size", batch_size, 1, integer=True)
     path = resolve_model(model)
     onnx = OnnxModel(path, device=device, threads=threads)
     source = resolve_source(dataset=dataset, data=data, data_root=data_root)
@@ -109,6 +109,7 @@ def evaluate_target(
     """What `deeplense evaluate TARGET` evaluates: a run directory with PyTorch (its ``split``
     or ``data``/``dataset``), anything else (an .onnx file, a shipped model's name) with ONNX
     Runtime; the command and the Python API both come through here."""
+    check_number("--batch-size", batch_size, 1, integer=True)
     if Path(target).is_dir():
         return evaluate_run(
             RunDir.open(target),

@@ -13,6 +13,7 @@ import numpy as np
 from deeplense_cli.core import atomic
 from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.splits import load_splits
@@ -120,6 +121,7 @@ def evaluate_run(
     ``skipped_files`` and ``warnings``) instead of failing. ``track``: add the files to the
     run's tracker runs (``RUN/tracking.json``), if it has any; training logs its own.
     """
+    check_number("--batch-size", batch_size, 1, integer=True)
     images, idx, what = _select(run, split, splits, data, dataset, data_root, skip_bad)
     if len(idx) == 0:
         raise DeepLenseError(f"the {what} is empty; nothing to evaluate")

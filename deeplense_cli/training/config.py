@@ -15,7 +15,6 @@ is itself a valid ``--config``.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import yaml
 
 from deeplense_cli.core import yamlio
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import check_loggers, logger_names
@@ -253,42 +253,6 @@ def resolve(
     }
 
 
-def _number(
-    key: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-    optional: bool = False,
-    hint: str = "",
-) -> None:
-    """Refuse a setting that is not a finite number in its range (``key`` is dotted:
-    ``train.lr``); NaN, infinities and booleans never pass."""
-    if value is None and optional:
-        return
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if ok:
-        return
-    kind = "a whole number" if integer else "a number"
-    if low is not None and high is not None:
-        where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        where = f"{'>' if low_open else '>='} {low:g}"
-    else:
-        where = "(finite)"
-    null = " or null" if optional else ""
-    raise DeepLenseError(f"{key} must be {kind} {where}{null}{hint}, got {value!r}")
-
-
 def _boolean(key: str, value: Any) -> None:
     # a quoted "no" or "false" is a non-empty string, which Python would take as true
     if not isinstance(value, bool):
@@ -301,23 +265,23 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 def _validate_train(train: dict[str, Any]) -> None:
     """Every training setting has the right type and a sensible range, so a bad value is
     refused before anything is written (a NaN learning rate used to fail inside torch)."""
-    _number("train.epochs", train["epochs"], 1, integer=True)
-    _number("train.max_minutes", train["max_minutes"], 0, optional=True, hint=" (0: no limit)")
-    _number("train.batch_size", train["batch_size"], 1, integer=True)
-    _number("train.eval_batch_size", train["eval_batch_size"], 1, integer=True)
-    _number("train.lr", train["lr"], 0, 1, low_open=True)
-    _number("train.min_lr_ratio", train["min_lr_ratio"], 0, 1)
-    _number("train.weight_decay", train["weight_decay"], 0)
-    _number("train.warmup_epochs", train["warmup_epochs"], 0)
-    _number("train.grad_clip", train["grad_clip"], 0, hint=" (0 disables)")
-    _number("train.label_smoothing", train["label_smoothing"], 0, 1, high_open=True)
-    _number("train.ema_decay", train["ema_decay"], 0, 1, high_open=True, hint=" (0 disables)")
-    _number(
+    check_number("train.epochs", train["epochs"], 1, integer=True)
+    check_number("train.max_minutes", train["max_minutes"], 0, optional=True, hint=" (0: no limit)")
+    check_number("train.batch_size", train["batch_size"], 1, integer=True)
+    check_number("train.eval_batch_size", train["eval_batch_size"], 1, integer=True)
+    check_number("train.lr", train["lr"], 0, 1, low_open=True)
+    check_number("train.min_lr_ratio", train["min_lr_ratio"], 0, 1)
+    check_number("train.weight_decay", train["weight_decay"], 0)
+    check_number("train.warmup_epochs", train["warmup_epochs"], 0)
+    check_number("train.grad_clip", train["grad_clip"], 0, hint=" (0 disables)")
+    check_number("train.label_smoothing", train["label_smoothing"], 0, 1, high_open=True)
+    check_number("train.ema_decay", train["ema_decay"], 0, 1, high_open=True, hint=" (0 disables)")
+    check_number(
         "train.patience", train["patience"], 0, integer=True, optional=True, hint=" (0 disables)"
     )
-    _number("train.min_delta", train["min_delta"], 0)
-    _number("train.seed", train["seed"], 0, integer=True)
-    _number(
+    check_number("train.min_delta", train["min_delta"], 0)
+    check_number("train.seed", train["seed"], 0, integer=True)
+    check_number(
         "train.num_threads",
         train["num_threads"],
         0,
@@ -325,7 +289,7 @@ def _validate_train(train: dict[str, Any]) -> None:
         optional=True,
         hint=" (0: the available cores)",
     )
-    _number(
+    check_number(
         "train.precise_bn_images", train["precise_bn_images"], 0, integer=True, hint=" (0 disables)"
     )
     _boolean("train.test_curve", train["test_curve"])
@@ -356,11 +320,11 @@ def _validate_data(data: dict[str, Any]) -> None:
     for key in ("dataset", "data", "data_root"):
         if data[key] is not None and not isinstance(data[key], str):
             raise DeepLenseError(f"data.{key} must be a name or a path, got {data[key]!r}")
-    _number("data.val_fraction", data["val_fraction"], 0, 1, high_open=True)
-    _number("data.test_fraction", data["test_fraction"], 0, 1, high_open=True)
-    _number("data.split_seed", data["split_seed"], 0, integer=True)
+    check_number("data.val_fraction", data["val_fraction"], 0, 1, high_open=True)
+    check_number("data.test_fraction", data["test_fraction"], 0, 1, high_open=True)
+    check_number("data.split_seed", data["split_seed"], 0, integer=True)
     for key in ("max_train_per_class", "max_test_per_class"):
-        _number(f"data.{key}", data[key], 1, integer=True, optional=True)
+        check_number(f"data.{key}", data[key], 1, integer=True, optional=True)
     for key in ("skip_bad", "standardize"):
         _boolean(f"data.{key}", data[key])
     crop = data["crop"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.ranges import check_number
 from deeplense_cli.training.config import METRICS
 
 
@@ -49,3 +50,4 @@ class TuneSettings:
             raise DeepLenseError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise DeepLenseError("--time-budget must be positive")
+        check_number("--seed", self.seed, 0, integer=True)
