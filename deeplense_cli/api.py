@@ -53,9 +53,9 @@ from deeplense_cli.deploy.predict import (
     load_predictor,
     predict_arrays,
 )
-from deeplense_cli.deploy.pretrained import PretrainedModel, shipped_models
 from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
+from deeplense_cli.registry.pretrained import PretrainedModel, shipped_models
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.simulate import check_request, model_spec, parse_classes, simulate_dataset
 from deeplense_cli.training.config import config_from_mapping, load_config_file, resolve

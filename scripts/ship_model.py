@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deeplense_cli.core import atomic
 from deeplense_cli.deploy.export import export_onnx
-from deeplense_cli.deploy.pretrained import CARD_KEYS, FOLDER
+from deeplense_cli.registry.pretrained import CARD_KEYS, FOLDER
 from deeplense_cli.runs.rundir import RunDir
 
 LIMITS = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deeplense_cli.deploy import pretrained
+from deeplense_cli.registry import pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 

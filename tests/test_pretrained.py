@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from deeplense_cli.cli import cli
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.deploy import pretrained
 from deeplense_cli.deploy.onnx_session import read_model_info
+from deeplense_cli.registry import pretrained
 
 
 @pytest.fixture(scope="module")

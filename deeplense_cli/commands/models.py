@@ -110,7 +110,7 @@ def plugins(as_json: bool) -> None:
 def pretrained(as_json: bool) -> None:
     """List the trained models that ship with deeplense: use a NAME wherever a model file goes
     (`deeplense predict Model_III images/`)."""
-    from deeplense_cli.deploy.pretrained import shipped_models
+    from deeplense_cli.registry.pretrained import shipped_models
 
     shipped = shipped_models()
     if as_json:

@@ -19,7 +19,6 @@ from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
-from deeplense_cli.deploy.pretrained import resolve_model
 from deeplense_cli.evaluation.evaluate import (
     Evaluation,
     check_finite,
@@ -27,6 +26,7 @@ from deeplense_cli.evaluation.evaluate import (
     score,
     write_report,
 )
+from deeplense_cli.registry.pretrained import resolve_model
 from deeplense_cli.runs.rundir import RunDir
 
 

@@ -32,8 +32,8 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, as_image, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
-from deeplense_cli.deploy.pretrained import resolve_model
 from deeplense_cli.evaluation.metrics import softmax
+from deeplense_cli.registry.pretrained import resolve_model
 from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
 """Trained models that ship inside the package: one ONNX export per dataset and its model card.
 
-``deeplense_cli/pretrained/NAME.onnx`` is a validated ``deeplense export onnx`` file and
-``NAME.json`` its card (what it was trained on, the resolved config, its test metrics, its
-limits). A shipped model's name stands wherever a model path goes (``deeplense predict
+``deeplense_cli/pretrained/NAME.onnx`` is a validated ``deeplense export onnx`` file,
+``NAME.safetensors`` the same model's PyTorch weights (for ``train --init NAME``: safetensors
+holds tensors only, so loading it runs no code) and ``NAME.json`` its card (what it was
+trained on, the resolved config, its test metrics, its limits, where the weights came from). A shipped model's name stands wherever a model path goes (``deeplense predict
 Model_III images/``), so predicting works offline straight after ``pip install``.
 """
 
@@ -38,6 +39,12 @@ class PretrainedModel:
     card: dict[str, Any]
 
     @property
+    def weights_path(self) -> Path | None:
+        """The PyTorch weights beside the ONNX file (None when this model has none)."""
+        path = self.path.with_suffix(".safetensors")
+        return path if path.is_file() else None
+
+    @property
     def summary(self) -> dict[str, Any]:
         """The card's headline: for listings."""
         metrics = self.card.get("test_metrics") or {}
@@ -51,6 +58,7 @@ class PretrainedModel:
             "test_images": metrics.get("n"),
             "size_mb": round(self.path.stat().st_size / 1e6, 2),
             "path": str(self.path),
+            "weights": str(self.weights_path) if self.weights_path else None,
         }
 
 
