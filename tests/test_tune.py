@@ -659,3 +659,30 @@ def test_a_search_logs_one_tracker_run_per_trial(
         assert run.info.status == ("FINISHED" if t["status"] == "completed" else "KILLED")
         assert "metrics.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert (Path(t["run_dir"]) / "tensorboard").is_dir()
+
+
+@pytest.mark.slow
+def test_a_search_fine_tunes_from_a_shipped_model(
+    ray_runtime: None, sim_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tune --init: every trial starts from the shipped weights; only training settings are
+    searched (the weights fix the model's shape)."""
+    monkeypatch.setenv("DEEPLENSE_HOME", str(tmp_path))
+    args = ["tune", "--init", "Model_III", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--set", "train.batch_size=16", "--num-samples", "2", "--max-epochs", "1",
+            "--cpus-per-trial", "2", "--name", "ft"]  # fmt: skip
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    trials = json.loads((tmp_path / "runs" / "tune" / "ft" / "trials.json").read_text())
+    assert len(trials) == 2
+    for t in trials:
+        assert not any(k.startswith("model.") for k in t["params"]), t["params"]
+        run = Path(t["run_dir"])
+        assert json.loads((run / "init.json").read_text())["shipped_model"] == "Model_III"
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["init"] == "Model_III"
+        # from the shipped weights, one epoch on this Model_III data is far above chance
+        assert t["best_value"] > 0.9, t
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"model.s2_heads": {"type": "choice", "values": [2]}}))
+    refused = _invoke(*args[:-2], "--name", "ft2", "--space", str(space))
+    assert refused.exit_code != 0 and "come with its weights" in refused.output

@@ -42,6 +42,10 @@ class RichReporter:
             f"{info['device']} (amp {info['amp']}); train {info['train']}, val {info['val']}, "
             f"test {info['test']} images; classes {', '.join(info['classes'])}"
         )
+        if info.get("init"):
+            self.console.print(f"Starting from {info['init']}")
+        for note in info.get("notes", []):
+            self.console.print(f"Note: {note}")
         for warning in info.get("warnings", []):
             self.console.print(f"[yellow]Warning:[/] {warning}")
         self.progress = Progress(

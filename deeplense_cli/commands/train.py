@@ -16,6 +16,7 @@ from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.version import __version__
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
+from deeplense_cli.training.init import FREEZE
 from deeplense_cli.training.reporters import JsonlReporter
 
 # Where the data is and how it is split: the flags that :func:`data_flags` reads.
@@ -82,6 +83,20 @@ def output_option(fn: Any) -> Any:
     help="YAML config; flags override it.",
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option(
+    "--init",
+    "init",
+    metavar="SOURCE",
+    help="Fine-tune: start from a shipped model's name (Model_I), a run directory or "
+    "RUN/checkpoints/{best,last}.pt. Its architecture and transform come with it; the head "
+    "is rebuilt when the data's classes differ; lr 5e-5, 0.5 warm-up epochs, no EMA "
+    "unless given.",
+)
+@click.option(
+    "--freeze",
+    type=click.Choice(FREEZE),
+    help="With --init: 'backbone' trains only the classifier head (tiny data). [default: none]",
+)
 @click.option("--epochs", type=int)
 @click.option(
     "--max-minutes",
@@ -187,6 +202,8 @@ def train(**kw: Any) -> None:
                 "device",
                 "amp",
                 "num_threads",
+                "init",
+                "freeze",
             )
         },
         "slurm": slurm_flags(kw),

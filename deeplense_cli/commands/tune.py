@@ -22,10 +22,13 @@ from deeplense_cli.training.config import (
     parse_overrides,
     resolve,
 )
+from deeplense_cli.training.init import FREEZE
 
 # Options that describe a new search; --resume takes them from the experiment instead.
 NEW_SEARCH_OPTIONS = (
     "model",
+    "init",
+    "freeze",
     "dataset",
     "data_path",
     "data_root",
@@ -54,6 +57,13 @@ NEW_SEARCH_OPTIONS = (
 
 @click.command(context_settings={"show_default": True})
 @click.option("-m", "--model", help="Architecture name (see `deeplense models`).")
+@click.option(
+    "--init",
+    metavar="SOURCE",
+    help="Fine-tune every trial from a shipped model, a run or a checkpoint (as train "
+    "--init); only training settings are searched.",
+)
+@click.option("--freeze", type=click.Choice(FREEZE), help="With --init, as train --freeze.")
 @data_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Base config YAML.")
 @click.option(
@@ -170,6 +180,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
     flags = {
         "model": {"name": kw["model"]},
         "data": data_flags(kw),
+        "train": {"init": kw["init"], "freeze": kw["freeze"]},
         "slurm": _slurm_section(kw),
         "tracking": {"loggers": kw["loggers"]},
     }

@@ -15,6 +15,7 @@ is itself a valid ``--config``.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from deeplense_cli.core.ranges import check_number
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import check_loggers, logger_names
+from deeplense_cli.training.init import FINETUNE_DEFAULTS, FREEZE, InitSource, find_source
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": None,  # Model_I / Model_II / Model_III under the data root
@@ -77,6 +79,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # also score the test split after every epoch (test_* columns of metrics.jsonl: test
     # accuracy against training minutes); never used to choose or stop, outside max_minutes
     "test_curve": False,
+    # fine-tuning: start from a shipped model's name, a run directory or a checkpoint
+    # (deeplense_cli.training.init); its architecture and transform come with it
+    "init": None,
+    "freeze": "none",  # with init: "backbone" trains the classifier head alone
 }
 
 SLURM_DEFAULTS: dict[str, Any] = {
@@ -187,19 +193,32 @@ def resolve(
     }
 
     model_file = file_config.get("model") or {}
+    init = _init_source(file_config, flags, overrides or {})
     name = flags.get("model", {}).get("name") or model_file.get("name")
+    if init is not None and name and get_architecture(str(name)).name != init.architecture:
+        raise DeepLenseError(
+            f"--model {name} does not match --init {init.spec}, a {init.architecture}; "
+            "leave out --model (the architecture comes with the weights)"
+        )
+    name = name or (init.architecture if init is not None else None)
     if not name:
         raise DeepLenseError("no model given; pass --model NAME (see `deeplense models`)")
     arch = get_architecture(str(name))
 
     params = dict(arch.defaults)
+    if init is not None:  # the source's hyper-parameters: its weights fit no others
+        params.update(arch.canonical_params(init.params))
     file_params = arch.canonical_params(model_file.get("params") or {})
     _check_keys(f"{arch.name} model", file_params, params)
     params.update(file_params)
     params.update(arch.canonical_params(flags.get("model", {}).get("params", {}) or {}))
 
     train = {**TRAIN_DEFAULTS, **dict(arch.train_defaults)}
+    if init is not None:
+        train.update(FINETUNE_DEFAULTS)
     data = dict(DATA_DEFAULTS)
+    if init is not None:  # the source's crop, unless one is given below
+        data["crop"] = init.transform.get("crop")
     slurm = dict(SLURM_DEFAULTS)
     tracking = copy.deepcopy(TRACKING_DEFAULTS)
     sections = {"train": train, "data": data, "slurm": slurm, "tracking": tracking}
@@ -241,6 +260,8 @@ def resolve(
         train["augment"] = "rot180" if data.get("dataset") else "dihedral"
     if train["amp"] is False:  # YAML 1.1 reads a bare `off` (--set train.amp=off) as false
         train["amp"] = "off"
+    if init is not None:
+        train["init"] = init.spec
     _validate_train(train)
     _validate_data(data)
     _validate_tracking(tracking)
@@ -251,6 +272,21 @@ def resolve(
         "slurm": slurm,
         "tracking": tracking,
     }
+
+
+def _init_source(
+    file_config: dict[str, Any], flags: dict[str, dict[str, Any]], overrides: dict[str, Any]
+) -> InitSource | None:
+    """The ``train.init`` source, whichever layer gives it (flags over --set over the file)."""
+    spec = (file_config.get("train") or {}).get("init")
+    for key in ("init", "train.init"):
+        spec = overrides.get(key, spec)
+    spec = flags.get("train", {}).get("init", spec)
+    if spec is None:
+        return None
+    if not isinstance(spec, str | os.PathLike):
+        raise DeepLenseError(f"train.init must be a name or a path, got {spec!r}")
+    return find_source(spec)
 
 
 def _boolean(key: str, value: Any) -> None:
@@ -293,6 +329,14 @@ def _validate_train(train: dict[str, Any]) -> None:
         "train.precise_bn_images", train["precise_bn_images"], 0, integer=True, hint=" (0 disables)"
     )
     _boolean("train.test_curve", train["test_curve"])
+    if train["freeze"] not in FREEZE:
+        raise DeepLenseError(
+            f"train.freeze must be one of {', '.join(FREEZE)}, got {train['freeze']!r}"
+        )
+    if train["freeze"] != "none" and not train["init"]:
+        raise DeepLenseError(
+            f"train.freeze={train['freeze']} needs --init (trained weights to freeze)"
+        )
     if train["early_stopping_metric"] not in METRICS:
         raise DeepLenseError(
             f"train.early_stopping_metric must be one of {', '.join(METRICS)}, "
@@ -372,8 +416,11 @@ def resume_config(
         raise ValueError(f"resume_config cannot change {', '.join(sorted(unknown))}")
     train = dict(raw["train"])
     train.update({k: v for k, v in {"epochs": epochs, **changes}.items() if v is not None})
+    # The init source gave the first weights only: resuming needs it no more (it may be gone).
+    started_from = {k: train.pop(k) for k in ("init", "freeze") if k in train}
     try:
         config = resolve({**raw, "train": train})
     except DeepLenseError as exc:
         raise DeepLenseError(f"cannot resume {run.path}: {run.config_path.name}: {exc}") from None
+    config["train"].update(started_from)
     return config, run

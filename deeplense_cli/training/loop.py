@@ -36,6 +36,7 @@ from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import tracked
 from deeplense_cli.training.augment import augment, augment_group
+from deeplense_cli.training.init import apply_freeze, apply_init, find_source, freeze_backbone_modes
 from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
 from deeplense_cli.training.schedule import PLAN_PROBE_STEPS, lr_factor
@@ -94,8 +95,19 @@ def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
     # The transform first: a setting that does not fit the data must fail before config.yaml
     # makes the folder look like a resumable run.
     standardize = bool(config["data"].get("standardize", True))
-    transform = transform_for(splits, standardize, config["data"].get("crop"))
+    crop = config["data"].get("crop")
+    source = find_source(config["train"]["init"]) if config["train"].get("init") else None
+    if source is not None and standardize and crop == source.transform.get("crop"):
+        # fine-tuning: the inputs standardised as the source model was trained to see them
+        transform = transform_for(splits, False, crop)
+        for key in ("mean", "std"):
+            if key in source.transform:
+                transform[key] = source.transform[key]
+    else:
+        transform = transform_for(splits, standardize, crop)
     run.write_config({**config, "deeplense_version": __version__})
+    if source is not None:
+        run.write_record("init", source.record())
     run.write_record("classes", list(splits.classes))
     run.write_record("transform", transform)
     run.write_record("split", splits.record())
@@ -104,7 +116,10 @@ def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
 class Trainer:
     """Holds the model, optimiser and state of one run; `fit` runs the epochs."""
 
-    def __init__(self, config: dict[str, Any], run: RunDir, splits: Splits) -> None:
+    def __init__(
+        self, config: dict[str, Any], run: RunDir, splits: Splits, fresh: bool = True
+    ) -> None:
+        """``fresh``: a new run (``train.init`` weights are loaded); False when resuming."""
         import torch
 
         self.config, self.run, self.splits = config, run, splits
@@ -122,7 +137,15 @@ class Trainer:
             num_classes=len(splits.classes),
             in_channels=self.transform["in_channels"],
             **config["model"]["params"],
-        ).to(self.device)
+        )
+        self.init_notes: list[str] = []
+        self.freeze = str(t.get("freeze") or "none")
+        if t.get("init") and fresh:
+            source = find_source(t["init"])
+            self.init_notes = apply_init(self.model, source, splits.classes, self.freeze)
+        elif self.freeze == "backbone":  # resuming: the same parameters train as before
+            apply_freeze(self.model, len(splits.classes))
+        self.model = self.model.to(self.device)
         self.channels_last = _use_channels_last(self.model, self.device, t.get("channels_last"))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -267,6 +290,8 @@ class Trainer:
         labels_all = self.splits.train.labels
         aug_rng = rng if self.augment_group != "none" else None
         self.model.train()
+        if self.freeze == "backbone":
+            freeze_backbone_modes(self.model, len(self.splits.classes))
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
         probe = min(PLAN_PROBE_STEPS, max(1, self.steps_per_epoch // 4))
@@ -385,7 +410,8 @@ class Trainer:
     def _precise_bn_plan(self) -> tuple[int, list[Any]]:
         """(images to recompute the BatchNorm statistics from, the BatchNorm layers)."""
         n = int(self.t.get("precise_bn_images") or 0)
-        norms = self._batch_norms() if n > 0 else []
+        # a frozen backbone keeps the statistics it was trained with
+        norms = self._batch_norms() if n > 0 and self.freeze == "none" else []
         return (min(n, len(self.splits.train_idx)) if norms else 0), norms
 
     def precise_batch_norm(self) -> None:
@@ -546,7 +572,9 @@ def train(
     else:
         init_run(config, run, splits)
         run.truncate_metrics(0)
-    trainer = Trainer(config, run, splits)
+    trainer = Trainer(
+        config, run, splits, fresh=not (resume and run.checkpoint_path("last").exists())
+    )
     if resume and run.checkpoint_path("last").exists():
         trainer.restore(run.load_checkpoint("last"))
         run.truncate_metrics(trainer.epoch)
@@ -584,6 +612,8 @@ def _train_and_report(
             "steps_per_epoch": trainer.steps_per_epoch,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "skipped_files": skipped,
+            "init": config["train"].get("init"),
+            "notes": trainer.init_notes,
             "warnings": [w for w in [amp_warning(trainer.device, trainer.amp_dtype)] if w]
             + data_warnings,
         }

@@ -133,8 +133,16 @@ def build_space(config: dict[str, Any], override: dict[str, Any] | None = None) 
     space = check_space(
         dict(arch.tune_space), config, f"{arch.name} tune_space (plugin {arch.plugin or '?'})"
     )
+    if config["train"].get("init"):
+        # fine-tuning: the weights fix the model's shape, so only training settings are searched
+        space = {k: v for k, v in space.items() if not k.startswith("model.")}
     for key, spec in (override or {}).items():
         canon = _canonical_key(str(key), config, "--space")
+        if config["train"].get("init") and canon.startswith("model.") and spec is not None:
+            raise DeepLenseError(
+                f"--space {key}: with --init the model's hyper-parameters come with its "
+                "weights; search training settings only"
+            )
         if spec is None:
             space.pop(canon, None)
         else:
