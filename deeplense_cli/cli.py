@@ -6,6 +6,7 @@ Subcommands live in ``deeplense_cli.commands.*`` and are imported only when used
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -50,4 +51,13 @@ def main() -> None:
     except DeepLenseError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    cli(prog_name="deeplense")
+    try:
+        cli(prog_name="deeplense")
+    except SystemExit as exc:
+        if exc.code != 130:
+            raise
+        # Interrupted: the command has unwound, but a worker thread stuck in a read (a network
+        # filesystem, a device) would hold the interpreter's exit; one Ctrl+C ends it now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

@@ -729,3 +729,95 @@ def test_download_killed_while_unpacking_is_swept(tmp_path: Path, mirror: Path) 
     assert proc.returncode == 0, proc.stderr
     assert temporaries(root) == []
     assert len(list((root / "Model_III").rglob("*.npy"))) == 6
+
+
+# ---- special files and Ctrl+C -------------------------------------------------------------
+def small_tree(root: Path, n: int = 2) -> Path:
+    """A class-per-folder tree of 64 x 64 images (the shipped Model_III's size)."""
+    rng = np.random.default_rng(0)
+    for cls in ("axion", "cdm", "no_sub"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            np.save(root / cls / f"{i}.npy", rng.random((64, 64), dtype=np.float32))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_fifo_or_socket_named_npy_is_named_not_waited_on(tmp_path: Path, kind: str) -> None:
+    import socket
+
+    tree = small_tree(tmp_path / "ds")
+    special = tree / "axion" / "special.npy"
+    if kind == "fifo":
+        os.mkfifo(special)  # opening it would wait for a writer forever
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(special))
+    env = {**os.environ, "DEEPLENSE_HOME": str(tmp_path / "home")}
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a socket"
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cli_command(*args), capture_output=True, text=True, timeout=120, env=env
+        )
+
+    info = run("data", "info", tree, "--json")
+    assert info.returncode == 0, info.stderr
+    bad = json.loads(info.stdout)["train"]["bad_examples"]
+    assert bad == [{"file": "axion/special.npy", "reason": f"not a regular file but {what}"}]
+    refused = run("predict", "Model_III", tree)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"special.npy: not a regular file but {what}" in refused.stderr
+    skipped = run("predict", "Model_III", tree, "--skip-bad", "--json")
+    assert skipped.returncode == 0, skipped.stderr
+    assert len(json.loads(skipped.stdout)["predictions"]) == 6
+    named = run("predict", "Model_III", special)
+    assert named.returncode == 1 and "not a regular file" in named.stderr, named.stderr
+
+
+HUNG_READ = """
+import sys, threading
+from pathlib import Path
+from deeplense_cli.data import imageset
+from deeplense_cli.cli import main
+
+real = imageset.read_image
+marker = Path(sys.argv[1])
+
+def hung(path):  # a read that never returns in the reading threads (a hung network mount)
+    if threading.current_thread() is not threading.main_thread():
+        marker.touch()
+        threading.Event().wait()
+    return real(path)
+
+imageset.read_image = hung
+sys.argv = ["deeplense", "data", "info", sys.argv[2]]
+main()
+"""
+
+
+def test_one_ctrl_c_ends_a_command_whose_reader_thread_hangs(tmp_path: Path) -> None:
+    from conftest import interruptible
+
+    tree = small_tree(tmp_path / "ds", n=40)
+    marker = tmp_path / "reading"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_READ, str(marker), str(tree)],
+        env={**os.environ, "DEEPLENSE_HOME": str(tmp_path / "home"), "DEEPLENSE_READ_WORKERS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the reading threads never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)  # was: forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and err.strip().endswith("Interrupted."), err

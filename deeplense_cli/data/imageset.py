@@ -184,21 +184,22 @@ def _read_in_order(files: list[Path], workers: int) -> Iterator[_Read]:
     if workers <= 1:
         yield from map(_try_read, files)
         return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future[_Read]] = deque()
+    # Not `with`: its exit waits for every running read, and one read that hangs (a network
+    # filesystem) would then hold Ctrl+C; the CLI ends without waiting for such threads.
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="deeplense-read")
+    pending: deque[Future[_Read]] = deque()
+    try:
         ahead = iter(files)
         for path in itertools.islice(ahead, 4 * workers):
             pending.append(pool.submit(_try_read, path))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                nxt = next(ahead, None)
-                if nxt is not None:
-                    pending.append(pool.submit(_try_read, nxt))
-                yield result
-        finally:
-            for fut in pending:
-                fut.cancel()
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(ahead, None)
+            if nxt is not None:
+                pending.append(pool.submit(_try_read, nxt))
+            yield result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _build_cache(root: Path, scan: _Scan, target: Path, progress: Progress | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import threading
 import warnings
 import zipfile
@@ -83,6 +84,8 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 for fn in filenames:
                     if not fn.startswith(".") and has_supported_extension(fn):
                         found.add(Path(dirpath) / fn)
+        elif path.exists() and not path.is_file():
+            raise DeepLenseError(f"{path}: not a regular file (a FIFO, socket or device)")
         elif path.is_file():
             if not has_supported_extension(path):
                 raise DeepLenseError(
@@ -101,6 +104,7 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     """
     name = os.fspath(path).lower()
     try:
+        _check_regular(path)
         if name.endswith(".npy"):
             with open(path, "rb") as fh:
                 raw, mass = _read_npy(fh, allow_object=True)
@@ -127,6 +131,7 @@ def read_npy(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     """Read a ``.npy`` file (a plain array or the axion ``[image, mass]`` object array)
     safely, keeping its dtype and shape: (array, axion mass or None)."""
     try:
+        _check_regular(path)
         with open(path, "rb") as fh:
             raw, mass = _read_npy(fh, allow_object=True)
     except _Bad as exc:
@@ -134,6 +139,26 @@ def read_npy(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     except OSError as exc:
         raise BadImageError(path, f"cannot read ({exc.strerror})") from None
     return np.asarray(raw), mass
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _check_regular(path: str | os.PathLike[str]) -> None:
+    """Refuse what is not a regular file before opening it: opening a FIFO blocks until a
+    writer comes, and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # open() reports it, with its reason
+    if not stat.S_ISREG(mode):
+        raise _Bad(f"not a regular file but {_KINDS.get(stat.S_IFMT(mode), 'a special file')}")
 
 
 def as_image(array: Any, name: str | os.PathLike[str]) -> np.ndarray:
