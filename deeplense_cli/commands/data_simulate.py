@@ -50,6 +50,14 @@ from deeplense_cli.data import KNOWN_CLASSES
     show_default=True,
     help=f"Comma-separated subset of {','.join(KNOWN_CLASSES)}.",
 )
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override the dataset's recipe (repeatable; recorded in recipe.json of each split "
+    f"folder). Keys: {engine.known_keys(described=True)}.",
+)
 def simulate(
     model: str,
     train_per_class: int,
@@ -58,11 +66,14 @@ def simulate(
     workers: int | None,
     out: Path | None,
     classes: str,
+    settings: tuple[str, ...],
 ) -> None:
     """Simulate a DeepLense dataset (MODEL: Model_I, Model_II or Model_III) with lenstronomy.
 
-    Follows the published recipe and writes the released layout. Re-running the same
-    command resumes: finished files are kept, missing ones are written.
+    Follows the published recipe, or that recipe with --set overrides, e.g.
+    `--set psf_fwhm=0.2 --set lens_light=true`, and writes the released layout. Re-running the
+    same command resumes: finished files are kept, missing ones are written. A folder that
+    holds images of another recipe is refused.
     """
     from rich.progress import (
         BarColumn,
@@ -78,17 +89,22 @@ def simulate(
     from rich.text import Text
 
     spec = engine.model_spec(model)
+    recipe = engine.resolve_recipe(spec.name, engine.parse_assignments(settings))
     selected = engine.parse_classes(classes)
     root = paths.data_root(out)
     n_workers = engine.check_request(train_per_class, test_per_class, seed, workers)
+    engine.check_records(root, recipe, train_per_class, test_per_class)
     total = (train_per_class + test_per_class) * len(selected)
     con = console()
+    size = recipe.image_size
     con.print(
-        f"Simulating [bold]{spec.name}[/] ({spec.num_pix}x{spec.num_pix}, "
-        f'{spec.pixel_scale}"/px) classes {", ".join(selected)}: '
+        f"Simulating [bold]{spec.name}[/] ({size}x{size}, "
+        f'{recipe.pixel_scale}"/px) classes {", ".join(selected)}: '
         f"{train_per_class} train + {test_per_class} test per class, seed {seed}, "
         f"{n_workers} worker(s)"
     )
+    if recipe.overrides():
+        con.print(f"Recipe overrides: {engine.format_overrides(recipe.overrides())}", markup=False)
     con.print(
         f"Writing to {engine.split_dir(root, spec.name, 'train')}/ and "
         f"{engine.split_dir(root, spec.name, 'test')}/"
@@ -124,6 +140,7 @@ def simulate(
             workers=n_workers,
             classes=selected,
             progress=advance,
+            recipe=recipe,
         )
 
     table = Table(title=f"{spec.name} simulation summary")

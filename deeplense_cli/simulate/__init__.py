@@ -1,6 +1,7 @@
 """Simulate DeepLense Model_I / Model_II / Model_III lensing images with lenstronomy.
 
 * :mod:`~deeplense_cli.simulate.recipe` -- the published recipe: models, draws, noise
+* :mod:`~deeplense_cli.simulate.overrides` -- recipe overrides (``--set KEY=VALUE``)
 * :mod:`~deeplense_cli.simulate.render` -- lenstronomy set-up, reference and fast simulators
 * :mod:`~deeplense_cli.simulate.kernels` -- the fast simulator's numba kernels
 * :mod:`~deeplense_cli.simulate.streams` -- per-image random streams and file names
@@ -11,16 +12,28 @@ astropy, numba and scipy are imported on first use, so importing this package is
 """
 
 from deeplense_cli.simulate.dataset import (
+    check_records,
     check_request,
     load_sample,
     parse_classes,
+    read_record,
     simulate_dataset,
     split_dir,
 )
+from deeplense_cli.simulate.overrides import (
+    KEY_HELP,
+    format_overrides,
+    known_keys,
+    parse_assignments,
+    resolve_recipe,
+)
 from deeplense_cli.simulate.recipe import (
     N_SUBHALOS,
+    RECIPE_KEYS,
     VORTEX_POINTS,
     LensParams,
+    Recipe,
+    base_recipe,
     draw_params,
     finish_image,
     model_spec,
@@ -29,21 +42,31 @@ from deeplense_cli.simulate.render import FastSimulator, ReferenceSimulator, fas
 from deeplense_cli.simulate.streams import SPLITS, file_name, image_rng, simulate_images
 
 __all__ = [
+    "KEY_HELP",
     "N_SUBHALOS",
+    "RECIPE_KEYS",
     "SPLITS",
     "VORTEX_POINTS",
     "FastSimulator",
     "LensParams",
+    "Recipe",
     "ReferenceSimulator",
+    "base_recipe",
+    "check_records",
     "check_request",
     "draw_params",
     "fast_simulator",
     "file_name",
     "finish_image",
+    "format_overrides",
     "image_rng",
+    "known_keys",
     "load_sample",
     "model_spec",
+    "parse_assignments",
     "parse_classes",
+    "read_record",
+    "resolve_recipe",
     "simulate_dataset",
     "simulate_images",
     "split_dir",

@@ -1,16 +1,21 @@
 """Deterministic random streams and file names: every image is a function of its key alone.
 
 The key is (seed, model, split, class, index), turned into a NumPy ``SeedSequence``, so
-parallel workers, resumed runs and reruns agree without any coordination.
+parallel workers, resumed runs and reruns agree without any coordination. A recipe with
+overrides draws from the same stream (its extra draws come last), so image i of two recipes
+shares its source position and substructure, and keeps its file name.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data import KNOWN_CLASSES, KNOWN_DATASETS
-from deeplense_cli.simulate.recipe import check_class, model_spec
+from deeplense_cli.simulate.overrides import resolve_recipe
+from deeplense_cli.simulate.recipe import Recipe, check_class, model_spec
 from deeplense_cli.simulate.render import fast_simulator
 
 SPLITS = ("train", "test")
@@ -51,19 +56,28 @@ def file_name(seed: int, model: str, split: str, cls: str, index: int) -> str:
 
 
 def simulate_images(
-    model: str, cls: str, n: int, seed: int, split: str = "train"
+    model: str,
+    cls: str,
+    n: int,
+    seed: int,
+    split: str = "train",
+    recipe: Mapping[str, object] | Recipe | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images 0..n-1 of (model, class, split, seed), exactly as ``simulate_dataset`` saves them.
 
-    Returns (images (n, H, W) float64, axion masses (n,) in eV, NaN for other classes).
+    ``recipe``: overrides of the model's recipe (see ``overrides.KEY_HELP``), as for
+    ``simulate_dataset``. Returns (images (n, H, W) float64, axion masses (n,) in eV, NaN for
+    other classes).
     """
     spec = model_spec(model)
+    resolved = resolve_recipe(spec.name, recipe)
     check_class(cls)
     _check_split(split)
     if n < 0:
         raise DeepLenseError(f"number of images must be >= 0, got {n}")
-    sim = fast_simulator(spec.name)
-    images = np.empty((n, spec.num_pix, spec.num_pix))
+    sim = fast_simulator(spec.name, resolved)
+    size = resolved.image_size
+    images = np.empty((n, size, size))
     masses = np.full(n, np.nan)
     for i in range(n):
         images[i], params = sim.simulate(cls, image_rng(seed, spec.name, split, cls, i))
