@@ -176,6 +176,27 @@ def test_early_stopping(sim_root: Path, tmp_path: Path, quick_train: Callable[..
     assert len(run.read_metrics()) == 2
 
 
+def test_without_validation_the_last_epoch_is_the_result_and_patience_is_refused(
+    sim_root: Path, tmp_path: Path
+) -> None:
+    # was: best.pt stayed the first epoch's model, and --patience 2 "stopped early" at epoch 2
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--epochs", "3", "--batch-size", "16", "--num-threads", "1", "--val-fraction", "0",
+            "--no-evaluate"]  # fmt: skip
+    refused = CliRunner().invoke(cli, [*args, "--patience", "2", "--run-dir", str(tmp_path / "p")])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert "train.patience needs a validation split" in refused.output
+    assert not (tmp_path / "p").exists()
+    result = CliRunner().invoke(cli, [*args, "--output", "jsonl", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    start = json.loads(result.stdout.splitlines()[0])
+    assert any("best.pt is the last epoch's model" in w for w in start["warnings"])
+    run = RunDir.open(tmp_path / "r")
+    assert [r["best"] for r in run.read_metrics()] == [True, True, True]
+    assert run.load_checkpoint("best")["epoch"] == 3
+    assert not improved({"val_loss": float("nan")}, {"val_loss": 0.5}, "val_loss")
+
+
 def test_early_stopping_ignores_floating_point_noise() -> None:
     from deeplense_cli.training.stopping import progressed
 

@@ -264,6 +264,11 @@ def resolve(
         train["init"] = init.spec
     _validate_train(train)
     _validate_data(data)
+    if train["patience"] and data["val_fraction"] == 0:
+        raise DeepLenseError(
+            "train.patience needs a validation split to stop on, and data.val_fraction is 0; "
+            "set --val-fraction above 0, or --patience 0"
+        )
     _validate_tracking(tracking)
     return {
         "model": {"name": arch.name, "params": params},

@@ -40,7 +40,7 @@ from deeplense_cli.training.init import apply_freeze, apply_init, find_source, f
 from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
 from deeplense_cli.training.schedule import PLAN_PROBE_STEPS, lr_factor
-from deeplense_cli.training.stopping import improved, progressed
+from deeplense_cli.training.stopping import improved, progressed, selection_warning
 
 if TYPE_CHECKING:
     import torch
@@ -614,7 +614,14 @@ def _train_and_report(
             "skipped_files": skipped,
             "init": config["train"].get("init"),
             "notes": trainer.init_notes,
-            "warnings": [w for w in [amp_warning(trainer.device, trainer.amp_dtype)] if w]
+            "warnings": [
+                w
+                for w in [
+                    amp_warning(trainer.device, trainer.amp_dtype),
+                    selection_warning(len(splits.val_idx)),
+                ]
+                if w
+            ]
             + data_warnings,
         }
     )

@@ -8,12 +8,19 @@ from typing import Any
 from deeplense_cli.training.config import METRICS
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def improved(row: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
-    """Is ``row`` better than ``best`` on ``metric`` (ties broken by lower val_loss)?"""
-    value = row.get(metric)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return best is None
-    if best is None or best.get(metric) is None:
+    """Is ``row`` better than ``best`` on ``metric`` (ties broken by lower val_loss)?
+
+    Without a value to compare (no validation split) the later epoch is the better: the
+    result of a run without validation is its last epoch, not its first."""
+    value: Any = row.get(metric)
+    if _missing(value):
+        return best is None or _missing(best.get(metric))
+    if best is None or _missing(best.get(metric)):
         return True
     sign = 1.0 if METRICS[metric] == "max" else -1.0
     a, b = sign * float(value), sign * float(best[metric])
@@ -29,9 +36,19 @@ def progressed(value: Any, reference: float | None, metric: str, min_delta: floa
     checkpoint by any gain, but a change of 1e-7 in a frozen model's validation loss is
     floating-point noise, not progress, and must not reset the patience.
     """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return False
     if reference is None:
         return True
     sign = 1.0 if METRICS[metric] == "max" else -1.0
     return sign * (float(value) - float(reference)) > min_delta
+
+
+def selection_warning(val_images: int) -> str | None:
+    """What a run without validation images must be told: its best.pt is its last epoch."""
+    if val_images:
+        return None
+    return (
+        "no validation split (data.val_fraction 0): no epoch can be judged best, so best.pt "
+        "is the last epoch's model"
+    )
