@@ -230,6 +230,50 @@ def test_numeric_flags_are_range_checked(flags: list[str], message: str) -> None
     _one_line_error(_invoke("tune", "-m", "resnet18", "--dataset", "Model_III", *flags), message)
 
 
+def test_ctrl_c_stops_the_search_the_way_ray_does_and_is_reported() -> None:
+    """Ray Tune's loop stops on SIGUSR1 (and on SIGINT, unless told not to catch it) and
+    returns as if the search had ended: _fit must know it was interrupted."""
+    import threading
+
+    from deeplense_cli.tune.experiment import _fit
+
+    class RayLikeTuner:
+        def fit(self) -> None:
+            assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == "1"
+            stop = threading.Event()
+            signal.signal(signal.SIGUSR1, lambda *_: stop.set())  # what tune.run installs
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl+C
+            assert stop.wait(5), "Ray was not asked to stop"
+
+    previous = signal.getsignal(signal.SIGINT)
+    usr1 = signal.getsignal(signal.SIGUSR1)
+    try:
+        assert _fit(RayLikeTuner(), None) is True
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
+def test_an_interrupted_search_ends_interrupted_with_130(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deeplense_cli import tune as engine
+    from deeplense_cli.tune.results import TuneOutcome
+
+    outcome = TuneOutcome(
+        name="x", path=tmp_path, metric="val_loss", mode="min", max_epochs=2, trials=[],
+        best=None, best_config_path=None, plot_path=None, finished=False, interrupted=True,
+    )  # fmt: skip
+    monkeypatch.setattr(engine, "resume_tune", lambda *a, **k: outcome)
+    result = _invoke("tune", "--resume", "x")
+    assert result.exit_code == 130, result.output  # was: 0
+    assert "deeplense tune --resume x" in result.output
+    assert result.output.strip().endswith("Interrupted.")
+    lines = _invoke("tune", "--resume", "x", "--output", "jsonl").stdout.splitlines()
+    assert json.loads(lines[-1]) == {"event": "interrupted", "name": "x"}
+
+
 def test_a_per_run_time_budget_is_refused_for_a_search() -> None:
     result = _invoke("tune", "-m", "cvt", "--dataset", "Model_III", "--set", "train.max_minutes=5")
     _one_line_error(result, "limit it with --time-budget")
@@ -479,6 +523,7 @@ def test_interrupted_search_resumes_from_checkpoints(
         if proc.poll() is None:
             proc.kill()
     assert "deeplense tune --resume int" in output, output
+    assert proc.returncode == 130 and output.strip().endswith("Interrupted."), output
     runs = exp / "runs"
     before = {p.parent.name: p.read_text().splitlines() for p in runs.glob("*/metrics.jsonl")}
     assert len(before) == 2

@@ -283,6 +283,9 @@ def _report(outcome: Any, output: str) -> None:
                 default=str,
             )
         )
+        if outcome.interrupted:
+            click.echo(json.dumps({"event": "interrupted", "name": outcome.name}))
+            raise KeyboardInterrupt
         return
     keys = sorted({k for t in outcome.trials for k in t.params})
     table = Table(
@@ -324,3 +327,5 @@ def _report(outcome: Any, output: str) -> None:
             f"[yellow]The search did not finish; continue it with "
             f"`deeplense tune --resume {outcome.name}`[/yellow]"
         )
+    if outcome.interrupted:
+        raise KeyboardInterrupt  # "Interrupted." and status 130, as every command ends

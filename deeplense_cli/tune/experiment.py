@@ -23,7 +23,12 @@ from deeplense_cli.tune.layout import (
     read_state,
 )
 from deeplense_cli.tune.results import TuneOutcome, summarize
-from deeplense_cli.tune.runtime import check_resources, quiet_analysis, ray_runtime
+from deeplense_cli.tune.runtime import (
+    check_resources,
+    ctrl_c_stops_search,
+    quiet_analysis,
+    ray_runtime,
+)
 from deeplense_cli.tune.settings import TuneSettings
 from deeplense_cli.tune.space import (
     check_space,
@@ -98,8 +103,10 @@ def run_tune(
         atomic.write_json(exp / STATE_FILE, state)
         tuner = _new_tuner(state, exp)
         _start_event(on_event, state, exp, resumed=False)
-        _fit(tuner, on_event)
-        return summarize(name)
+        interrupted = _fit(tuner, on_event)
+        outcome = summarize(name)
+        outcome.interrupted = interrupted
+        return outcome
 
 
 def _new_tuner(state: dict[str, Any], exp: Path) -> Any:
@@ -140,9 +147,11 @@ def _new_tuner(state: dict[str, Any], exp: Path) -> Any:
     )
 
 
-def _fit(tuner: Any, on_event: Callable[[dict[str, Any]], None] | None) -> None:
-    with listening(on_event):
+def _fit(tuner: Any, on_event: Callable[[dict[str, Any]], None] | None) -> bool:
+    """Run the search; True when Ctrl+C stopped it (Ray saved its state first)."""
+    with listening(on_event), ctrl_c_stops_search() as interrupted:
         tuner.fit()
+    return interrupted.is_set()
 
 
 def resume_tune(
@@ -171,8 +180,10 @@ def resume_tune(
                 resume_errored=True,
             )
         _start_event(on_event, state, exp, resumed=True)
-        _fit(tuner, on_event)
-        return summarize(name)
+        interrupted = _fit(tuner, on_event)
+        outcome = summarize(name)
+        outcome.interrupted = interrupted
+        return outcome
 
 
 def _start_event(

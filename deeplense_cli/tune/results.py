@@ -49,6 +49,7 @@ class TuneOutcome:
     best_config_path: Path | None
     plot_path: Path | None
     finished: bool  # False: interrupted or out of time budget; --resume NAME continues
+    interrupted: bool = False  # Ctrl+C stopped the search
 
 
 def _trial_statuses(exp: Path) -> dict[str, tuple[str, str | None, dict[str, Any]]]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.tune.settings import TuneSettings
@@ -105,3 +108,45 @@ def quiet_analysis() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+# Ray Tune's own loggers: its "stop signal received" and "resume with ..." lines.
+_RAY_TUNE_LOGGERS = ("ray.tune", "ray.tune.tune")
+
+
+@contextlib.contextmanager
+def ctrl_c_stops_search() -> Iterator[threading.Event]:
+    """Ctrl+C in the block stops the search as Ray Tune's own handler does (it saves the
+    experiment once more, so ``--resume`` continues it), and sets the event yielded: the
+    command then ends "Interrupted." with status 130 where Ray returned as if it had finished.
+    A second Ctrl+C does not wait for that last save. Ray's log lines about it are silenced;
+    deeplense says what to do itself."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signal handlers belong to the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    levels = {name: logging.getLogger(name).level for name in _RAY_TUNE_LOGGERS}
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        for name in _RAY_TUNE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        signal.raise_signal(signal.SIGUSR1)  # Ray's graceful stop, which it always listens to
+
+    # Ray then leaves SIGINT to us, and stops on SIGUSR1 as it would on its own SIGINT.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
