@@ -399,3 +399,233 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], mess
     assert message in result.output
     assert "Traceback" not in result.output
     assert not list(tmp_path.rglob("*.npy"))
+
+
+# --- recipe overrides (--set KEY=VALUE) ---------------------------------------------------
+def _radius(image: np.ndarray) -> float:
+    """Flux-weighted mean distance from the image centre, in pixels."""
+    n = image.shape[0]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    return float((image * np.hypot(xx, yy)).sum() / image.sum())
+
+
+def _roughness(image: np.ndarray) -> float:
+    """Summed absolute second differences (curvature) over the total flux."""
+    curvature = np.abs(np.diff(image, 2, axis=0)).sum() + np.abs(np.diff(image, 2, axis=1)).sum()
+    return float(curvature / image.sum())
+
+
+def test_recipe_keys_are_described_and_published_values_are_the_presets() -> None:
+    from deeplense_cli.simulate.render import single_band_preset
+
+    assert set(S.KEY_HELP) == set(S.RECIPE_KEYS)
+    for model in ("Model_II", "Model_III"):
+        preset, base = single_band_preset(model), S.base_recipe(model)
+        assert (base.psf_fwhm, base.pixel_scale) == (preset["seeing"], preset["pixel_scale"])
+    base = S.base_recipe("Model_I")
+    assert (base.image_size, base.pixel_scale, base.psf_fwhm, base.noise) == (150, 0.05, 0.087, 1)
+    assert base.einstein_radius[0] == base.einstein_radius[1] == pytest.approx(1.2815, abs=1e-4)
+    assert base.overrides() == {} and not base.lens_light
+    assert S.resolve_recipe("Model_III", {"psf_fwhm": 0.08}).overrides() == {}  # = published
+
+
+@pytest.mark.parametrize("model", ["Model_I", "Model_III"])
+def test_fast_path_equals_lenstronomy_under_overrides(model: str) -> None:
+    recipe = S.resolve_recipe(
+        model,
+        {
+            "psf_fwhm": 0.2,
+            "pixel_scale": 0.1,
+            "image_size": 40,
+            "einstein_radius": "1.0:2.0",
+            "lens_light": True,
+        },
+    )
+    reference = S.ReferenceSimulator(model, "axion", recipe)
+    fast = S.fast_simulator(model, recipe)
+    for index in range(2):
+        rng = S.image_rng(7, model, "train", "axion", index)
+        params = S.draw_params(model, "axion", rng, recipe)
+        assert 1.0 <= params.theta_E <= 2.0
+        expected, got = reference.render(params), fast.render(params)
+        assert got.shape == expected.shape == (40, 40)
+        assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-10
+
+
+def test_wider_psf_gives_smoother_images() -> None:
+    base, _ = S.simulate_images("Model_III", "cdm", 2, seed=1)
+    wide, _ = S.simulate_images("Model_III", "cdm", 2, seed=1, recipe={"psf_fwhm": "0.24"})
+    for b, w in zip(base, wide, strict=True):
+        assert _roughness(w) < 0.7 * _roughness(b) and w.max() < b.max()
+        assert w.sum() == pytest.approx(b.sum(), rel=0.02)  # the same light, spread out
+
+
+def test_pixel_scale_and_image_size_set_the_grid() -> None:
+    base, _ = S.simulate_images("Model_III", "no_sub", 2, seed=1)
+    small, _ = S.simulate_images("Model_III", "no_sub", 2, seed=1, recipe={"image_size": 32})
+    coarse, _ = S.simulate_images("Model_III", "no_sub", 2, seed=1, recipe={"pixel_scale": 0.16})
+    assert small.shape == (2, 32, 32) and coarse.shape == (2, 64, 64)
+    # the central 32 pixels of the same sky (even sizes share the pixel grid); the PSF's
+    # clamped edges differ
+    inner = small[:, 4:-4, 4:-4]
+    assert np.allclose(inner, base[:, 20:44, 20:44], rtol=1e-9, atol=1e-12 * base.max())
+    for b, c in zip(base, coarse, strict=True):  # pixels twice as large: the ring half as wide
+        assert _radius(c) / _radius(b) == pytest.approx(0.5, abs=0.1)
+
+
+def test_einstein_radius_range_grows_the_ring_and_keeps_other_draws() -> None:
+    recipe = S.resolve_recipe("Model_III", {"einstein_radius": "1.8:2.2"})
+    base, _ = S.simulate_images("Model_III", "no_sub", 3, seed=1)
+    big, _ = S.simulate_images("Model_III", "no_sub", 3, seed=1, recipe=recipe)
+    for i in range(3):
+        rng = S.image_rng(1, "Model_III", "train", "no_sub", i)
+        params = S.draw_params("Model_III", "no_sub", rng, recipe)
+        published = S.draw_params(
+            "Model_III", "no_sub", S.image_rng(1, "Model_III", "train", "no_sub", i)
+        )
+        assert 1.8 <= params.theta_E <= 2.2
+        assert (params.source_x, params.source_y) == (published.source_x, published.source_y)
+        assert _radius(big[i]) > 1.2 * _radius(base[i])
+
+
+def test_lens_light_adds_flux_at_the_centre() -> None:
+    base, _ = S.simulate_images("Model_III", "cdm", 2, seed=1)
+    lit, _ = S.simulate_images("Model_III", "cdm", 2, seed=1, recipe={"lens_light": "true"})
+    added = lit - base
+    assert np.allclose(added[0], added[1])  # the same galaxy in every image
+    assert added.min() >= -1e-12 and added[0, 30:34, 30:34].mean() > base[:, 30:34, 30:34].max()
+    assert np.unravel_index(np.argmax(added[0]), (64, 64)) in {
+        (31, 31),
+        (31, 32),
+        (32, 31),
+        (32, 32),
+    }
+    assert lit[:, 30:34, 30:34].mean() > 5 * base[:, 30:34, 30:34].mean()
+
+
+def test_noise_levels_none_model_i_and_three_times() -> None:
+    def images(noise: float) -> np.ndarray:
+        return S.simulate_images("Model_I", "no_sub", 2, seed=3, recipe={"noise": noise})[0]
+
+    published, quiet, loud = images(1), images(0), images(3)
+    assert np.array_equal(published, S.simulate_images("Model_I", "no_sub", 2, seed=3)[0])
+    for i in range(2):
+        rng = S.image_rng(3, "Model_I", "train", "no_sub", i)
+        params = S.draw_params("Model_I", "no_sub", rng)
+        expected = params.exposure_time * S.fast_simulator("Model_I").render(params)
+        assert np.array_equal(quiet[i], expected)  # no noise: the expected counts
+        assert quiet[i][:10, :10].std() < 1e-6 * expected.max() < published[i][:10, :10].std()
+        assert np.allclose(loud[i] - expected, 3 * (published[i] - expected))
+
+    # Model_III is noise-free as published; noise > 0 adds Model_I's noise, scaled with it
+    clean, _ = S.simulate_images("Model_III", "no_sub", 2, seed=3)
+    one, _ = S.simulate_images("Model_III", "no_sub", 2, seed=3, recipe={"noise": 1})
+    three, _ = S.simulate_images("Model_III", "no_sub", 2, seed=3, recipe={"noise": 3})
+    sky = (slice(0, 10), slice(0, 10))  # a corner, nearly empty sky
+    for noisy, smooth in zip(one, clean, strict=True):
+        assert _roughness(noisy[sky]) > 10 * _roughness(smooth[sky])
+    assert np.allclose(three - clean, 3 * (one - clean))
+    snr = clean[0].max() / (one[0] - clean[0])[sky].std()
+    assert 10 < snr < 300, snr  # Model_I-like, neither swamping nor invisible
+
+
+def test_overrides_are_deterministic_and_recorded_with_the_data(tmp_path: Path) -> None:
+    settings = {"psf_fwhm": 0.2, "lens_light": True, "einstein_radius": (1.0, 2.0), "noise": 2}
+    a = S.simulate_dataset("Model_III", tmp_path / "a", 2, 1, seed=4, workers=1, recipe=settings)
+    b = S.simulate_dataset("Model_III", tmp_path / "b", 2, 1, seed=4, workers=2, recipe=settings)
+    assert a["written"] == b["written"] == 9 and _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert a["overrides"] == {
+        "psf_fwhm": 0.2,
+        "lens_light": True,
+        "einstein_radius": [1.0, 2.0],
+        "noise": 2.0,
+    }
+    for folder in ("Model_III", "Model_III_test"):
+        record = S.read_record(tmp_path / "a" / folder)
+        assert record is not None and record["overrides"] == a["overrides"]
+        assert record["recipe"]["image_size"] == 64 and record["seeds"] == [4]
+    # image i keeps its published file name: variants of one image pair up across folders
+    published = S.simulate_dataset("Model_III", tmp_path / "p", 2, 1, seed=4, workers=1)
+    names = {Path(k).name for k in _files(tmp_path / "a")}
+    assert names == {Path(k).name for k in _files(tmp_path / "p")}
+    assert S.read_record(tmp_path / "p" / "Model_III")["overrides"] == {}  # type: ignore[index]
+    assert published["overrides"] == {}
+    again = S.simulate_dataset(
+        "Model_III", tmp_path / "a", 2, 1, seed=4, workers=1, recipe=settings
+    )
+    assert again["skipped"] == 9
+
+
+def test_another_recipe_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    S.simulate_dataset("Model_II", tmp_path, 1, 0, seed=0, workers=1, classes="cdm")
+    before = _files(tmp_path)
+    with pytest.raises(DeepLenseError, match=r"another recipe .*none, this run's psf_fwhm=0\.3"):
+        S.simulate_dataset(
+            "Model_II", tmp_path, 1, 0, seed=0, workers=1, classes="cdm", recipe={"psf_fwhm": 0.3}
+        )
+    # images without a record (e.g. the released data) take the published recipe only
+    (tmp_path / "Model_II" / "recipe.json").unlink()
+    with pytest.raises(DeepLenseError, match=r"without a recipe\.json"):
+        S.simulate_dataset(
+            "Model_II", tmp_path, 1, 0, seed=0, workers=1, classes="cdm", recipe={"noise": 1}
+        )
+    assert _files(tmp_path) == before
+    resumed = S.simulate_dataset("Model_II", tmp_path, 1, 0, seed=1, workers=1, classes="cdm")
+    assert resumed["written"] == 1 and S.read_record(tmp_path / "Model_II")["seeds"] == [1]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"psf": 0.2}, "unknown recipe key 'psf'"),
+        ({"psf_fwhm": "wide"}, "expected a number"),
+        ({"psf_fwhm": True}, "expected a number"),
+        ({"pixel_scale": 0}, "> 0"),
+        ({"image_size": 3.5}, "an integer from 8"),
+        ({"einstein_radius": "2:1"}, "LO <= HI"),
+        ({"einstein_radius": "1:2:3"}, "LO:HI"),
+        ({"noise": -1}, ">= 0"),
+        ({"noise": "nan"}, "finite"),
+        ({"lens_light": "maybe"}, "true or false"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(recipe: dict[str, object], message: str) -> None:
+    with pytest.raises(DeepLenseError, match=message) as info:
+        S.resolve_recipe("Model_III", recipe)
+    text = str(info.value)
+    assert "\n" not in text and "known keys: psf_fwhm, pixel_scale, image_size" in text
+
+
+def test_cli_set_overrides_the_recipe_and_records_it(tmp_path: Path) -> None:
+    args = ["data", "simulate", "Model_III", "--train-per-class", "1", "--test-per-class", "0"]
+    args += ["--workers", "1", "--classes", "no_sub", "--out", str(tmp_path)]
+    result = CliRunner().invoke(
+        cli, [*args, "--set", "psf_fwhm=0.2", "--set", "lens_light=true", "--set", "image_size=48"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "psf_fwhm=0.2" in result.output and "48x48" in result.output
+    record = S.read_record(tmp_path / "Model_III")
+    assert record is not None
+    assert record["overrides"] == {"psf_fwhm": 0.2, "lens_light": True, "image_size": 48}
+    assert np.load(next((tmp_path / "Model_III" / "no_sub").iterdir())).shape == (48, 48)
+    mixed = CliRunner().invoke(cli, [*args, "--set", "psf_fwhm=0.3"])
+    assert mixed.exit_code == 1 and "another recipe" in mixed.output
+    assert "Traceback" not in mixed.output and "Writing" not in mixed.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("psf_width=0.2", "unknown recipe key 'psf_width'"),
+        ("psf_fwhm", "is not KEY=VALUE"),
+        ("image_size=many", "expected an integer"),
+        ("lens_light=2", "true or false"),
+    ],
+)
+def test_cli_rejects_bad_overrides_in_one_line(tmp_path: Path, setting: str, message: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["data", "simulate", "Model_III", "--set", setting, "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "known keys: psf_fwhm" in result.output
+    assert not list(tmp_path.rglob("*"))

@@ -60,9 +60,13 @@ def _noise(value: object) -> float:
 
 
 def _image_size(value: object) -> int:
-    x = _number(value)
+    expected = f"an integer from 8 to {MAX_IMAGE_SIZE}"
+    try:
+        x = _number(value)
+    except _BadValue:
+        raise _BadValue(expected) from None
     if x != int(x) or not 8 <= x <= MAX_IMAGE_SIZE:
-        raise _BadValue(f"an integer from 8 to {MAX_IMAGE_SIZE}")
+        raise _BadValue(expected)
     return int(x)
 
 
