@@ -55,8 +55,12 @@ def test_predict_csv_matches_pytorch_and_counts(
     onnx_rows, torch_rows = read_csv(out_onnx), read_csv(out_torch)
     files = sorted(str(p) for p in test_folder.rglob("*.npy"))
     assert [r["path"] for r in onnx_rows] == files == [r["path"] for r in torch_rows]
-    assert list(onnx_rows[0]) == ["path", "predicted", "p_axion", "p_cdm", "p_no_sub"]
+    assert list(onnx_rows[0]) == [
+        "path", "predicted", "p_axion", "p_cdm", "p_no_sub", "in_distribution", "ood_score"
+    ]  # fmt: skip
     for a, b in zip(onnx_rows, torch_rows, strict=True):
+        # the export's detector and the run's are fitted on the same images
+        assert float(a["ood_score"]) == pytest.approx(float(b["ood_score"]), rel=1e-3)
         pa = np.array([float(a[f"p_{c}"]) for c in CLASSES])
         pb = np.array([float(b[f"p_{c}"]) for c in CLASSES])
         assert pa.sum() == pytest.approx(1.0, abs=1e-5)

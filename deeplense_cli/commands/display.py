@@ -155,4 +155,27 @@ def evaluation_tables(metrics: dict[str, Any], title: str) -> list[Table]:
     tables = [metrics_table(metrics, title=title)]
     if metrics.get("axion_mass_bins"):
         tables.append(axion_mass_table(metrics["axion_mass_bins"], metrics["classes"]))
+    if metrics.get("ood"):
+        tables.append(ood_table(metrics["ood"]))
     return tables
+
+
+def ood_table(ood: dict[str, Any]) -> Table:
+    """The out-of-distribution flag on the evaluated images: how many, and the accuracy on
+    either side of it."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    table = Table(
+        title=f"Out-of-distribution flag ({ood['method']}, threshold {ood['threshold']:.4g})"
+    )
+    for column in ("flagged", "share", "accuracy (not flagged)", "accuracy (flagged)"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(ood["flagged"]),
+        share(ood["flagged_fraction"]),
+        share(ood["accuracy_in_distribution"]),
+        share(ood["accuracy_flagged"]),
+    )
+    return table

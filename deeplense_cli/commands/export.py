@@ -169,6 +169,13 @@ def onnx_command(
             f"Accuracy on these test images: PyTorch {result.accuracy_torch:.2%}, "
             f"ONNX {result.accuracy_onnx:.2%} ({change:+.2f} points)"
         )
+    if result.ood:
+        ood = result.ood
+        out.print(
+            f"Out-of-distribution detector ({ood['method']}): fitted on {ood['fitted_on']}, "
+            f"threshold {ood['threshold']:.4g} flags {ood['calibration_flagged']:.1%} of "
+            f"{ood['calibrated_on']}"
+        )
     for note in result.notes:
         out.print(f"[yellow]Note:[/] {note}")
     out.print(f"Tolerance: {result.tolerance}")

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
+
+if TYPE_CHECKING:
+    from deeplense_cli.deploy.predict import Summary
+
+
+def flag_line(summary: Summary) -> str:
+    """The one line that says how many images were flagged, what that means, what to do."""
+    from deeplense_cli.evaluation.ood import explanation
+
+    share = summary.flagged / summary.images if summary.images else 0.0
+    return (
+        f"{summary.flagged} of {summary.images} image(s) ({share:.0%}) "
+        + explanation(summary.init_source)
+        + (" (labelled 'unknown': --reject-ood)" if "unknown" in summary.counts else "")
+    )
 
 
 @click.command()
@@ -51,6 +66,12 @@ from deeplense_cli.core.errors import DeepLenseError
     help="For a run directory MODEL.",
 )
 @click.option(
+    "--reject-ood",
+    is_flag=True,
+    help="Label images the model's out-of-distribution detector flags 'unknown' instead of "
+    "a class (every prediction carries in_distribution and ood_score either way).",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -72,6 +93,7 @@ def predict(
     skip_bad: bool,
     threads: int | None,
     checkpoint: str,
+    reject_ood: bool,
     as_json: bool,
     as_jsonl: bool,
 ) -> None:
@@ -81,8 +103,10 @@ def predict(
 
     MODEL is an exported .onnx file (ONNX Runtime; torch is not needed), a run directory
     (PyTorch) or the name of a model that ships with deeplense (`deeplense models
-    pretrained`). Prints one row per file with every class probability, then the number of
-    files predicted as each class.
+    pretrained`). Prints one row per file with every class probability and whether the
+    image looks like the model's training data (in_distribution, from the model's
+    out-of-distribution detector; a flagged image's prediction is unreliable), then the
+    number of files predicted as each class.
     """
     from rich.progress import (
         BarColumn,
@@ -94,7 +118,7 @@ def predict(
     )
     from rich.table import Table
 
-    from deeplense_cli.deploy.predict import Prediction, Summary, prediction_record
+    from deeplense_cli.deploy.predict import Prediction, prediction_record
     from deeplense_cli.deploy.predict import predict as run_predict
 
     if as_json and as_jsonl:
@@ -147,11 +171,14 @@ def predict(
             on_start=on_start,
             progress=on_progress,
             on_prediction=None if output else on_prediction,
+            reject_ood=reject_ood,
         )
     finally:
         progress.stop()
 
     if as_json:
+        if summary.flagged:
+            err_console().print(f"Warning: {flag_line(summary)}", soft_wrap=True)
         document = summary.to_dict()
         if not output:
             document["predictions"] = [prediction_record(p, classes) for p in rows]
@@ -163,20 +190,26 @@ def predict(
         table.add_column("predicted")
         for c in classes:
             table.add_column(f"p({c})", justify="right")
+        table.add_column("in distribution")
         for pred in rows:
-            table.add_row(pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities])
+            flag = {None: "-", True: "yes", False: "[red]NO[/]"}[pred.in_distribution]
+            table.add_row(
+                pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities], flag
+            )
         console().print(table)
 
     counts = Table(title=f"{summary.images} image(s), {summary.images_per_second:.0f} img/s")
     counts.add_column("predicted class")
     counts.add_column("files", justify="right")
     counts.add_column("share", justify="right")
-    for c in summary.classes:
+    for c in summary.counts:
         n = summary.counts.get(c, 0)
         counts.add_row(c, str(n), f"{n / summary.images:.1%}" if summary.images else "-")
     # With --jsonl, stdout holds only the JSON Lines.
     (err_console() if as_jsonl else console()).print(counts)
     for item in summary.skipped:
         err_console().print(f"[yellow]Skipped[/] {item}")
+    if summary.flagged:
+        err_console().print(f"[yellow]Warning:[/] {flag_line(summary)}", soft_wrap=True)
     if output:
         err_console().print(f"Wrote {summary.images} prediction(s) to {output}")

@@ -44,7 +44,8 @@ def evaluate_onnx(
 ) -> Evaluation:
     """Evaluate ``model`` (a path or a shipped model's name) on ``data`` (any class-per-folder
     tree) or ``dataset`` (its test folder); write metrics.json and the figures to ``out_dir``
-    (default ``RUN_ROOT/evaluations/<model>-<folder>/``); return the metrics and figures."""
+    (default ``RUN_ROOT/evaluations/<model>-<folder>-<digest of both paths>/``); return the
+    metrics and figures."""
     if data is None and dataset is None:
         raise DeepLenseError(
             "an ONNX file carries no data of its own: pass --dataset Model_X (its test folder) "
@@ -86,7 +87,10 @@ def evaluate_onnx(
         }
     )
     if out_dir is None:
-        out_dir = paths.run_root() / "evaluations" / f"{path.stem}-{Path(folder).name}"
+        # every default export is model.onnx: the name alone would let one run's results
+        # replace another's
+        name = f"{path.stem}-{Path(folder).name}"
+        out_dir = paths.run_root() / "evaluations" / paths.tagged(name, path, folder)
     figures = write_report(metrics, logits, images, idx, out_dir, str(folder))
     metrics["out_dir"] = str(out_dir)
     return Evaluation(metrics, figures)

@@ -50,7 +50,9 @@ from deeplense_cli.deploy.onnx_session import (
     import_ort,
     shareable,
 )
+from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.evaluation.metrics import softmax
+from deeplense_cli.evaluation.ood import CALIBRATION_IMAGES, FIT_IMAGES, spread
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import add_artifacts
 
@@ -134,6 +136,7 @@ class ExportResult:
     int8_scheme: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    ood: dict[str, Any] | None = None  # the embedded out-of-distribution detector
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -181,6 +184,11 @@ class _Data:
     calibration: np.ndarray  # transformed training images
     note: str
     real: bool
+    # the out-of-distribution detector's images: training images to fit it on (with their
+    # labels) and held-back validation images to set its threshold (None: no run data)
+    fit: np.ndarray | None = None
+    fit_labels: np.ndarray | None = None
+    held: np.ndarray | None = None
 
 
 def _load_data(
@@ -217,12 +225,17 @@ def _load_data(
     test = apply_transform(np.asarray(splits.test.images[test_idx]), transform)
     calibration = apply_transform(np.asarray(splits.train.images[calib_idx]), transform)
     labels = np.asarray(splits.test.labels)[test_idx]
+    fit_idx = spread(splits.train_idx, FIT_IMAGES)
+    held_idx = spread(splits.val_idx, CALIBRATION_IMAGES)
     return _Data(
         test=test,
         labels=labels,
         calibration=calibration,
         note=f"{len(test_idx)} images of the run's test split ({splits.test.root})",
         real=True,
+        fit=apply_transform(np.asarray(splits.train.images[fit_idx]), transform),
+        fit_labels=np.asarray(splits.train.labels)[fit_idx],
+        held=apply_transform(np.asarray(splits.train.images[held_idx]), transform),
     )
 
 
@@ -622,6 +635,7 @@ def _export_validated(
                     f"top class agrees on {c.argmax_agreement:.1%}{_judged_text(c)} (needed: "
                     f"{result.tolerance}); nothing was written"
                 )
+            _embed_detector(tmp, data, len(classes), meta, result, progress)
             meta["deeplense.validation"] = json.dumps(
                 {
                     "data": data.note,
@@ -634,6 +648,40 @@ def _export_validated(
             shareable(tmp)
             result.size_bytes = tmp.stat().st_size
     return result
+
+
+def _embed_detector(
+    path: Path,
+    data: _Data,
+    num_classes: int,
+    meta: dict[str, str],
+    result: ExportResult,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """Give the file its out-of-distribution output, fitted on what the file computes for the
+    run's training images and calibrated on its validation split; a note says why not."""
+    if data.fit is None or data.fit_labels is None or data.held is None or not len(data.held):
+        why = "the run has no validation split" if data.real else "the run's data is missing"
+        result.notes.append(f"no out-of-distribution detector: {why}")
+        return
+    _log(progress, f"fitting the out-of-distribution detector on {len(data.fit)} images")
+    try:
+        detector = embed_detector(
+            path,
+            data.fit,
+            data.fit_labels,
+            num_classes,
+            data.held,
+            info={
+                "fitted_on": f"{len(data.fit)} images of the run's training split",
+                "calibrated_on": f"{len(data.held)} images of the run's validation split",
+            },
+        )
+    except DeepLenseError as exc:
+        result.notes.append(f"no out-of-distribution detector: {exc}")
+        return
+    meta["deeplense.ood"] = json.dumps(detector.summary())
+    result.ood = detector.summary()
 
 
 def export_onnx(

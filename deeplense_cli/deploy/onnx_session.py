@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 FORMAT = "deeplense-onnx/1"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+OOD_OUTPUT = "ood_score"  # exports with an out-of-distribution detector (deploy.ood_graph)
 ORT_MISSING = (
     "ONNX Runtime is not installed: pip install 'deeplense[cpu]' (or '[gpu]' on CUDA machines)"
 )
@@ -56,6 +57,7 @@ METADATA_KEYS = (
     "deeplense.checkpoint",
     "deeplense.opset",
     "deeplense.precision",
+    "deeplense.ood",  # JSON: the detector's method, threshold and calibration (optional)
 )
 
 
@@ -437,12 +439,25 @@ class OnnxModel:
         self.info = ModelInfo.from_metadata(self.path, meta)
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
+        # the logits, and the out-of-distribution score of exports that carry a detector
+        names = [o.name for o in outputs]
+        if len(inputs) != 1 or not (len(outputs) == 1 or names[1:] == [OOD_OUTPUT]):
             raise DeepLenseError(
-                f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+                f"{self.path}: expected one input and the outputs {OUTPUT_NAME} (and "
+                f"{OOD_OUTPUT}), got {len(inputs)} input(s) and {', '.join(names)}"
             )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        self.ood: dict[str, Any] | None = None
+        if len(outputs) == 2:
+            try:
+                self.ood = dict(json.loads(meta["deeplense.ood"]))
+                float(self.ood["threshold"])
+            except (KeyError, ValueError, TypeError):
+                raise DeepLenseError(
+                    f"{self.path} has an {OOD_OUTPUT} output but no valid deeplense.ood "
+                    "metadata; re-export it"
+                ) from None
         self._ort = import_ort()
 
     @property
@@ -463,23 +478,37 @@ class OnnxModel:
             f"{self.device}: {self.providers[0]})"
         )
 
+    @property
+    def ood_threshold(self) -> float | None:
+        """The score above which an image is flagged (None: the file has no detector)."""
+        return float(self.ood["threshold"]) if self.ood else None
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits ``(N, classes)`` for a transformed float32 batch ``(N, C, S, S)``."""
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.device == "cpu":
-            out = self.session.run([self.output_name], {self.input_name: x})[0]
-            return np.asarray(out, dtype=np.float32)
-        return self._run_bound(x)
+        return self.outputs(batch)[0]
 
-    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and, when the file carries a detector, the out-of-distribution scores
+        ``(N,)`` of a transformed batch, in one run."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        names = [self.output_name] + ([OOD_OUTPUT] if self.ood else [])
+        if self.device == "cpu":
+            got = self.session.run(names, {self.input_name: x})
+        else:
+            got = self._run_bound(x, names)
+        logits = np.asarray(got[0], dtype=np.float32)
+        return logits, (np.asarray(got[1], dtype=np.float64) if self.ood else None)
+
+    def _run_bound(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
         # GPU path (exercised by benchmarks/bench_gpu.py): copy the batch to the device
-        # once, let ORT allocate the output on the device, copy the logits back.
+        # once, let ORT allocate the outputs on the device, copy them back.
         binding = self.session.io_binding()
         value = self._ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         binding.bind_ortvalue_input(self.input_name, value)
-        binding.bind_output(self.output_name, "cuda", 0)
+        for name in names:
+            binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return [np.asarray(v) for v in binding.copy_outputs_to_cpu()]
 
 
 def _explain_unloadable(path: Path, exc: DeepLenseError) -> None:

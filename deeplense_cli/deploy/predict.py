@@ -33,7 +33,8 @@ from deeplense_cli.data.readers import BadImageError, as_image, find_images, rea
 from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.evaluation.metrics import softmax
-from deeplense_cli.registry.pretrained import resolve_model
+from deeplense_cli.evaluation.ood import capture_features, run_detector
+from deeplense_cli.registry.pretrained import resolve_model, shipped_models
 from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -54,7 +55,12 @@ class Predictor(Protocol):
     @property
     def device(self) -> str: ...
 
+    @property
+    def ood_threshold(self) -> float | None: ...
+
     def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
     def describe(self) -> str: ...
 
@@ -72,6 +78,7 @@ class TorchPredictor:
                 "and predict with RUN/model.onnx"
             )
         run = RunDir.open(run_path)
+        self.run_path = run.path
         self.classes = run.classes
         self.transform = run.transform
         self.dev = resolve_device(device)
@@ -80,16 +87,36 @@ class TorchPredictor:
         self.device = self.dev.type
         self.model: torch.nn.Module = run.build_model(checkpoint).to(self.dev)
         self.architecture = str(run.read_config()["model"]["name"])
+        # fitted on the run's own data the first time, then kept in the run
+        self.detector, self.ood_unavailable = run_detector(run, self.model, checkpoint, self.dev)
+        self.ood = self.detector.summary() if self.detector is not None else None
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return self.detector.threshold if self.detector is not None else None
 
     def describe(self) -> str:
         return f"{self.architecture} (PyTorch on {self.dev})"
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
-        with torch.inference_mode(), exact_float32(self.dev):
-            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.dev))
-        return np.asarray(out.float().cpu().numpy())
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.dev)
+        if self.detector is None:
+            with torch.inference_mode(), exact_float32(self.dev):
+                out = self.model(x)
+            return np.asarray(out.float().cpu().numpy()), None
+        with (
+            capture_features(self.model, len(self.classes)) as feats,
+            torch.inference_mode(),
+            exact_float32(self.dev),
+        ):
+            out = self.model(x)
+        scores = self.detector.scores(np.concatenate(feats))
+        return np.asarray(out.float().cpu().numpy()), scores
 
 
 def load_predictor(
@@ -186,12 +213,18 @@ def predict_arrays(
     return np.concatenate(parts)
 
 
+UNKNOWN = "unknown"  # the label of a flagged image under --reject-ood
+
+
 @dataclass
 class Prediction:
     path: str
     predicted: str
     probabilities: list[float]
     axion_mass: float | None = None
+    # the out-of-distribution flag (None: the model has no detector)
+    in_distribution: bool | None = None
+    ood_score: float | None = None
 
 
 @dataclass
@@ -205,6 +238,10 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     output: str | None = None
+    ood: dict[str, Any] | None = None  # the detector (method, threshold, calibration)
+    flagged: int = 0  # images outside the training distribution
+    ood_unavailable: str = ""  # why there is no detector
+    init_source: str = "RUN"  # what `train --init` would start from to fine-tune this model
 
     @property
     def images_per_second(self) -> float:
@@ -222,6 +259,8 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "output": self.output,
+            "ood": self.ood,
+            "flagged": self.flagged if self.ood else None,
         }
 
 
@@ -253,8 +292,10 @@ def iter_predictions(
     skip_bad: bool = False,
     summary: Summary | None = None,
     progress: Callable[[int], None] | None = None,
+    reject_ood: bool = False,
 ) -> Iterator[Prediction]:
-    """Predictions for ``files`` in order, reading the next batch while one runs."""
+    """Predictions for ``files`` in order, reading the next batch while one runs.
+    ``reject_ood``: a flagged image is predicted ``unknown`` instead of a class."""
     if batch_size < 1:
         raise DeepLenseError("--batch-size must be at least 1")
     transform = predictor.transform
@@ -277,16 +318,38 @@ def iter_predictions(
             if summary is not None:
                 summary.skipped.extend(skipped)
             if len(kept):
-                probs = probabilities(predictor, raw)
+                logits, scores = predictor.outputs(apply_transform(raw, predictor.transform))
+                probs = softmax(logits.astype(np.float64))
                 top = probs.argmax(1)
-                for path, p, k, mass in zip(kept, probs, top, masses, strict=True):
+                threshold = predictor.ood_threshold
+                for j, (path, p, k, mass) in enumerate(zip(kept, probs, top, masses, strict=True)):
                     pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], mass)
+                    if scores is not None and threshold is not None:
+                        pred.ood_score = float(scores[j])
+                        pred.in_distribution = bool(scores[j] <= threshold)
+                        if not pred.in_distribution:
+                            if summary is not None:
+                                summary.flagged += 1
+                            if reject_ood:
+                                pred.predicted = UNKNOWN
                     if summary is not None:
                         summary.images += 1
                         summary.counts[pred.predicted] = summary.counts.get(pred.predicted, 0) + 1
                     yield pred
             if progress is not None:
                 progress(len(batches[i]))
+
+
+def _init_source(predictor: Predictor) -> str:
+    """The run or shipped model that fine-tuning would start from."""
+    if isinstance(predictor, TorchPredictor):
+        return str(predictor.run_path)
+    path = getattr(predictor, "path", None)
+    for model in shipped_models().values():
+        if path is not None and Path(path).resolve() == model.path.resolve():
+            return model.name
+    info = getattr(predictor, "info", None)
+    return str(getattr(info, "source_run", "") or "RUN")
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -306,6 +369,9 @@ def prediction_record(pred: Prediction, classes: list[str]) -> dict[str, Any]:
     }
     if pred.axion_mass is not None:
         record["axion_mass"] = pred.axion_mass
+    if pred.in_distribution is not None:
+        record["in_distribution"] = pred.in_distribution
+        record["ood_score"] = pred.ood_score
     return record
 
 
@@ -314,8 +380,10 @@ def write_predictions(
 ) -> int:
     """Stream predictions to ``path`` (.csv, .jsonl or .json), atomically; returns the count.
 
-    CSV columns: ``path, predicted, p_<class>...``; JSON Lines / JSON: one object per file
-    with ``path``, ``predicted``, ``probabilities`` (and ``axion_mass`` when the file has one).
+    CSV columns: ``path, predicted, p_<class>..., in_distribution, ood_score`` (the last two
+    empty when the model has no detector); JSON Lines / JSON: one object per file with
+    ``path``, ``predicted``, ``probabilities`` (and ``axion_mass`` when the file has one,
+    ``in_distribution`` and ``ood_score`` when the model has a detector).
     """
     fmt = output_format(path)
     n = 0
@@ -324,10 +392,20 @@ def write_predictions(
         shareable(tmp)
         if fmt == "csv":
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
+            writer.writerow(
+                ["path", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]
+            )
             for pred in predictions:
+                flag = "" if pred.in_distribution is None else str(pred.in_distribution).lower()
+                score = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
                 writer.writerow(
-                    [pred.path, pred.predicted, *[f"{p:.6g}" for p in pred.probabilities]]
+                    [
+                        pred.path,
+                        pred.predicted,
+                        *[f"{p:.6g}" for p in pred.probabilities],
+                        flag,
+                        score,
+                    ]
                 )
                 n += 1
         elif fmt == "jsonl":
@@ -358,8 +436,10 @@ def predict(
     on_start: Callable[[Summary, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
+    reject_ood: bool = False,
 ) -> Summary:
     """Predict every supported file among ``inputs``; write ``output`` if given.
+    ``reject_ood``: images the model's detector flags are predicted ``unknown``.
 
     ``on_start(summary, n_files)`` is called once the model is loaded; ``on_prediction``
     receives each prediction (e.g. to print it) as it is made.
@@ -374,9 +454,22 @@ def predict(
         model=predictor.describe(),
         device=predictor.device,
         classes=list(predictor.classes),
-        counts={c: 0 for c in predictor.classes},
+        counts={c: 0 for c in predictor.classes} | ({UNKNOWN: 0} if reject_ood else {}),
         output=str(output) if output is not None else None,
+        ood=getattr(predictor, "ood", None),
+        ood_unavailable=str(getattr(predictor, "ood_unavailable", "") or ""),
+        init_source=_init_source(predictor),
     )
+    if summary.ood is None:
+        why = summary.ood_unavailable or "it was exported without one; re-export it"
+        summary.warnings.append(
+            f"no out-of-distribution detector for this model ({why}): images unlike its "
+            "training data are not flagged"
+        )
+        if reject_ood:
+            raise DeepLenseError(
+                f"--reject-ood needs a model with an out-of-distribution detector ({why})"
+            )
     info = getattr(predictor, "info", None)
     if info is not None:
         warning = int8_saturation_warning(info, predictor.device, cpu_flags())
@@ -384,7 +477,9 @@ def predict(
     if on_start is not None:
         on_start(summary, len(files))
     start = time.perf_counter()
-    stream = iter_predictions(predictor, files, batch_size, resize, skip_bad, summary, progress)
+    stream = iter_predictions(
+        predictor, files, batch_size, resize, skip_bad, summary, progress, reject_ood
+    )
     if on_prediction is not None:
         callback = on_prediction
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli.core import atomic
+from deeplense_cli.core import atomic, paths
 from deeplense_cli.core.device import prepare_cpu_threads, resolve_device
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
@@ -159,8 +159,11 @@ def evaluate_run(
         }
     )
     if out_dir is None:
-        tag = split if (data is None and dataset is None) else "external"
-        out_dir = run.evaluation_dir if tag == "test" else run.path / f"evaluation-{tag}"
+        if data is not None or dataset is not None:
+            # one folder per evaluated data folder: a later --data must not replace this one
+            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
+        else:
+            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
     figures = write_report(metrics, logits, images, idx, out_dir, what)
     metrics["out_dir"] = str(out_dir)
     if track:

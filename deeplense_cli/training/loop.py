@@ -561,7 +561,21 @@ def train(
     splits: Splits | None = None,
     on_data: Callable[[Splits], None] | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``)."""
+    """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``); a run
+    that another process is training is refused (``RunDir.writer``)."""
+    with run.writer("train --resume" if resume else "train"):
+        return _train(config, run, reporter, resume, evaluate, splits, on_data)
+
+
+def _train(
+    config: dict[str, Any],
+    run: RunDir,
+    reporter: Reporter | None,
+    resume: bool,
+    evaluate: bool,
+    splits: Splits | None,
+    on_data: Callable[[Splits], None] | None,
+) -> TrainResult:
     reporter = reporter or SilentReporter()
     if splits is None:
         splits = load_splits(config)

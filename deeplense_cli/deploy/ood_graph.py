@@ -1,0 +1,153 @@
+"""The out-of-distribution detector inside an exported ONNX file.
+
+An export gets a second output, ``ood_score`` (one float per image: the squared Mahalanobis
+distance of the penultimate features to the nearest class mean, see
+:mod:`deeplense_cli.evaluation.ood`), computed by a few standard operators appended to the
+graph, and its threshold in the metadata (``deeplense.ood``). Any ONNX consumer gets the score
+with the logits, in the same run; the detector's statistics are fitted on what the file itself
+computes (int8 and fp16 included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.deploy.onnx_session import INPUT_NAME, OOD_OUTPUT, import_ort, session_options
+from deeplense_cli.evaluation.ood import Detector, fit
+
+FEATURES = "deeplense_features"
+META_KEY = "deeplense.ood"
+MIN_OPSET = 13  # Unsqueeze and ReduceSum take their axes as inputs from opset 13
+
+
+def feature_tensor(model: Any, logits: str = "logits") -> str:
+    """The name of the tensor the classifier head reads: the first input of the Gemm (or
+    MatMul, before its bias Add) that produces the logits."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(logits)
+    if node is not None and node.op_type == "Add":
+        node = next(
+            (
+                producers[i]
+                for i in node.input
+                if i in producers and producers[i].op_type == "MatMul"
+            ),
+            None,
+        )
+    if node is None or node.op_type not in ("Gemm", "MatMul"):
+        raise DeepLenseError(
+            "the model's logits do not come from a linear layer (Gemm/MatMul): "
+            "no out-of-distribution detector"
+        )
+    return str(node.input[0])
+
+
+def with_features(model: Any) -> Any:
+    """A copy of ``model`` that also outputs the penultimate features (as float32)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    name = feature_tensor(copy)
+    copy.graph.node.append(helper.make_node("Cast", [name], [FEATURES], to=TensorProto.FLOAT))
+    copy.graph.output.append(
+        helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", None])
+    )
+    return copy
+
+
+def opset(model: Any) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def append_detector(model: Any, detector: Detector) -> None:
+    """Add the ``ood_score`` output to ``model`` (in place) and record the detector."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    version = opset(model)
+    if version < MIN_OPSET:
+        raise DeepLenseError(f"opset {version} < {MIN_OPSET}: no out-of-distribution detector")
+    source = feature_tensor(model)
+    factor = detector.factor.astype(np.float32)
+    centres = (detector.means.astype(np.float64) @ detector.factor).astype(np.float32)
+    g = model.graph
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(factor, "ood_factor"),
+            numpy_helper.from_array(centres, "ood_centres"),
+            numpy_helper.from_array(np.array([1], np.int64), "ood_axis1"),
+            numpy_helper.from_array(np.array([2], np.int64), "ood_axis2"),
+        ]
+    )
+    nodes = [
+        helper.make_node("Cast", [source], ["ood_f"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["ood_f", "ood_factor"], ["ood_z"]),
+        helper.make_node("Unsqueeze", ["ood_z", "ood_axis1"], ["ood_z3"]),
+        helper.make_node("Sub", ["ood_z3", "ood_centres"], ["ood_diff"]),
+        helper.make_node("Mul", ["ood_diff", "ood_diff"], ["ood_sq"]),
+        helper.make_node("ReduceSum", ["ood_sq", "ood_axis2"], ["ood_d"], keepdims=0),
+    ]
+    if version >= 18:
+        nodes.append(
+            helper.make_node("ReduceMin", ["ood_d", "ood_axis1"], [OOD_OUTPUT], keepdims=0)
+        )
+    else:
+        nodes.append(helper.make_node("ReduceMin", ["ood_d"], [OOD_OUTPUT], axes=[1], keepdims=0))
+    g.node.extend(nodes)
+    g.output.append(helper.make_tensor_value_info(OOD_OUTPUT, TensorProto.FLOAT, ["batch"]))
+    set_meta(model, META_KEY, json.dumps(detector.summary()))
+
+
+def set_meta(model: Any, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def features_of(path: str | os.PathLike[str], x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The penultimate features ONNX Runtime computes for a transformed batch ``x``."""
+    import onnx
+
+    ort = import_ort()
+    model = with_features(onnx.load(os.fspath(path)))
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )
+    parts = []
+    for i in range(0, len(x), batch_size):
+        chunk = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+        parts.append(session.run([FEATURES], {INPUT_NAME: chunk})[0])
+    return np.concatenate(parts).reshape(len(x), -1)
+
+
+def embed_detector(
+    path: str | os.PathLike[str],
+    fit_x: np.ndarray,
+    fit_labels: np.ndarray,
+    num_classes: int,
+    calibration_x: np.ndarray,
+    info: dict[str, Any],
+) -> Detector:
+    """Fit the detector on what the model file at ``path`` computes for ``fit_x``, calibrate
+    it on ``calibration_x`` (held back), and write it into the file (in place)."""
+    import onnx
+
+    detector = fit(
+        features_of(path, fit_x), fit_labels, num_classes, features_of(path, calibration_x), info
+    )
+    model = onnx.load(os.fspath(path))
+    if any(o.name == OOD_OUTPUT for o in model.graph.output):
+        raise DeepLenseError(f"{path} already has an {OOD_OUTPUT} output")
+    append_detector(model, detector)
+    onnx.checker.check_model(model)
+    onnx.save(model, os.fspath(path))
+    return detector
