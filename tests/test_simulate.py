@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -629,3 +630,42 @@ def test_cli_rejects_bad_overrides_in_one_line(tmp_path: Path, setting: str, mes
     assert result.exit_code == 1 and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and "known keys: psf_fwhm" in result.output
     assert not list(tmp_path.rglob("*"))
+
+
+def test_shift_suite_builds_one_class_tree_per_variant(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "benchmarks" / "shift_suite.py"
+    out = tmp_path / "suite"
+    args = [sys.executable, str(script), "build", "--model", "Model_III", "--per-class", "2"]
+    args += ["--out", str(out), "--workers", "1", "--variants", "psf_wide,png8,blank"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Built 4 variants" in done.stdout  # id too: png8 and blank are made from it
+    suite = json.loads((out / "suite.json").read_text())
+    assert (
+        suite["seed"] == 2
+        and suite["split"] == "test"
+        and set(suite["variants"])
+        == {
+            "id",
+            "psf_wide",
+            "png8",
+            "blank",
+        }
+    )
+    assert suite["variants"]["psf_wide"]["recipe_overrides"] == {"psf_fwhm": 0.2}
+    for name, suffix in (("id", ".npy"), ("psf_wide", ".npy"), ("png8", ".png"), ("blank", ".npy")):
+        for cls in KNOWN_CLASSES:
+            files = sorted((out / name / cls).iterdir())
+            assert [f.suffix for f in files] == [suffix, suffix], (name, cls)
+            assert suite["variants"][name]["counts"][cls] == 2
+    # paired with id file by file; the PSF is wider
+    for path in (out / "id" / "cdm").iterdir():
+        plain, _ = S.load_sample(path)
+        wide, _ = S.load_sample(out / "psf_wide" / "cdm" / path.name)
+        assert _roughness(wide) < _roughness(plain)
+    assert S.read_record(out / "psf_wide")["overrides"] == {"psf_fwhm": 0.2}  # type: ignore[index]
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already holds a suite" in again.stderr
