@@ -222,7 +222,8 @@ def train(**kw: Any) -> None:
     if not kw["slurm"]:  # a SLURM job checks the device on its node
         _check_device(config)
     run = RunDir.for_config(config, kw["run_dir"], kw["run_root"])
-    err_console().print(f"Run directory: {run.path}")
+    if kw["slurm"]:
+        err_console().print(f"Run directory: {run.path}")
     try:
         _run(config, run, kw, resume=False)
     except BaseException as exc:
@@ -307,13 +308,14 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
     from deeplense_cli.training.loop import train as run_training
 
     reporter = make_reporter(kw["output"])
+    display = reporter if resume else _NamesTheRun(reporter, run.path)
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         # `kill` (a job scheduler's stop) ends the run like Ctrl+C: the reporters say so
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_training(
-            config, run, reporter=reporter, resume=resume, evaluate=not kw["no_evaluate"]
+            config, run, reporter=display, resume=resume, evaluate=not kw["no_evaluate"]
         )
     except KeyboardInterrupt:
         if isinstance(reporter, JsonlReporter):
@@ -333,6 +335,21 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
         console().print(*evaluation_tables(result.evaluation, title))
         err_console().print(f"Evaluation written to {result.evaluation['out_dir']}")
     err_console().print(f"Run directory: {run.path}")
+
+
+class _NamesTheRun:
+    """Prints the new run's directory when its training starts: a run refused before that
+    (bad data or model settings, a folder in use) leaves no folder, so none is named."""
+
+    def __init__(self, inner: Any, path: Any) -> None:
+        self.inner, self.path = inner, path
+
+    def start(self, info: dict[str, Any]) -> None:
+        err_console().print(f"Run directory: {self.path}")
+        self.inner.start(info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -105,11 +105,48 @@ def sweep(folder: str | os.PathLike[str], name: str | None = None) -> int:
 
     Never raises: a folder that is missing or cannot be written keeps its leftovers.
     """
-    removed = 0
+    return len(_abandoned(folder, name, remove=True))
+
+
+def sweep_tree(
+    tree: str | os.PathLike[str], remove: bool = True, max_depth: int | None = None
+) -> list[tuple[Path, int]]:
+    """The abandoned temporaries in ``tree`` and its sub-folders (``max_depth`` levels down;
+    links not followed), with their sizes in bytes; removed unless ``remove`` is false."""
+    top = Path(tree)
+    found: list[tuple[Path, int]] = []
+    for dirpath, dirnames, _ in os.walk(top, onerror=lambda _: None):
+        here = Path(dirpath)
+        found += _abandoned(here, None, remove)
+        depth = len(here.relative_to(top).parts)
+        # a temporary folder is one leftover, not a tree to look into
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not _TEMP_NAME.match(d) and (max_depth is None or depth < max_depth)
+        ]
+    return found
+
+
+def _size(path: str) -> int:
+    try:
+        if not os.path.isdir(path):
+            return os.lstat(path).st_size
+        return sum(
+            os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files
+        )
+    except OSError:
+        return 0
+
+
+def _abandoned(
+    folder: str | os.PathLike[str], name: str | None, remove: bool
+) -> list[tuple[Path, int]]:
+    found: list[tuple[Path, int]] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return 0
+        return found
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
         if m is None or (name is not None and m.group("name") != name):
@@ -125,13 +162,15 @@ def sweep(folder: str | os.PathLike[str], name: str | None = None) -> int:
             if held is None:  # no locks here: only what is clearly old
                 held = time.time() - os.fstat(fd).st_mtime > _UNLOCKED_STALE_S
             if held:  # we hold the lock: its writer is dead
-                _remove(Path(entry.path))
-                removed += 1
+                size = _size(entry.path)
+                if remove:
+                    _remove(Path(entry.path))
+                found.append((Path(entry.path), size))
         except OSError:
             pass
         finally:
             os.close(fd)
-    return removed
+    return found
 
 
 # ---- destination faults -------------------------------------------------------------------

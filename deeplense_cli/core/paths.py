@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,3 +28,11 @@ def run_root(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(override).expanduser()
     env = os.environ.get("DEEPLENSE_RUN_ROOT")
     return Path(env).expanduser() if env else home() / "runs"
+
+
+def tagged(name: str, *identity: str | os.PathLike[str]) -> str:
+    """``name`` with a short digest of the absolute paths in ``identity``: a folder name that
+    two different things never share (two runs' ``model.onnx`` evaluated on one folder, or
+    two folders both called ``test``), and that the same thing always gets again."""
+    key = "\n".join(os.path.abspath(os.fspath(p)) for p in identity)
+    return f"{name}-{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"

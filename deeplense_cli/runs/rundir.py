@@ -13,15 +13,20 @@ Layout::
       evaluation/        metrics.json, roc.png, confusion_matrix.png
       tracking.json      with --log: the experiment-tracker runs (deeplense_cli.tracking)
       tensorboard/       with --log tensorboard: its event files
+      .lock              held (flock) by the one process training into the run
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 CHECKPOINT_FORMAT = "deeplense-checkpoint/1"
+LOCK_NAME = ".lock"
 
 
 class RunDir:
@@ -63,11 +69,19 @@ class RunDir:
         if path:
             folder = Path(path)
             if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                holder = cls(folder).holder()
+                if holder is not None:
+                    raise DeepLenseError(
+                        f"run directory {folder} is in use by {holder}; wait for it to end "
+                        "(or stop it) before writing to this run"
+                    )
                 raise DeepLenseError(
                     f"run directory {folder} is not empty; use --resume to continue it"
                 )
             folder.mkdir(parents=True, exist_ok=True)
             return cls(folder)
+        # runs (and evaluations) that a killed writer left temporaries in, under this root
+        atomic.sweep_tree(paths.run_root(root), max_depth=2)
         data = config["data"]
         dataset = data["dataset"] or "data"
         if data["data"]:
@@ -79,6 +93,8 @@ class RunDir:
         that is unless it has its ``config.yaml`` and a checkpoint or ``keep`` (interrupted,
         or a SLURM job whose folder holds the job's logs). A run that failed on bad data or
         settings, or diverged before its first checkpoint, leaves nothing behind."""
+        if self.holder() is not None:
+            return  # another process trains into it (this one was refused): it is theirs
         if not (self.config_path.exists() and (keep or self.checkpoint_path("last").exists())):
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -90,6 +106,7 @@ class RunDir:
                 f"{path} is not a deeplense run directory (no config.yaml); "
                 "pass the directory that `deeplense train` printed"
             )
+        run.sweep()  # what a killed writer left: every command that opens a run cleans it
         return run
 
     # ---- paths ----------------------------------------------------------------------
@@ -174,8 +191,59 @@ class RunDir:
 
     def sweep(self) -> int:
         """Remove temporary files that a killed writer left in the run (see atomic.sweep)."""
-        folders = [self.path, self.checkpoint_dir, self.evaluation_dir]
-        return sum(atomic.sweep(folder) for folder in folders)
+        return len(atomic.sweep_tree(self.path, max_depth=1))
+
+    # ---- one writer at a time -------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, command: str) -> Iterator[None]:
+        """Hold the run for ``command`` (``train``) for the block: a second process that
+        would write the same run is refused in one line naming the holder, instead of both
+        training and recording every epoch twice. The lock (``flock`` on ``RUN/.lock``) goes
+        with the process, however it ends; where the filesystem has no locks, nothing is held.
+        """
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            failure = atomic.write_failure(exc, self.path / LOCK_NAME)
+            if failure is not None:
+                raise failure from None
+            raise
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DeepLenseError(
+                    f"run directory {self.path} is in use by {self.holder() or 'another process'}"
+                    "; wait for it to end (or stop it) before writing to this run"
+                ) from None
+            except OSError:
+                pass  # a filesystem without locks
+            host = socket.gethostname()
+            since = _dt.datetime.now().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd, f"deeplense {command} (pid {os.getpid()} on {host}, since {since})".encode(), 0
+            )
+            yield
+        finally:
+            os.close(fd)
+
+    def holder(self) -> str | None:
+        """Who holds the run's lock (:meth:`writer`), or None when nobody does."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.read(fd, 300).decode(errors="replace").strip() or "another process"
+            except OSError:
+                return None
+            return None
+        finally:
+            os.close(fd)
 
     def load_checkpoint(self, which: str = "best") -> dict[str, Any]:
         """Load a checkpoint with ``weights_only=True``: no pickle code can run."""
