@@ -29,6 +29,7 @@ COMMANDS = {
     "tune": "deeplense_cli.commands.tune:tune",
     "benchmark": "deeplense_cli.commands.benchmark:benchmark",
     "jobs": "deeplense_cli.commands.jobs:jobs",
+    "clean": "deeplense_cli.commands.clean:clean",
 }
 
 

@@ -455,6 +455,60 @@ def test_train_killed_between_the_checkpoint_and_metrics_resumes_with_every_row(
     assert epochs_of(run_dir) == [1, 2]
 
 
+def start_together(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Start ``commands`` at the same instant and wait for all of them."""
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def one_ran_one_was_refused(results: list[subprocess.CompletedProcess[str]], run_dir: Path) -> None:
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 1], [(r.returncode, r.stderr) for r in results]
+    refused = next(r for r in results if r.returncode == 1)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in refused.stderr and len(errors) == 1, refused.stderr
+    assert f"run directory {run_dir} is in use by deeplense train" in errors[0], errors[0]
+    assert "Run directory:" not in refused.stderr  # it never started
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_run_folder_one_runs_the_other_is_refused(
+    tmp_path: Path, sim_root: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = cli_command("train", *MODEL, "--data-root", sim_root, "--run-dir", run_dir,
+                       "--epochs", "2", "--output", "quiet", "--no-evaluate")  # fmt: skip
+    one_ran_one_was_refused(start_together(args, args), run_dir)
+    assert epochs_of(run_dir) == [1, 2]  # was: [1, 1, 2, 2], both exit 0
+    resume = cli_command("train", "--resume", run_dir, "--epochs", "3", "--output", "quiet",
+                         "--no-evaluate")  # fmt: skip
+    one_ran_one_was_refused(start_together(resume, resume), run_dir)
+    assert epochs_of(run_dir) == [1, 2, 3] and checkpoint_epoch(run_dir, "last") == 3
+
+
+def test_a_run_in_use_is_refused_and_left_alone(
+    tmp_path: Path, sim_root: Path, trained_run: Path
+) -> None:
+    from deeplense_cli.runs.rundir import RunDir
+
+    run_dir = copy_run(trained_run, tmp_path / "run")
+    with RunDir(run_dir).writer("train"):
+        before = sorted(p.name for p in run_dir.rglob("*"))
+        holder = f"run directory {run_dir} is in use by deeplense train (pid {os.getpid()} on"
+        one_line_error(train(sim_root, run_dir, "--epochs", "1"), holder)
+        res = invoke("train", "--resume", run_dir, "--output", "quiet", "--no-evaluate")
+        one_line_error(res, holder)
+        assert sorted(p.name for p in run_dir.rglob("*")) == before
+    assert RunDir(run_dir).holder() is None  # released with the block
+
+
 # ---- evaluate -----------------------------------------------------------------------------
 def copy_run(trained_run: Path, dest: Path) -> Path:
     """The parts of a run that evaluate and export read (no 134 MB last.pt)."""
@@ -486,6 +540,35 @@ def test_evaluate_writes_all_or_nothing(disks: Disks, trained_run: Path, fault: 
         one_line_error(res, why, str(run_dir / "evaluation"))
         assert old.read_text() == '{"old": true}\n'
     assert temporaries(mount) == []
+
+
+def test_evaluations_of_different_models_or_data_never_share_a_folder(
+    tmp_path: Path, trained_run: Path, sim_root: Path
+) -> None:
+    from deeplense_cli.registry.pretrained import resolve_model
+
+    def evaluated(*args: object) -> Path:
+        res = invoke("evaluate", *args, "--json")
+        assert res.exit_code == 0, res.output
+        return Path(json.loads(res.stdout)["out_dir"])
+
+    data = small_tree(tmp_path / "data")
+    # every default export is model.onnx: two runs' exports on one folder
+    exports = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        exports.append(shutil.copy(resolve_model("Model_III"), tmp_path / run / "model.onnx"))
+    first, second = (evaluated(e, "--data", data) for e in exports)
+    assert first != second and first.parent == second.parent  # was: the same folder
+    assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
+    assert evaluated(exports[0], "--data", data) == first  # the same model again: its own
+    # a run evaluated on two data folders keeps both (was: RUN/evaluation-external/ for all)
+    on_data = evaluated(trained_run, "--data", data)
+    on_dataset = evaluated(trained_run, "--dataset", "Model_III", "--data-root", sim_root)
+    assert on_data != on_dataset and {on_data.parent, on_dataset.parent} == {trained_run}
+    assert on_data.name.startswith("evaluation-data-")
+    assert on_dataset.name.startswith("evaluation-Model_III_test-")
+    assert json.loads((on_data / "metrics.json").read_text())["source"] == str(data)
 
 
 @pytest.mark.slow
@@ -821,3 +904,78 @@ def test_one_ctrl_c_ends_a_command_whose_reader_thread_hangs(tmp_path: Path) -> 
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and err.strip().endswith("Interrupted."), err
+
+
+# ---- what killed commands leave behind ----------------------------------------------------
+def dead_temporary(folder: Path, name: str, size: int = 1000) -> Path:
+    """What a writer killed mid-write leaves: a hidden temporary nobody holds a lock on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{name}.k1ll3d00.tmp"
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_any_command_that_opens_a_run_sweeps_what_a_killed_writer_left(
+    tmp_path: Path, trained_run: Path, sim_root: Path
+) -> None:
+    from deeplense_cli.core import atomic
+
+    run_dir = copy_run(trained_run, tmp_path / "run")
+    left = [
+        dead_temporary(run_dir / "checkpoints", "last.pt"),  # a killed checkpoint write
+        dead_temporary(run_dir, "model.onnx"),  # a killed export
+        dead_temporary(run_dir / "evaluation-val", "roc.png"),
+    ]
+    with atomic.atomic_path(run_dir / "checkpoints" / "best.pt.new") as live:
+        live.write_bytes(b"being written")
+        res = invoke("evaluate", run_dir, "--split", "val")  # was: only train --resume swept
+        assert res.exit_code == 0, res.output
+        assert live.exists()  # a writer that is alive keeps its temporary
+    assert not any(p.exists() for p in left) and temporaries(run_dir) == []
+    # a new run under the same root sweeps the runs beside it
+    other = dead_temporary(tmp_path / "runs" / "old-run" / "checkpoints", "last.pt")
+    res = invoke("train", *MODEL, "--data-root", sim_root, "--run-root", tmp_path / "runs",
+                 "--epochs", "1", "--output", "quiet", "--no-evaluate",
+                 "--max-train-per-class", "4")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert not other.exists()
+
+
+def test_predict_and_data_show_sweep_their_output_folder(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "ds")
+    out = tmp_path / "out"
+    left = [dead_temporary(out, "old.csv"), dead_temporary(tree / "cdm", "0.npy")]
+    res = invoke("predict", "Model_III", tree, "-o", out / "new.csv")
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in left)  # was: only a .new.csv.*.tmp went
+    left = dead_temporary(out, "other.png")
+    res = invoke("data", "show", tree, "-o", out / "grid.png")
+    assert res.exit_code == 0, res.output
+    assert not left.exists()
+
+
+def test_clean_lists_and_removes_dead_temporaries_of_a_whole_tree(
+    tmp_path: Path, deeplense_home: Path
+) -> None:
+    from deeplense_cli.core import atomic
+
+    dead = [
+        dead_temporary(deeplense_home / "runs" / "r1" / "checkpoints", "last.pt", 2_000_000),
+        dead_temporary(deeplense_home / "data" / "Model_III" / "axion", "x.npy"),
+    ]
+    folder = deeplense_home / "runs" / "r2" / ".model.onnx.k1ll3d01.tmp"  # a killed export's
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"\0" * 500_000)
+    with atomic.atomic_path(deeplense_home / "runs" / "r3" / "live.json") as live:
+        live.write_text("{}")
+        listed = invoke("clean", "--dry-run")
+        assert listed.exit_code == 0, listed.output
+        assert all(str(p) in listed.output for p in [*dead, folder])
+        assert "Found 3 abandoned temporary file(s) or folder(s), 2.5 MB" in listed.output
+        assert all(p.exists() for p in [*dead, folder])  # --dry-run removes nothing
+        removed = invoke("clean")
+        assert removed.exit_code == 0, removed.output
+        assert "Removed 3 abandoned" in removed.output
+        assert not any(p.exists() for p in [*dead, folder]) and live.exists()
+    other = dead_temporary(tmp_path / "elsewhere", "a.csv")
+    assert invoke("clean", tmp_path / "elsewhere").exit_code == 0 and not other.exists()

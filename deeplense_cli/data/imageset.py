@@ -128,6 +128,7 @@ def _scan(root: Path) -> _Scan:
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root / cname):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            atomic.sweep(dirpath)  # what killed commands left half-written here
             rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
             found.extend(
                 f"{rel_dir}/{fn}"

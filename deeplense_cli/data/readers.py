@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from deeplense_cli.core.atomic import sweep
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.safe_pickle import safe_loads
 
@@ -81,6 +82,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                sweep(dirpath)  # what killed commands left half-written here
                 for fn in filenames:
                     if not fn.startswith(".") and has_supported_extension(fn):
                         found.add(Path(dirpath) / fn)

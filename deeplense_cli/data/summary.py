@@ -170,7 +170,7 @@ def save_example_grid(
     if out_path.suffix.lower() != ".png":
         raise DeepLenseError(f"{out_path}: the grid is written as PNG; use a .png file name")
     fig = example_grid(image_set, per_class, seed)
-    atomic.sweep(out_path.parent, out_path.name)  # what a killed run left half-written
+    atomic.sweep(out_path.parent)  # what killed commands left half-written there
     with atomic.atomic_path(out_path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return out_path

@@ -730,7 +730,7 @@ def export_onnx(
         raise DeepLenseError(f"{target}: the output file name must end in .onnx")
     if target.is_dir():
         raise DeepLenseError(f"{target} is a folder; give a file name ending in .onnx")
-    atomic.sweep(target.parent, target.name)  # what a killed export left half-written
+    atomic.sweep(target.parent)  # what killed commands left half-written there
 
     _log(progress, f"loading {arch_name} ({checkpoint} checkpoint)")
     model = run.build_model(checkpoint)

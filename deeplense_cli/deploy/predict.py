@@ -387,7 +387,7 @@ def write_predictions(
     """
     fmt = output_format(path)
     n = 0
-    atomic.sweep(Path(path).parent, Path(path).name)  # what a killed run left half-written
+    atomic.sweep(Path(path).parent)  # what killed commands left half-written there
     with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         shareable(tmp)
         if fmt == "csv":
