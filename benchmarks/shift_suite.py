@@ -336,8 +336,90 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="simulation workers (default: all cores)"
     )
     b.add_argument("--overwrite", action="store_true", help="replace a suite already in --out")
-    # `measure` (scoring models on a built suite) is added here as a second subcommand.
+    m = commands.add_parser(
+        "measure",
+        help="score a model on a built suite: accuracy, flagged share, detector AUROC",
+        description="Per variant: the model's accuracy, the share of images its "
+        "out-of-distribution detector flags, and the detector's AUROC against the id variant.",
+    )
+    m.add_argument("--suite", type=Path, required=True, help="a folder made by build")
+    m.add_argument("--model", required=True, help="a shipped model's name, an .onnx or a run")
+    m.add_argument("--json", type=Path, help="also write the figures to this file")
     return parser
+
+
+def _variant_outputs(predictor: Any, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, predicted, ood scores) of every image under ``folder``, by class folder."""
+    from deeplense_cli.data.readers import find_images, read_image
+    from deeplense_cli.data.transforms import apply_transform, source_size
+    from deeplense_cli.deploy.predict import fit_image
+
+    size = source_size(predictor.transform)
+    labels, preds, scores = [], [], []
+    for label, cls in enumerate(predictor.classes):
+        files = find_images([folder / cls]) if (folder / cls).is_dir() else []
+        for start in range(0, len(files), 256):
+            raw = np.stack(
+                [fit_image(read_image(f)[0], size, 1, True, f) for f in files[start : start + 256]]
+            )
+            logits, score = predictor.outputs(apply_transform(raw, predictor.transform))
+            labels += [label] * len(raw)
+            preds.append(logits.argmax(1))
+            scores.append(score)
+    return np.array(labels), np.concatenate(preds), np.concatenate(scores)
+
+
+def measure(suite_dir: Path, model: str) -> dict[str, Any]:
+    """The model's accuracy, flagged share and detector AUROC (variant against id) on every
+    variant of the suite."""
+    from _machine import machine
+    from sklearn.metrics import roc_auc_score
+
+    from deeplense_cli.deploy.predict import load_predictor
+
+    suite = json.loads((suite_dir / "suite.json").read_text())
+    predictor = load_predictor(model, device="cpu")
+    threshold = predictor.ood_threshold
+    if threshold is None:
+        raise SystemExit(f"{model} has no out-of-distribution detector")
+    rows: dict[str, dict[str, Any]] = {}
+    id_scores = None
+    for name in ["id", *[v for v in suite["variants"] if v != "id"]]:
+        labels, preds, scores = _variant_outputs(predictor, suite_dir / name)
+        meaningful = name not in ("pure_noise", "blank")  # their class folders mean nothing
+        row: dict[str, Any] = {
+            "images": len(labels),
+            "accuracy": float((preds == labels).mean()) if meaningful else None,
+            "flagged": float((scores > threshold).mean()),
+        }
+        if name == "id":
+            id_scores = scores
+        else:
+            assert id_scores is not None
+            truth = np.r_[np.zeros(len(id_scores)), np.ones(len(scores))]
+            row["auroc"] = float(roc_auc_score(truth, np.r_[id_scores, scores]))
+        rows[name] = row
+        print(
+            f"{name:17s} n={row['images']:5d}  accuracy "
+            + ("   -   " if row["accuracy"] is None else f"{row['accuracy']:7.2%}")
+            + f"  flagged {row['flagged']:7.2%}  AUROC {row.get('auroc', float('nan')):.4f}",
+            flush=True,
+        )
+    chance = 1 / len(predictor.classes)
+    id_accuracy = rows["id"]["accuracy"]
+    for row in rows.values():
+        # the issue's rule: a variant whose accuracy fell more than half-way to chance must be
+        # flagged (at least 95% of it)
+        acc = row["accuracy"]
+        row["must_flag"] = acc is None or acc < (id_accuracy + chance) / 2
+    return {
+        "model": model,
+        "suite": str(suite_dir),
+        "seed": suite.get("seed"),
+        "threshold": threshold,
+        "machine": machine(),
+        "variants": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
         )
+    elif args.command == "measure":
+        result = measure(args.suite, args.model)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
