@@ -121,6 +121,22 @@ def _one_line(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _path(name: str, value: Any, optional: bool = False) -> str | None:
+    """``value`` as a path string, or TypeError naming the argument (os.fspath's own error
+    names none, and comes from deep inside)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return os.fspath(value)
+    what = "a path (str or os.PathLike)" + (" or None" if optional else "")
+    raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r:.60}")
+
+
+def _name(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a name (str) or None, got {type(value).__name__}")
+
+
 def _check_progress(progress: Progress) -> None:
     if (
         progress is None
@@ -196,6 +212,8 @@ def simulate(
     >>> summary["written"]  # doctest: +SKIP
     90
     """
+    _name("dataset", dataset)
+    _path("out", out, optional=True)
     spec = model_spec(dataset)
     selected = parse_classes(classes)
     n_workers = check_request(train_per_class, test_per_class, seed, workers)
@@ -299,6 +317,8 @@ def open_dataset(
     >>> data.images.shape, data.classes  # doctest: +SKIP
     ((60, 1, 64, 64), ['axion', 'cdm', 'no_sub'])
     """
+    _path("path_or_name", path_or_name)
+    _path("data_root", data_root, optional=True)
     if split not in ("train", "test"):
         raise DeepLenseError(f"unknown split {split!r}; use train or test")
     folder = dataset_folder(path_or_name, data_root, test=split == "test")
@@ -334,7 +354,7 @@ class Run:
         ...
         deeplense_cli.core.errors.DeepLenseError: no/such/run is not a deeplense run directory (no config.yaml); pass the directory that `deeplense train` printed
         """
-        return cls(RunDir.open(path))
+        return cls(RunDir.open(str(_path("path", path))))
 
     @property
     def path(self) -> Path:
@@ -397,6 +417,11 @@ def _file_config(config: PathArg | dict[str, Any] | Run | None) -> dict[str, Any
         return config_from_mapping(config.config, f"config of {config.path}")
     if isinstance(config, dict):
         return config_from_mapping(config)
+    if not isinstance(config, str | os.PathLike):
+        raise TypeError(
+            "config must be a YAML file's path, a mapping, a Run or None, "
+            f"got {type(config).__name__} {config!r:.60}"
+        )
     return load_config_file(os.fspath(config))
 
 
@@ -472,7 +497,11 @@ def train(
     from deeplense_cli.core.device import autocast_dtype, resolve_device
     from deeplense_cli.training.loop import train as run_training
 
-    data_path = data.root if isinstance(data, Dataset) else data
+    _name("model", model)
+    _name("dataset", dataset)
+    data_path = data.root if isinstance(data, Dataset) else _path("data", data, optional=True)
+    for arg, value in (("data_root", data_root), ("run_dir", run_dir), ("run_root", run_root)):
+        _path(arg, value, optional=True)
     flags: dict[str, dict[str, Any]] = {
         "model": {"name": model},
         "data": {
@@ -530,10 +559,13 @@ def evaluate(
     >>> result.metrics["accuracy"], sorted(result.figures)  # doctest: +SKIP
     (1.0, ['axion_mass', 'confusion_matrix', 'roc'])
     """
-    data_path = data.root if isinstance(data, Dataset) else data
+    _path("target", target)
+    _name("dataset", dataset)
+    data_path = data.root if isinstance(data, Dataset) else _path("data", data, optional=True)
     data_arg = None if data_path is None else os.fspath(data_path)
-    root_arg = None if data_root is None else os.fspath(data_root)
-    out_dir = None if out is None else Path(out)
+    root_arg = _path("data_root", data_root, optional=True)
+    out_arg = _path("out", out, optional=True)
+    out_dir = None if out_arg is None else Path(out_arg)
     with _counter(progress, "evaluate", None) as advance:
         return evaluate_target(
             os.fspath(target),
@@ -578,6 +610,8 @@ def export_onnx(
     """
     from deeplense_cli.deploy.export import export_onnx as run_export
 
+    _path("run", run)
+    _path("output", output, optional=True)
     _check_progress(progress)
     bar: Any = None
     callback: Callable[[str], None] | None = None
@@ -633,6 +667,30 @@ class Predictions:
         return [self.classes[int(i)] for i in self.labels]
 
 
+def _stack(images: list[Any] | tuple[Any, ...], resize: bool) -> np.ndarray | list[np.ndarray]:
+    """A list of images as one batch; images of different sizes are an error that names the
+    first that differs, unless ``resize`` (then the list, to be resized one by one)."""
+    arrays = []
+    for i, image in enumerate(images):
+        array = np.asarray(image)
+        if array.dtype == object or array.ndim not in (2, 3):
+            raise DeepLenseError(
+                f"images[{i}] is not an image array (H, W) or (1, H, W): "
+                f"{type(image).__name__} of shape {array.shape}"
+            )
+        arrays.append(array)
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) <= 1:
+        return np.stack(arrays) if arrays else np.zeros((0, 1, 1))
+    if resize:
+        return arrays
+    i = next(i for i, shape in enumerate(shapes) if shape != shapes[0])
+    raise DeepLenseError(
+        f"images[{i}] has shape {shapes[i]} but images[0] has {shapes[0]}; give images of "
+        "one size, or pass resize=True to resize each to the model's size"
+    )
+
+
 class Model:
     """A trained model ready to predict (:func:`load_model`)."""
 
@@ -657,18 +715,27 @@ class Model:
         return self.predictor.describe()
 
     def predict(
-        self, images: np.ndarray, *, batch_size: int = 64, resize: bool = False
+        self,
+        images: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...],
+        *,
+        batch_size: int = 64,
+        resize: bool = False,
     ) -> Predictions:
         """Probabilities for images in memory: one ``(H, W)`` image or a batch
-        ``(N, H, W)`` or ``(N, 1, H, W)``, raw (as in the data files: the model applies its
-        own transform). An image of another size is an error unless ``resize`` (bilinear,
-        as ``--resize``); NaN or Inf pixels are an error.
+        ``(N, H, W)`` or ``(N, 1, H, W)``, or a list of images, raw (as in the data files:
+        the model applies its own transform). An image of another size (than the model's, or
+        than the list's first) is an error unless ``resize`` (bilinear, as ``--resize``);
+        NaN or Inf pixels are an error.
 
         >>> model = api.load_model("Model_III")
         >>> model.predict(np.random.default_rng(0).random((2, 64, 64))).probabilities.shape
         (2, 3)
         """
-        probs = predict_arrays(self.predictor, images, batch_size=batch_size, resize=resize)
+        batch = _stack(images, resize) if isinstance(images, list | tuple) else images
+        if isinstance(batch, list):  # sizes differ: each is resized on its own
+            each = [predict_arrays(self.predictor, im, resize=True) for im in batch]
+            return Predictions(self.classes, np.concatenate(each))
+        probs = predict_arrays(self.predictor, batch, batch_size=batch_size, resize=resize)
         return Predictions(self.classes, probs)
 
     def predict_files(
@@ -688,7 +755,14 @@ class Model:
         >>> model.predict_files("examples/real_samples").predicted  # doctest: +SKIP
         ['axion', 'cdm', 'no_sub']
         """
-        inputs = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        if isinstance(paths, str | os.PathLike):
+            inputs = [paths]
+        elif isinstance(paths, Iterable):
+            inputs = list(paths)
+            for i, item in enumerate(inputs):
+                _path(f"paths[{i}]", item)
+        else:
+            _path("paths", paths)
         files = find_images(inputs)
         if not files:
             raise DeepLenseError("no image files found in the inputs (.npy, .npz, FITS, PNG, JPEG)")
@@ -727,7 +801,7 @@ def load_model(
     deeplense_cli.core.errors.DeepLenseError: no_such_model is neither a file nor a shipped model (shipped: ..., Model_III; see `deeplense models pretrained`)
     """
     predictor = load_predictor(
-        os.fspath(model), device=device, threads=threads, checkpoint=checkpoint
+        str(_path("model", model)), device=device, threads=threads, checkpoint=checkpoint
     )
     info = getattr(predictor, "info", None)
     if info is not None:

@@ -396,3 +396,41 @@ def test_prediction_errors_are_the_commands(real_samples: Path, tmp_path: Path) 
     with pytest.raises(DeepLenseError) as exc:
         api.load_model(tmp_path / "missing.onnx")
     assert str(exc.value) == cli_error("predict", str(tmp_path / "missing.onnx"), str(real_samples))
+
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda: api.load_model(None), "model must be a path"),  # type: ignore[arg-type]
+        (lambda: api.train("resnet18", config=42), "config must be a YAML file's path"),  # type: ignore[arg-type]
+        (lambda: api.train(42), "model must be a name"),  # type: ignore[arg-type]
+        (lambda: api.train("resnet18", run_dir=3.5), "run_dir must be a path"),  # type: ignore[arg-type]
+        (lambda: api.evaluate(None), "target must be a path"),  # type: ignore[arg-type]
+        (lambda: api.evaluate("Model_III", out=1), "out must be a path"),  # type: ignore[arg-type]
+        (lambda: api.open_dataset(7), "path_or_name must be a path"),  # type: ignore[arg-type]
+        (lambda: api.export_onnx(None), "run must be a path"),  # type: ignore[arg-type]
+        (lambda: api.simulate("Model_III", out=5), "out must be a path"),  # type: ignore[arg-type]
+        (lambda: api.Run.open(None), "path must be a path"),  # type: ignore[arg-type]
+    ],
+)
+def test_wrong_argument_types_are_a_type_error_naming_the_argument(
+    call: Any, argument: str
+) -> None:
+    # was: os.fspath's "expected str, bytes or os.PathLike object, not NoneType" from inside
+    with pytest.raises(TypeError, match=f"^{argument}"):
+        call()
+
+
+def test_predict_names_the_image_of_another_size_in_a_list(real_samples: Path) -> None:
+    model = api.load_model("Model_III")
+    image = read_image(real_samples / "cdm.npy")[0]
+    small = np.zeros((32, 32), np.float32) + np.linspace(0, 1, 32)
+    with pytest.raises(DeepLenseError, match=r"^images\[1\] has shape \(32, 32\) but images\[0\]"):
+        model.predict([image, small])  # was: numpy's "inhomogeneous shape" ValueError
+    both = model.predict([image, small], resize=True)
+    assert len(both) == 2 and both.predicted[0] == model.predict(image).predicted[0]
+    assert len(model.predict([image, image])) == 2
+    with pytest.raises(DeepLenseError, match=r"^images\[0\] is not an image array"):
+        model.predict(["cdm.npy"])
+    with pytest.raises(TypeError, match=r"^paths\[1\] must be a path"):
+        model.predict_files([real_samples / "cdm.npy", None])  # type: ignore[list-item]
