@@ -979,3 +979,36 @@ def test_clean_lists_and_removes_dead_temporaries_of_a_whole_tree(
         assert not any(p.exists() for p in [*dead, folder]) and live.exists()
     other = dead_temporary(tmp_path / "elsewhere", "a.csv")
     assert invoke("clean", tmp_path / "elsewhere").exit_code == 0 and not other.exists()
+
+
+def test_a_read_only_home_is_told_to_move_not_to_free_space(
+    disks: Disks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = small_tree(tmp_path / "ds")
+    home = disks.tmpfs("home", size="1m")
+    monkeypatch.setenv("DEEPLENSE_HOME", str(home))
+    disks.read_only(home)
+    line = one_line_error(invoke("data", "info", tree), "is read-only", "DEEPLENSE_HOME")
+    assert "space" not in line  # was: "free disk space, or point DEEPLENSE_HOME ..."
+    full = disks.tmpfs("full", size="64k")
+    disks.fill(full)
+    monkeypatch.setenv("DEEPLENSE_HOME", str(full))
+    one_line_error(
+        invoke("data", "info", tree),
+        "no space left",
+        "free some space there or point DEEPLENSE_HOME somewhere writable",
+    )
+
+
+def test_skip_bad_skips_an_image_of_the_wrong_size(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "ds")
+    np.save(tree / "cdm" / "small.npy", np.ones((32, 32), np.float32))
+    res = invoke("predict", "Model_III", tree)
+    one_line_error(res, "small.npy: image is 1x32x32", "pass --resize")
+    res = invoke("predict", "Model_III", tree, "--skip-bad", "--json")
+    assert res.exit_code == 0, res.output  # was: the same error, --skip-bad or not
+    document = json.loads(res.stdout)
+    assert len(document["predictions"]) == 6
+    assert [s.split(": ", 1)[0] for s in document["skipped"]] == [
+        str(tree / "cdm" / "small.npy")
+    ]

@@ -261,7 +261,8 @@ def fault_message(
 ) -> str:
     """One line for destination fault ``err`` while writing ``path``; without ``path`` (the
     last resort, which does not know what was being written) about ``err.filename``.
-    ``hint`` replaces the usual advice (what to do)."""
+    ``hint`` is where else to write, said instead of the usual advice (a full disk is also
+    told to free some space; a read-only one is not)."""
     named = path if path is not None else err.filename
     shown = os.fsdecode(named) if named is not None else None
     if shown is not None:
@@ -274,7 +275,7 @@ def fault_message(
     code = err.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         full = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
-        advice = hint or f"free some space{' there' if shown else ''} or write elsewhere"
+        advice = f"free some space{' there' if shown else ''} or {hint or 'write elsewhere'}"
         return f"{full} on {on}{what}; {advice}"
     if code == errno.EROFS:
         return f"cannot write {shown or 'there'}: {on} is read-only; {hint or 'write elsewhere'}"

@@ -37,7 +37,7 @@ URL_ENV = "DEEPLENSE_DOWNLOAD_URL"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 USER_AGENT = "deeplense-downloader/1 (urllib)"
-DOWNLOAD_HINT = "free some space there or choose another --data-root"
+DOWNLOAD_HINT = "choose another --data-root"
 
 # Google Drive ids of the published archives; sizes are approximate (for messages only).
 DRIVE_IDS: dict[str, tuple[str, str]] = {

@@ -43,7 +43,7 @@ from deeplense_cli.data.readers import (
 )
 
 CACHE_VERSION = 1
-CACHE_HINT = "free disk space, or point DEEPLENSE_HOME somewhere writable"
+CACHE_HINT = "point DEEPLENSE_HOME somewhere writable"
 SHOW_BAD = 5
 Progress = Callable[[int, int], None]
 
@@ -347,7 +347,8 @@ def load_image_set(
             _build_cache(root, scan, target, progress)
         except OSError as exc:
             raise DeepLenseError(
-                f"cannot write the image cache in {target.parent} ({exc}); {CACHE_HINT}"
+                f"cannot write the image cache in {target.parent} ({exc}); {CACHE_HINT} "
+                "with free space"
             ) from None
         meta = json.loads(meta_path.read_text())
     return _open_cache(root, target, meta, classes, skip_bad)

@@ -166,10 +166,11 @@ def fit_image(
     """A ``(H, W)`` image as the model's raw input ``(channels, size, size)``."""
     if image.shape != (size, size) or channels != 1:
         if not resize:
-            raise DeepLenseError(
-                f"{path}: image is 1x{image.shape[0]}x{image.shape[1]} (channels x height x "
+            raise BadImageError(  # a bad file like any other: --skip-bad skips it
+                path,
+                f"image is 1x{image.shape[0]}x{image.shape[1]} (channels x height x "
                 f"width) but the model expects {channels}x{size}x{size}; pass --resize to "
-                "resize it (bilinear) and repeat its channel"
+                "resize it (bilinear) and repeat its channel",
             )
         image = resize_bilinear(image, size, size)
     return np.repeat(image[None], channels, axis=0) if channels != 1 else image[None]
