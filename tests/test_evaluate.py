@@ -188,6 +188,8 @@ def test_checkpoints_refuse_pickled_code(trained_run: Path, tmp_path: Path) -> N
     )
     result = CliRunner().invoke(cli, ["evaluate", str(copy)])
     assert result.exit_code == 1 and "cannot load checkpoint" in result.output
+    assert "holds Python objects besides tensors" in result.output
+    assert "weights_only" not in result.output  # PyTorch's advice to load it unsafely
     assert not marker.exists()
 
 

@@ -256,7 +256,16 @@ class RunDir:
             raise DeepLenseError(f"{path} does not exist; has this run finished an epoch?")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        except pickle.UnpicklingError as exc:
+            if "weights_only" not in str(exc):
+                raise DeepLenseError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
+            # PyTorch's own message advises weights_only=False, which would run the code
+            raise DeepLenseError(
+                f"cannot load checkpoint {path}: it holds Python objects besides tensors, which "
+                "could run code when loaded, so deeplense refuses it; use a checkpoint that "
+                "deeplense train wrote"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise DeepLenseError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise DeepLenseError(f"{path} is not a deeplense checkpoint")
