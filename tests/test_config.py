@@ -111,7 +111,9 @@ def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path: Path)
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-m", "nope", "--dataset", "Model_III"], "unknown model 'nope'"),
+        (["-m", "nope", "--dataset", "Model_III"], "unknown model 'nope'; available"),
+        (["-m", "resnt18", "--dataset", "Model_III"], "'resnt18' (did you mean 'ResNet18'?)"),
+        (["-m", "cvt", "--dataset", "Modl_III"], "'Modl_III' (did you mean 'Model_III'?)"),
         (["--dataset", "Model_III"], "no model given"),
         (["-m", "cct", "--set", "novalue"], "--set expects KEY=VALUE"),
     ],
@@ -120,6 +122,18 @@ def test_train_bad_input_is_one_line(args, message) -> None:
     result = CliRunner().invoke(cli, ["train", *args])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "simulate", "Model_IIII"], "'Model_IIII' (did you mean 'Model_III'?)"),
+        (["benchmark", "--models", "cvt", "--datasets", "Model_2"], "(did you mean 'Model_I'?)"),
+    ],
+)
+def test_a_mistyped_name_gets_a_did_you_mean(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output, result.output
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplense_cli.core import paths
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, did_you_mean
 
 # The released datasets and their classes (each a folder of .npy files). Their order is part of
 # every simulated image's seed (deeplense_cli.simulate.streams).
@@ -66,7 +66,8 @@ def resolve_source(
             name = dataset
         else:
             raise DeepLenseError(
-                f"unknown dataset {dataset!r}; known: {', '.join(KNOWN_DATASETS)} "
+                f"unknown dataset {dataset!r}{did_you_mean(dataset, KNOWN_DATASETS)}; "
+                f"known: {', '.join(KNOWN_DATASETS)} "
                 f"(or a folder under {root}, or --data PATH)"
             )
     train_dir = root / name

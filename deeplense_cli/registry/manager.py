@@ -17,7 +17,7 @@ from typing import Any
 
 import pluggy
 
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, did_you_mean
 from deeplense_cli.registry import hookspecs
 from deeplense_cli.registry.architecture import Architecture, validate
 
@@ -215,8 +215,9 @@ def get_architecture(name: str) -> Architecture:
         return archs[name.lower()]
     except KeyError:
         known = ", ".join(a.name for a in archs.values()) or "none (no plugins loaded)"
+        hint = did_you_mean(name, [a.name for a in archs.values()])
         raise DeepLenseError(
-            f"unknown model {name!r}; available: {known} (see `deeplense models`)"
+            f"unknown model {name!r}{hint}; available: {known} (see `deeplense models`)"
         ) from None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, did_you_mean
 from deeplense_cli.data import KNOWN_CLASSES, KNOWN_DATASETS
 from deeplense_cli.data.physics import (
     MAIN_HALO_MASS,
@@ -75,7 +75,8 @@ def model_spec(model: str) -> ModelSpec:
         return MODEL_SPECS[model]
     except KeyError:
         raise DeepLenseError(
-            f"unknown model {model!r}; choose one of: {', '.join(KNOWN_DATASETS)}"
+            f"unknown model {model!r}{did_you_mean(model, KNOWN_DATASETS)}; "
+            f"choose one of: {', '.join(KNOWN_DATASETS)}"
         ) from None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from deeplense_cli.core import atomic
 from deeplense_cli.core.cpu import cpu_model
 from deeplense_cli.core.device import available_cores
-from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.errors import DeepLenseError, did_you_mean
 from deeplense_cli.core.version import __version__
 from deeplense_cli.data import KNOWN_DATASETS
 from deeplense_cli.data.sources import canonical_name
@@ -48,7 +48,10 @@ def plan(models: str, datasets: str) -> list[Cell]:
     for d in datasets.split(","):
         name = canonical_name(d.strip())
         if name is None:
-            raise DeepLenseError(f"unknown dataset {d.strip()!r}; use {', '.join(DATASETS)}")
+            raise DeepLenseError(
+                f"unknown dataset {d.strip()!r}{did_you_mean(d.strip(), DATASETS)}; "
+                f"use {', '.join(DATASETS)}"
+            )
         sets.append(name)
     if not names or not sets:
         raise DeepLenseError("nothing to benchmark: give --models and --datasets")
