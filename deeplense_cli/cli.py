@@ -30,6 +30,7 @@ COMMANDS = {
     "benchmark": "deeplense_cli.commands.benchmark:benchmark",
     "jobs": "deeplense_cli.commands.jobs:jobs",
     "clean": "deeplense_cli.commands.clean:clean",
+    "checks": "deeplense_cli.commands.checks:checks",
 }
 
 
