@@ -136,6 +136,16 @@ def test_a_mistyped_name_gets_a_did_you_mean(args: list[str], message: str) -> N
     assert result.exit_code == 1 and message in result.output, result.output
 
 
+def test_a_run_refused_on_its_data_names_no_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "data" / "a").mkdir(parents=True)  # no images
+    args = ["train", "-m", "resnet18", "--data", str(tmp_path / "data"), "--run-dir",
+            str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "Error: " in result.output, result.output
+    assert "Run directory:" not in result.output  # was: printed, then the folder removed
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["train", "-m", "cct", "--dataset", "Model_II", "--data-root", str(tmp_path)]

@@ -119,11 +119,14 @@ def test_data_without_axion_masses_has_no_mass_bins(
     from deeplense_cli.data.readers import read_image
 
     runner = CliRunner()
+    out = tmp_path / "evaluation"  # both evaluations here (by default each has its own)
     with_mass = runner.invoke(
-        cli, ["evaluate", str(trained_run), "--data", str(sim_root / "Model_III_test"), "--json"]
-    )
+        cli,
+        ["evaluate", str(trained_run), "--data", str(sim_root / "Model_III_test"), "--json",
+         "--out", str(out)],
+    )  # fmt: skip
     assert with_mass.exit_code == 0, with_mass.output
-    out = Path(json.loads(with_mass.output)["out_dir"])
+    assert json.loads(with_mass.output)["out_dir"] == str(out)
     assert (out / "axion_mass.png").exists()
     bare = tmp_path / "bare"
     shutil.copytree(sim_root / "Model_III_test", bare)
@@ -131,7 +134,9 @@ def test_data_without_axion_masses_has_no_mass_bins(
         image, mass = read_image(f)
         assert mass is not None
         np.save(f, np.asarray(image))
-    without = runner.invoke(cli, ["evaluate", str(trained_run), "--data", str(bare), "--json"])
+    without = runner.invoke(
+        cli, ["evaluate", str(trained_run), "--data", str(bare), "--json", "--out", str(out)]
+    )
     assert without.exit_code == 0, without.output
     m = json.loads(without.output)
     assert m["out_dir"] == str(out) and "axion_mass_bins" not in m
