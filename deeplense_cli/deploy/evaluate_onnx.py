@@ -26,6 +26,7 @@ from deeplense_cli.evaluation.evaluate import (
     score,
     write_report,
 )
+from deeplense_cli.evaluation.ood import ood_metrics
 from deeplense_cli.registry.pretrained import resolve_model
 from deeplense_cli.runs.rundir import RunDir
 
@@ -66,16 +67,23 @@ def evaluate_onnx(
     idx = np.arange(len(images.labels))
     if len(idx) == 0:
         raise DeepLenseError(f"{folder} holds no images; nothing to evaluate")
-    parts = []
+    parts, scores = [], []
     for start in range(0, len(idx), batch_size):
         batch = idx[start : start + batch_size]
         x = apply_transform(np.asarray(images.images[batch]), onnx.transform)
-        parts.append(onnx.logits(x))
+        batch_logits, batch_scores = onnx.outputs(x)
+        parts.append(batch_logits)
+        if batch_scores is not None:
+            scores.append(batch_scores)
         if progress is not None:
             progress(len(batch))
     logits = np.concatenate(parts).astype(np.float64)
     check_finite(logits, str(path), "the exported weights are broken; re-export the run")
     metrics = score(logits, images, idx, classes, skip_bad)
+    threshold = onnx.ood_threshold
+    if scores and threshold is not None:
+        labels = np.asarray(images.labels)[idx]
+        metrics["ood"] = ood_metrics(np.concatenate(scores), threshold, logits.argmax(1), labels)
     metrics.update(
         {
             "split": "external",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from deeplense_cli.evaluation.metrics import (
     roc_curves,
     softmax,
 )
+from deeplense_cli.evaluation.ood import capture_features, ood_metrics, run_detector
 from deeplense_cli.evaluation.plots import (
     axion_mass_figure,
     confusion_figure,
@@ -131,15 +133,18 @@ def evaluate_run(
     if dev.type == "cpu":
         prepare_cpu_threads()
     model = run.build_model(checkpoint).to(dev)
-    logits = predict_logits(
-        model,
-        images.images,
-        transform,
-        indices=idx,
-        batch_size=batch_size,
-        device=dev,
-        progress=progress,
-    )
+    detector, _ = run_detector(run, model, checkpoint, dev, batch_size)
+    with ExitStack() as stack:
+        features = stack.enter_context(capture_features(model, len(classes))) if detector else []
+        logits = predict_logits(
+            model,
+            images.images,
+            transform,
+            indices=idx,
+            batch_size=batch_size,
+            device=dev,
+            progress=progress,
+        )
     check_finite(
         logits,
         f"the {checkpoint} checkpoint of {run.path}",
@@ -147,6 +152,10 @@ def evaluate_run(
         "with a lower --lr",
     )
     metrics = score(logits, images, idx, classes, skip_bad)
+    if detector is not None:
+        scores = detector.scores(np.concatenate(features))
+        labels = np.asarray(images.labels)[idx]
+        metrics["ood"] = ood_metrics(scores, detector.threshold, logits.argmax(1), labels)
     ckpt = run.load_checkpoint(checkpoint)
     metrics.update(
         {
