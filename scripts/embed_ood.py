@@ -7,7 +7,8 @@ Fits the detector (:mod:`deeplense_cli.evaluation.ood`) on what the shipped ONNX
 computes for ``--fit`` images (its own training recipe and seed), sets the threshold on
 ``--calibrate`` (fresh simulations it never saw), writes the ``ood_score`` output into the
 file and records the detector, with the share of ``--test`` images it flags, in the card.
-A file that already has a detector gets a new one.
+A file that already has a detector gets a new one (``--degraded`` adds the 8-bit PNG/JPEG
+versions of the fitting and calibration images, for a model trained with ``train.degrade``).
 """
 
 from __future__ import annotations
@@ -24,40 +25,22 @@ from deeplense_cli.core import atomic
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
-from deeplense_cli.deploy.ood_graph import OOD_OUTPUT, embed_detector
-from deeplense_cli.evaluation.ood import FIT_IMAGES, spread
+from deeplense_cli.deploy.ood_graph import embed_detector
+from deeplense_cli.evaluation.ood import FIT_IMAGES, spread, with_degraded
 from deeplense_cli.registry.pretrained import FOLDER, shipped_models
 
 
-def _images(folder: Path, n: int, transform: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _images(
+    folder: Path, n: int, transform: dict[str, Any], degraded: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     images = load_image_set(folder)
     idx = spread(np.arange(len(images.labels)), n)
-    return apply_transform(np.asarray(images.images[idx]), transform), images.labels[idx]
-
-
-def _without_detector(path: Path) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    if not any(o.name == OOD_OUTPUT for o in model.graph.output):
-        return
-    keep = [o for o in model.graph.output if o.name != OOD_OUTPUT]
-    del model.graph.output[:]
-    model.graph.output.extend(keep)
-    nodes = [
-        n
-        for n in model.graph.node
-        if not any(o.startswith("ood_") or o == OOD_OUTPUT for o in n.output)
-    ]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    inits = [t for t in model.graph.initializer if not t.name.startswith("ood_")]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
-    props = [p for p in model.metadata_props if p.key != "deeplense.ood"]
-    del model.metadata_props[:]
-    model.metadata_props.extend(props)
-    onnx.save(model, str(path))
+    raw, labels = np.asarray(images.images[idx]), np.asarray(images.labels)[idx]
+    if degraded:
+        raw, more = with_degraded(raw, labels)
+        assert more is not None
+        labels = more
+    return apply_transform(raw, transform), labels
 
 
 def main() -> None:
@@ -68,15 +51,19 @@ def main() -> None:
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--calibration-images", type=int, default=3000)
     parser.add_argument("--note", default="", help="how the three folders were made")
+    parser.add_argument(
+        "--degraded",
+        action="store_true",
+        help="also fit and calibrate on 8-bit PNG/JPEG versions (a train.degrade model)",
+    )
     args = parser.parse_args()
 
     shipped = shipped_models()[args.name.lower()]
     transform = OnnxModel(shipped.path, device="cpu").transform
-    fit_x, fit_y = _images(args.fit, FIT_IMAGES, transform)
-    cal_x, _ = _images(args.calibrate, args.calibration_images, transform)
+    fit_x, fit_y = _images(args.fit, FIT_IMAGES, transform, args.degraded)
+    cal_x, _ = _images(args.calibrate, args.calibration_images, transform, args.degraded)
     with atomic.atomic_path(shipped.path, suffix=".onnx") as tmp:
         shutil.copyfile(shipped.path, tmp)
-        _without_detector(tmp)
         detector = embed_detector(
             tmp,
             fit_x,
@@ -86,6 +73,7 @@ def main() -> None:
             info={
                 "fitted_on": f"{len(fit_x)} images of {args.fit.name} ({args.note})",
                 "calibrated_on": f"{len(cal_x)} fresh simulations of {args.calibrate.name}",
+                "degraded": args.degraded,
             },
         )
         test_x, test_y = _images(args.test, 100_000, transform)

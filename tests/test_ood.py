@@ -14,7 +14,7 @@ from PIL import Image
 
 from deeplense_cli.cli import cli
 from deeplense_cli.deploy.onnx_session import OnnxModel
-from deeplense_cli.evaluation.ood import Detector, fit, ood_metrics
+from deeplense_cli.evaluation.ood import METHOD, Detector, descriptor, fit, ood_metrics
 from deeplense_cli.registry import pretrained
 
 
@@ -165,7 +165,7 @@ def test_export_embeds_a_detector_and_the_run_fits_the_same_kind(
         doc = json.loads(res.output[res.output.index("{") :])
         blank = next(p for p in doc["predictions"] if p["path"].endswith("blank.npy"))
         assert blank["in_distribution"] is False, doc
-        assert doc["ood"]["method"] == "mahalanobis-tied"
+        assert doc["ood"]["method"] == METHOD
     assert (run.path / "ood-best.npz").is_file()  # the run keeps its fitted detector
     res = _invoke("evaluate", run.path, "--json")
     assert res.exit_code == 0 and "flagged_fraction" in json.loads(res.output)["ood"]
@@ -192,3 +192,44 @@ def test_a_model_without_detector_warns_and_refuses_reject(
     assert doc["flagged"] is None and "in_distribution" not in doc["predictions"][0]
     res = _invoke("predict", path, real_samples, "--reject-ood")
     assert res.exit_code == 1 and "--reject-ood needs" in res.output
+
+
+def test_the_input_statistics_in_onnx_equal_numpy() -> None:
+    """The detector's input statistics: the ONNX nodes compute what descriptor() does."""
+    from deeplense_cli.deploy.ood_graph import features_of
+
+    shipped = pretrained.shipped_models()["model_ii"]
+    size = OnnxModel(shipped.path, device="cpu").transform["image_size"]
+    x = np.random.default_rng(0).standard_normal((5, 1, size, size)).astype(np.float32)
+    d = descriptor(x)
+    assert d.shape == (5, 24)
+    np.testing.assert_allclose(features_of(shipped.path, x)[:, -24:], d, atol=1e-4)
+    # a brighter centre moves the first ring's mean; sharper noise the Laplacian rings
+    y = x.copy()
+    y[:, :, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] += 5
+    assert (descriptor(y)[:, 0] > d[:, 0] + 1).all()
+    assert (descriptor(3 * x)[:, 8:16] > 2.9 * d[:, 8:16]).all()
+
+
+def test_a_degrade_trained_run_fits_its_detector_on_8_bit_files_too(
+    quick_train, tmp_path: Path
+) -> None:
+    """train.degrade: the model sees 8-bit PNG/JPEG versions in training, and its detector
+    is fitted and calibrated with them (it should answer such files, not flag them)."""
+    from deeplense_cli.data.degrade import degrade
+    from deeplense_cli.evaluation.ood import Detector
+
+    x = np.random.default_rng(0).random((6, 1, 16, 16)).astype(np.float32) * 7
+    y = degrade(x, np.random.default_rng(1), 1.0)
+    assert all(len(np.unique(im)) <= 256 for im in y) and y.max() <= 255
+    assert np.array_equal(degrade(x, np.random.default_rng(1), 0.0), x)
+    run = quick_train(
+        tmp_path / "run", "--val-fraction", "0.3", "--set", "train.degrade=0.5", model="cvt"
+    )
+    res = _invoke("evaluate", run.path, "--json")
+    assert res.exit_code == 0, res.output
+    det = Detector.load(run.path / "ood-best.npz")
+    assert det.info["degraded"] is True
+    res = _invoke("export", "onnx", run.path, "--json")
+    assert res.exit_code == 0, res.output
+    assert OnnxModel(run.path / "model.onnx", device="cpu").ood is not None

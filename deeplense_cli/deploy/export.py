@@ -52,7 +52,7 @@ from deeplense_cli.deploy.onnx_session import (
 )
 from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.evaluation.metrics import softmax
-from deeplense_cli.evaluation.ood import CALIBRATION_IMAGES, FIT_IMAGES, spread
+from deeplense_cli.evaluation.ood import CALIBRATION_IMAGES, FIT_IMAGES, spread, with_degraded
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import add_artifacts
 
@@ -192,7 +192,12 @@ class _Data:
 
 
 def _load_data(
-    run: RunDir, transform: dict[str, Any], n_test: int, n_calibration: int, seed: int = 0
+    run: RunDir,
+    transform: dict[str, Any],
+    n_test: int,
+    n_calibration: int,
+    seed: int = 0,
+    degraded: bool = False,
 ) -> _Data:
     """Test and calibration images of the run; a synthetic batch when its data is missing."""
 
@@ -227,15 +232,20 @@ def _load_data(
     labels = np.asarray(splits.test.labels)[test_idx]
     fit_idx = spread(splits.train_idx, FIT_IMAGES)
     held_idx = spread(splits.val_idx, CALIBRATION_IMAGES)
+    fit_raw, held_raw = np.asarray(splits.train.images[fit_idx]), splits.train.images[held_idx]
+    fit_labels: np.ndarray | None = np.asarray(splits.train.labels)[fit_idx]
+    if degraded:  # a model trained to answer 8-bit files must not flag them
+        fit_raw, fit_labels = with_degraded(fit_raw, fit_labels)
+        held_raw = with_degraded(np.asarray(held_raw), None)[0]
     return _Data(
         test=test,
         labels=labels,
         calibration=calibration,
         note=f"{len(test_idx)} images of the run's test split ({splits.test.root})",
         real=True,
-        fit=apply_transform(np.asarray(splits.train.images[fit_idx]), transform),
-        fit_labels=np.asarray(splits.train.labels)[fit_idx],
-        held=apply_transform(np.asarray(splits.train.images[held_idx]), transform),
+        fit=apply_transform(fit_raw, transform),
+        fit_labels=fit_labels,
+        held=apply_transform(np.asarray(held_raw), transform),
     )
 
 
@@ -736,7 +746,8 @@ def export_onnx(
     model = run.build_model(checkpoint)
     epoch = run.load_checkpoint(checkpoint).get("epoch")
     _log(progress, "loading validation images")
-    data = _load_data(run, transform, validation_images, calibration_images)
+    degraded = float(config["train"].get("degrade") or 0) > 0
+    data = _load_data(run, transform, validation_images, calibration_images, degraded=degraded)
     reference = torch_logits(model, data.test)
 
     kinds = ("legacy", "dynamo") if exporter == "auto" else (exporter,)

@@ -2,7 +2,10 @@
 
 The detector is the Mahalanobis distance of the model's penultimate features (the input of
 its classifier head) to the nearest class mean, under one covariance shared by the classes
-(Lee et al. 2018), fitted on training images. Its threshold is the ``QUANTILE`` of the
+(Lee et al. 2018), fitted on training images. Those features are made to ignore what the
+classes do not depend on, so a few statistics of the input itself join them (``descriptor``:
+the mean brightness and the Laplacian energy at two scales in rings around the centre): lens
+light, another PSF or noise level move those long before they move the class features. Its threshold is the ``QUANTILE`` of the
 distances of held-back in-distribution images (the validation split, never the images it
 was fitted on), so about 1% of fresh in-distribution images are flagged by design.
 BENCHMARKS.md ("Out-of-distribution flag") has what it catches and what it costs.
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
 
     from deeplense_cli.runs.rundir import RunDir
 
-METHOD = "mahalanobis-tied"
+METHOD = "mahalanobis-tied+input-rings"
+RINGS = 8  # radial bins of the input statistics
+LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
 QUANTILE = 0.99  # of held-back in-distribution scores: ~1% of them flagged
 FIT_IMAGES = 4096  # at most, evenly spread over the training split
 CALIBRATION_IMAGES = 2048  # at most, of the validation split
@@ -125,6 +130,42 @@ def fit(
     return detector
 
 
+def ring_matrix(size: int, rings: int = RINGS) -> np.ndarray:
+    """``(size*size, rings)``: row-major pixels to the mean over each ring around the centre."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = np.hypot(yy - (size - 1) / 2, xx - (size - 1) / 2)
+    ring = np.minimum((radius / max(radius.max(), 1e-9) * rings).astype(int), rings - 1)
+    matrix = np.zeros((size * size, rings), dtype=np.float32)
+    matrix[np.arange(size * size), ring.ravel()] = 1
+    return matrix / np.maximum(matrix.sum(0), 1)
+
+
+def _abs_laplacian(x: np.ndarray) -> np.ndarray:
+    """|Laplacian| of ``(N, H, W)`` images, zero-padded to the same size (as ONNX's Conv)."""
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    lap = p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4 * x
+    return np.abs(lap)
+
+
+def descriptor(x: np.ndarray) -> np.ndarray:
+    """``(N, 3 * RINGS)`` statistics of transformed model inputs ``(N, C, S, S)``: per ring,
+    the mean value, the mean |Laplacian|, and the mean |Laplacian| of the 2x2-averaged image
+    (:func:`deeplense_cli.deploy.ood_graph.append_descriptor` computes the same in ONNX)."""
+    m = np.asarray(x, dtype=np.float32).mean(axis=1)
+    n, size = len(m), m.shape[-1]
+    half = size // 2
+    h = m[:, : half * 2, : half * 2].reshape(n, half, 2, half, 2).mean(axis=(2, 4))
+    rings, rings_half = ring_matrix(size), ring_matrix(half)
+    return np.concatenate(
+        [
+            m.reshape(n, -1) @ rings,
+            _abs_laplacian(m).reshape(n, -1) @ rings,
+            _abs_laplacian(h).reshape(n, -1) @ rings_half,
+        ],
+        axis=1,
+    )
+
+
 def head(model: torch.nn.Module, num_classes: int) -> torch.nn.Module | None:
     """The classifier head: the last Linear layer with one output per class."""
     import torch
@@ -138,7 +179,8 @@ def head(model: torch.nn.Module, num_classes: int) -> torch.nn.Module | None:
 
 @contextmanager
 def capture_features(model: torch.nn.Module, num_classes: int) -> Iterator[list[np.ndarray]]:
-    """Collect the head's inputs (the penultimate features) of every forward pass inside."""
+    """Collect what the detector scores for every forward pass inside: the head's inputs (the
+    penultimate features) followed by the :func:`descriptor` of the model's input."""
     layer = head(model, num_classes)
     if layer is None:
         raise DeepLenseError(
@@ -146,15 +188,21 @@ def capture_features(model: torch.nn.Module, num_classes: int) -> Iterator[list[
             "no out-of-distribution detector"
         )
     collected: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+
+    def keep_input(_module: Any, args: tuple[Any, ...]) -> None:
+        inputs.append(descriptor(args[0].detach().float().cpu().numpy()))
 
     def hook(_module: Any, args: tuple[Any, ...]) -> None:
-        collected.append(args[0].detach().float().reshape(len(args[0]), -1).cpu().numpy())
+        features = args[0].detach().float().reshape(len(args[0]), -1).cpu().numpy()
+        collected.append(np.concatenate([features, inputs.pop()], axis=1))
 
-    handle = layer.register_forward_pre_hook(hook)
+    handles = [model.register_forward_pre_hook(keep_input), layer.register_forward_pre_hook(hook)]
     try:
         yield collected
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def spread(idx: np.ndarray, n: int) -> np.ndarray:
@@ -163,6 +211,20 @@ def spread(idx: np.ndarray, n: int) -> np.ndarray:
     if len(idx) > n:
         idx = idx[np.linspace(0, len(idx) - 1, n).round().astype(int)]
     return idx
+
+
+def with_degraded(
+    raw: np.ndarray, labels: np.ndarray | None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``raw`` images followed by 8-bit PNG/JPEG versions of every second one: the fitting
+    and calibration images of a model trained with ``train.degrade``, which is meant to
+    answer such files, not to flag them."""
+    from deeplense_cli.data.degrade import degrade
+
+    half = np.asarray(raw)[::2]
+    more = degrade(half, np.random.default_rng([seed, 11]), 1.0)
+    extra = None if labels is None else np.concatenate([labels, np.asarray(labels)[::2]])
+    return np.concatenate([np.asarray(raw, dtype=np.float32), more]), extra
 
 
 def detector_path(run: RunDir, checkpoint: str) -> Path:
@@ -214,19 +276,29 @@ def run_detector(
     num_classes = len(run.classes)
     if head(model, num_classes) is None:
         return None, "the model has no classifier head (a Linear layer with one output per class)"
+    degraded = float(run.read_config()["train"].get("degrade") or 0) > 0
+    fit_raw = np.asarray(splits.train.images[np.sort(fit_idx)])
+    fit_labels = np.asarray(splits.train.labels)[np.sort(fit_idx)]
+    held_raw = np.asarray(splits.train.images[np.sort(held_idx)])
+    if degraded:  # a model trained to answer 8-bit files must not flag them
+        fit_raw, labels = with_degraded(fit_raw, fit_labels)
+        assert labels is not None
+        fit_labels = labels
+        held_raw = with_degraded(held_raw, None)[0]
     parts = []
-    for idx in (fit_idx, held_idx):
+    for raw in (fit_raw, held_raw):
         with capture_features(model, num_classes) as feats:
-            predict_logits(model, splits.train.images, run.transform, idx, batch_size, device)
+            predict_logits(model, raw, run.transform, None, batch_size, device)
         parts.append(np.concatenate(feats))
     detector = fit(
         parts[0],
-        np.asarray(splits.train.labels)[fit_idx],
+        fit_labels,
         num_classes,
         parts[1],
         info={
             "fitted_on": f"{len(fit_idx)} images of the run's training split",
             "calibrated_on": f"{len(held_idx)} images of the {note}",
+            "degraded": degraded,
             "checkpoint": checkpoint,
             "checkpoint_stamp": stamp,
         },

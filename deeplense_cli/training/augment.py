@@ -1,4 +1,5 @@
-"""Augmentation by the symmetries of the data (the groups are named in training.config)."""
+"""Augmentation by the symmetries of the data (the groups are named in training.config); the
+file formats users save images in are :func:`deeplense_cli.data.degrade.degrade`."""
 
 from __future__ import annotations
 

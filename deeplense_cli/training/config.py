@@ -62,6 +62,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # orientation, so only the half turn maps the data onto itself), dihedral (all flips and
     # 90-degree rotations) on other data; or dihedral, flips, rot180, none (true = dihedral)
     "augment": "auto",
+    # the share of training images seen as a user's 8-bit files would hold them (half PNG,
+    # half JPEG at quality 60-95): a model that handles those instead of flagging them
+    "degrade": 0.0,
     "early_stopping_metric": "val_macro_auc",  # or val_loss, val_accuracy
     "patience": 0,  # epochs without improvement before stopping; 0 disables
     # early stopping counts an epoch as progress only when it beats the best by more than this
@@ -321,6 +324,7 @@ def _validate_train(train: dict[str, Any]) -> None:
         "train.patience", train["patience"], 0, integer=True, optional=True, hint=" (0 disables)"
     )
     check_number("train.min_delta", train["min_delta"], 0)
+    check_number("train.degrade", train["degrade"], 0, 1, hint=" (0 disables)")
     check_number("train.seed", train["seed"], 0, integer=True)
     check_number(
         "train.num_threads",

@@ -27,6 +27,7 @@ from deeplense_cli.core.device import (
 )
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.version import __version__
+from deeplense_cli.data.degrade import degrade
 from deeplense_cli.data.splits import load_splits
 from deeplense_cli.data.transforms import apply_transform, transform_for
 from deeplense_cli.evaluation.evaluate import evaluate_run
@@ -196,6 +197,7 @@ class Trainer:
         self.metric = str(t["early_stopping_metric"])
         self.min_delta = float(t.get("min_delta", 0.0))
         self.augment_group = augment_group(t.get("augment", True))
+        self.degrade = float(t.get("degrade") or 0.0)
         self.progress_ref: float | None = None  # the metric at the last progress (patience)
 
     def lr_factor(self, step: int) -> float:
@@ -271,9 +273,10 @@ class Trainer:
         import torch
 
         idx = np.sort(idx)  # sequential reads from the memory-mapped cache
-        x = torch.from_numpy(
-            apply_transform(np.asarray(self.splits.train.images[idx]), self.transform)
-        )
+        raw = np.asarray(self.splits.train.images[idx])
+        if rng is not None and self.degrade > 0:
+            raw = degrade(raw, rng, self.degrade)
+        x = torch.from_numpy(apply_transform(raw, self.transform))
         if rng is not None:
             x = augment(x, rng, self.augment_group)
         x = x.to(self.device, non_blocking=True)
@@ -288,7 +291,7 @@ class Trainer:
         rng = np.random.default_rng([self.seed, epoch])  # data order depends on (seed, epoch) only
         order = rng.permutation(self.splits.train_idx)
         labels_all = self.splits.train.labels
-        aug_rng = rng if self.augment_group != "none" else None
+        aug_rng = rng if self.augment_group != "none" or self.degrade > 0 else None
         self.model.train()
         if self.freeze == "backbone":
             freeze_backbone_modes(self.model, len(self.splits.classes))
