@@ -51,7 +51,7 @@ from deeplense_cli.deploy.predict import (
     Summary,
     iter_predictions,
     load_predictor,
-    predict_arrays,
+    predict_arrays_scored,
 )
 from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
@@ -652,6 +652,17 @@ class Predictions:
     paths: list[str] | None = None  # the files, for Model.predict_files
     axion_mass: list[float | None] | None = None  # from the files, where they carry one
     skipped: list[str] = field(default_factory=list)  # "path: why", with skip_bad
+    # the out-of-distribution flag (None: the model has no detector): an image whose score
+    # is above the model's threshold does not look like its training data
+    ood_score: np.ndarray | None = None
+    threshold: float | None = None
+
+    @property
+    def in_distribution(self) -> np.ndarray | None:
+        """``(N,)`` True where the image looks like the model's training data."""
+        if self.ood_score is None or self.threshold is None:
+            return None
+        return np.asarray(self.ood_score <= self.threshold)
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -732,11 +743,20 @@ class Model:
         (2, 3)
         """
         batch = _stack(images, resize) if isinstance(images, list | tuple) else images
+        threshold = self.predictor.ood_threshold
         if isinstance(batch, list):  # sizes differ: each is resized on its own
-            each = [predict_arrays(self.predictor, im, resize=True) for im in batch]
-            return Predictions(self.classes, np.concatenate(each))
-        probs = predict_arrays(self.predictor, batch, batch_size=batch_size, resize=resize)
-        return Predictions(self.classes, probs)
+            each = [predict_arrays_scored(self.predictor, im, resize=True) for im in batch]
+            scores = [s for _, s in each if s is not None]
+            return Predictions(
+                self.classes,
+                np.concatenate([p for p, _ in each]),
+                ood_score=np.concatenate(scores) if threshold is not None else None,
+                threshold=threshold,
+            )
+        probs, score = predict_arrays_scored(
+            self.predictor, batch, batch_size=batch_size, resize=resize
+        )
+        return Predictions(self.classes, probs, ood_score=score, threshold=threshold)
 
     def predict_files(
         self,
@@ -775,6 +795,12 @@ class Model:
             paths=[p.path for p in preds],
             axion_mass=[p.axion_mass for p in preds],
             skipped=list(summary.skipped),
+            ood_score=(
+                None
+                if self.predictor.ood_threshold is None
+                else np.array([p.ood_score for p in preds], dtype=np.float64)
+            ),
+            threshold=self.predictor.ood_threshold,
         )
 
     def __repr__(self) -> str:

@@ -233,3 +233,17 @@ def test_a_degrade_trained_run_fits_its_detector_on_8_bit_files_too(
     res = _invoke("export", "onnx", run.path, "--json")
     assert res.exit_code == 0, res.output
     assert OnnxModel(run.path / "model.onnx", device="cpu").ood is not None
+
+
+def test_the_python_api_carries_the_flag(strange: Path, real_samples: Path) -> None:
+    from deeplense_cli import api
+
+    model = api.load_model("Model_III")
+    files = model.predict_files([strange, real_samples])
+    assert files.in_distribution is not None
+    flags = dict(zip(files.paths or [], files.in_distribution, strict=True))
+    assert not any(v for k, v in flags.items() if "strange" in k)
+    assert all(v for k, v in flags.items() if "real_samples" in k)  # the released images
+    arrays = model.predict(np.zeros((2, 64, 64)))
+    assert arrays.in_distribution is not None and not arrays.in_distribution.any()
+    assert arrays.threshold == model.predictor.ood_threshold

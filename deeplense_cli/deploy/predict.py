@@ -190,6 +190,14 @@ def predict_arrays(
     """Class probabilities ``(N, classes)`` for images in memory: one ``(H, W)`` image or a
     batch ``(N, H, W)`` or ``(N, 1, H, W)``. Each image is checked as a file's would be
     (NaN/Inf pixels, size; named ``image I`` in errors) and sized by the module's rules."""
+    return predict_arrays_scored(predictor, images, batch_size, resize)[0]
+
+
+def predict_arrays_scored(
+    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_arrays` and the out-of-distribution scores ``(N,)`` (None when the model
+    has no detector)."""
     if batch_size < 1:
         raise DeepLenseError("--batch-size must be at least 1")
     arr = np.asarray(images)
@@ -205,13 +213,19 @@ def predict_arrays(
     transform = predictor.transform
     size, channels = source_size(transform), int(transform.get("in_channels", 1))
     parts = [np.zeros((0, len(predictor.classes)))]
+    scores: list[np.ndarray] = []
     for start in range(0, len(arr), batch_size):
         raw = [
             fit_image(as_image(image, f"image {i}"), size, channels, resize, f"image {i}")
             for i, image in enumerate(arr[start : start + batch_size], start)
         ]
-        parts.append(probabilities(predictor, np.stack(raw)))
-    return np.concatenate(parts)
+        logits, batch_scores = predictor.outputs(apply_transform(np.stack(raw), transform))
+        parts.append(softmax(logits.astype(np.float64)))
+        if batch_scores is not None:
+            scores.append(batch_scores)
+    if predictor.ood_threshold is None:
+        return np.concatenate(parts), None
+    return np.concatenate(parts), (np.concatenate(scores) if scores else np.zeros(0))
 
 
 UNKNOWN = "unknown"  # the label of a flagged image under --reject-ood
