@@ -544,6 +544,7 @@ def evaluate(
     skip_bad: bool = False,
     out: PathArg | None = None,
     progress: Progress = None,
+    tta: str | None = None,
 ) -> Evaluation:
     """Evaluate a run (PyTorch, on its ``split`` or on ``data``/``dataset``), an exported
     ``.onnx`` file or a shipped model (ONNX Runtime, on ``data`` or ``dataset``'s test
@@ -579,6 +580,7 @@ def evaluate(
             skip_bad=skip_bad,
             out_dir=out_dir,
             progress=advance,
+            tta=tta,
         )
 
 
@@ -595,6 +597,7 @@ def export_onnx(
     standard_ops: bool = False,
     int8_scheme: str | None = None,
     progress: Progress = None,
+    tta: str = "none",
 ) -> ExportResult:
     """Export a run to one self-contained ONNX file (``deeplense export onnx``), validated
     against PyTorch on the run's test images before it is written (default
@@ -636,6 +639,7 @@ def export_onnx(
             standard_ops=standard_ops,
             int8_scheme=int8_scheme,
             progress=callback,
+            tta=tta,
         )
     finally:
         if bar is not None:

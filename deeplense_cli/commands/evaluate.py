@@ -8,6 +8,7 @@ import click
 
 from deeplense_cli.commands.display import evaluation_tables
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.evaluation.tta import TTA
 
 
 @click.command()
@@ -38,6 +39,12 @@ from deeplense_cli.core.console import console, err_console, print_json
     help="Write metrics.json and the figures here [default: RUN/evaluation*/, or for a model "
     "RUN_ROOT/evaluations/<model>-<folder>/].",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTA),
+    help="Test-time augmentation (rot180: each image and its half turn, logits averaged). "
+    "[default: an ONNX file's own, else none]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 def evaluate(
     target: str,
@@ -50,6 +57,7 @@ def evaluate(
     batch_size: int,
     skip_bad: bool,
     out_dir: str | None,
+    tta: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate a trained run directory, an exported .onnx file or a shipped model (by name,
@@ -71,6 +79,7 @@ def evaluate(
         batch_size=batch_size,
         skip_bad=skip_bad,
         out_dir=Path(out_dir) if out_dir else None,
+        tta=tta,
     ).metrics
     for warning in metrics.get("warnings", []):
         err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.evaluation.tta import TTA
 from deeplense_cli.registry.manager import export_formats, warn
 
 PRECISION_HELP = (
@@ -99,6 +100,14 @@ def export() -> None:
     "VNNI and on ARM, but saturates ONNX Runtime's kernels on x86 CPUs without VNNI; u8u8 "
     "never saturates but is slower at large batches; s8s8 is slow on x86.",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTA),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation the file asks for: predict and evaluate then average each "
+    "image with its half turn unless told --tta none (recorded in its metadata).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def onnx_command(
     run_dir: str,
@@ -110,6 +119,7 @@ def onnx_command(
     validation_images: int,
     standard_ops: bool,
     int8_scheme: str | None,
+    tta: str,
     as_json: bool,
 ) -> None:
     """Export RUN_DIR's model to one self-contained ONNX file with a dynamic batch axis.
@@ -133,6 +143,7 @@ def onnx_command(
             checkpoint=checkpoint,
             exporter=exporter,
             validation_images=validation_images,
+            tta=tta,
             standard_ops=standard_ops,
             int8_scheme=int8_scheme,
             progress=lambda msg: status.update(msg),

@@ -27,6 +27,7 @@ from deeplense_cli.evaluation.evaluate import (
     write_report,
 )
 from deeplense_cli.evaluation.ood import ood_metrics
+from deeplense_cli.evaluation.tta import check_tta, with_tta
 from deeplense_cli.registry.pretrained import resolve_model
 from deeplense_cli.runs.rundir import RunDir
 
@@ -42,6 +43,7 @@ def evaluate_onnx(
     out_dir: Path | None = None,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    tta: str | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` (a path or a shipped model's name) on ``data`` (any class-per-folder
     tree) or ``dataset`` (its test folder); write metrics.json and the figures to ``out_dir``
@@ -55,6 +57,7 @@ def evaluate_onnx(
     check_number("--batch-size", batch_size, 1, integer=True)
     path = resolve_model(model)
     onnx = OnnxModel(path, device=device, threads=threads)
+    tta = check_tta(tta if tta is not None else onnx.tta)
     source = resolve_source(dataset=dataset, data=data, data_root=data_root)
     folder = source.test_dir if (dataset is not None and source.test_dir) else source.train_dir
     images = load_image_set(folder, skip_bad=skip_bad)
@@ -71,7 +74,7 @@ def evaluate_onnx(
     for start in range(0, len(idx), batch_size):
         batch = idx[start : start + batch_size]
         x = apply_transform(np.asarray(images.images[batch]), onnx.transform)
-        batch_logits, batch_scores = onnx.outputs(x)
+        batch_logits, batch_scores = with_tta(onnx.outputs, x, tta)
         parts.append(batch_logits)
         if batch_scores is not None:
             scores.append(batch_scores)
@@ -92,6 +95,7 @@ def evaluate_onnx(
             "onnx": str(path),
             "onnx_precision": onnx.info.precision,  # "precision" is the per-class metric
             "device": onnx.device,
+            "tta": tta,
         }
     )
     if out_dir is None:
@@ -117,6 +121,7 @@ def evaluate_target(
     skip_bad: bool = False,
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    tta: str | None = None,
 ) -> Evaluation:
     """What `deeplense evaluate TARGET` evaluates: a run directory with PyTorch (its ``split``
     or ``data``/``dataset``), anything else (an .onnx file, a shipped model's name) with ONNX
@@ -135,6 +140,7 @@ def evaluate_target(
             skip_bad=skip_bad,
             out_dir=out_dir,
             progress=progress,
+            tta=check_tta(tta),
         )
     return evaluate_onnx(
         target,
@@ -146,4 +152,5 @@ def evaluate_target(
         skip_bad=skip_bad,
         out_dir=out_dir,
         progress=progress,
+        tta=tta,
     )

@@ -53,6 +53,7 @@ from deeplense_cli.deploy.onnx_session import (
 from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.evaluation.ood import CALIBRATION_IMAGES, FIT_IMAGES, spread, with_degraded
+from deeplense_cli.evaluation.tta import check_tta
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import add_artifacts
 
@@ -574,6 +575,7 @@ def _export_validated(
     standard_ops: bool,
     int8_scheme: str,
     progress: Callable[[str], None] | None,
+    tta: str = "none",
 ) -> ExportResult:
     classes, transform = run.classes, run.transform
     # The work folder sits beside the target: one filesystem, so the finished model is
@@ -598,6 +600,8 @@ def _export_validated(
             "deeplense.precision": precision,
             "deeplense.exporter": used_exporter,
         }
+        if tta != "none":
+            meta["deeplense.tta"] = tta
         with atomic.atomic_path(target, suffix=".onnx") as tmp:
             if precision == "fp32":
                 os.replace(fp32_path, tmp)
@@ -708,6 +712,7 @@ def export_onnx(
     standard_ops: bool = False,
     int8_scheme: str | None = None,
     progress: Callable[[str], None] | None = None,
+    tta: str = "none",
 ) -> ExportResult:
     """Export ``run_path``'s model to ONNX at ``precision``, validate it, then write it.
 
@@ -729,6 +734,7 @@ def export_onnx(
     if validation_images < 1:
         raise DeepLenseError("validation_images must be at least 1")
     int8_scheme_types(int8_scheme)  # fail before the model loads
+    tta = check_tta(tta)
     if exporter not in EXPORTERS:
         raise DeepLenseError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
     run = RunDir.open(run_path)
@@ -746,7 +752,7 @@ def export_onnx(
     model = run.build_model(checkpoint)
     epoch = run.load_checkpoint(checkpoint).get("epoch")
     _log(progress, "loading validation images")
-    degraded = float(config["train"].get("degrade") or 0) > 0
+    degraded = float((config.get("train") or {}).get("degrade") or 0) > 0
     data = _load_data(run, transform, validation_images, calibration_images, degraded=degraded)
     reference = torch_logits(model, data.test)
 
@@ -771,6 +777,7 @@ def export_onnx(
                 standard_ops,
                 int8_scheme,
                 progress,
+                tta,
             )
         except atomic.WriteError:
             raise  # full or read-only: the other exporter would fail the same way

@@ -58,6 +58,7 @@ METADATA_KEYS = (
     "deeplense.opset",
     "deeplense.precision",
     "deeplense.ood",  # JSON: the detector's method, threshold and calibration (optional)
+    "deeplense.tta",  # the test-time augmentation predict applies by default (optional)
 )
 
 
@@ -448,6 +449,8 @@ class OnnxModel:
             )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        # test-time augmentation the file asks for (export --tta); predict and evaluate use it
+        self.tta = meta.get("deeplense.tta", "none")
         self.ood: dict[str, Any] | None = None
         if len(outputs) == 2:
             try:

@@ -34,6 +34,7 @@ from deeplense_cli.data.transforms import apply_transform, source_size
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.evaluation.ood import capture_features, run_detector
+from deeplense_cli.evaluation.tta import check_tta, with_tta
 from deeplense_cli.registry.pretrained import resolve_model, shipped_models
 from deeplense_cli.runs.rundir import RunDir
 
@@ -124,19 +125,60 @@ def load_predictor(
     device: str = "auto",
     threads: int | None = None,
     checkpoint: str = "best",
+    tta: str | None = None,
 ) -> Predictor:
     """An exported ``.onnx`` file (ONNX Runtime), a run directory (PyTorch) or the name of a
-    model that ships with deeplense (``Model_III``)."""
+    model that ships with deeplense (``Model_III``). ``tta``: test-time augmentation
+    (:mod:`deeplense_cli.evaluation.tta`); None takes the file's own (``export --tta``)."""
     path = Path(model)
+    if tta is not None:
+        check_tta(tta)
     if path.is_dir():
-        return TorchPredictor(path, device=device, checkpoint=checkpoint)
-    if not path.exists():
-        if path.suffix or len(path.parts) > 1:
-            raise DeepLenseError(f"{path}: no such model file or run directory")
-        path = resolve_model(model)
+        found: Predictor = TorchPredictor(path, device=device, checkpoint=checkpoint)
+    else:
+        if not path.exists():
+            if path.suffix or len(path.parts) > 1:
+                raise DeepLenseError(f"{path}: no such model file or run directory")
+            path = resolve_model(model)
+        found = OnnxModel(path, device=device, threads=threads)
+    chosen = check_tta(tta if tta is not None else getattr(found, "tta", "none"))
+    return found if chosen == "none" else TTAPredictor(found, chosen)
 
-    onnx_model: Predictor = OnnxModel(path, device=device, threads=threads)
-    return onnx_model
+
+class TTAPredictor:
+    """A predictor whose logits are averaged over test-time augmentation; everything else
+    (classes, transform, the out-of-distribution threshold) is the wrapped one's."""
+
+    def __init__(self, inner: Predictor, tta: str) -> None:
+        self.inner, self.tta = inner, tta
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.inner.classes
+
+    @property
+    def transform(self) -> dict[str, Any]:
+        return self.inner.transform
+
+    @property
+    def device(self) -> str:
+        return self.inner.device
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return self.inner.ood_threshold
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return with_tta(self.inner.outputs, batch, self.tta)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, test-time augmentation {self.tta}"
 
 
 # ---- images -------------------------------------------------------------------------
@@ -357,6 +399,8 @@ def iter_predictions(
 
 def _init_source(predictor: Predictor) -> str:
     """The run or shipped model that fine-tuning would start from."""
+    if isinstance(predictor, TTAPredictor):
+        return _init_source(predictor.inner)
     if isinstance(predictor, TorchPredictor):
         return str(predictor.run_path)
     path = getattr(predictor, "path", None)
@@ -452,6 +496,7 @@ def predict(
     progress: Callable[[int], None] | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
     reject_ood: bool = False,
+    tta: str | None = None,
 ) -> Summary:
     """Predict every supported file among ``inputs``; write ``output`` if given.
     ``reject_ood``: images the model's detector flags are predicted ``unknown``.
@@ -464,7 +509,9 @@ def predict(
     files = find_images(inputs)
     if not files:
         raise DeepLenseError("no image files found in the inputs (.npy, .npz, FITS, PNG, JPEG)")
-    predictor = load_predictor(model, device=device, threads=threads, checkpoint=checkpoint)
+    predictor = load_predictor(
+        model, device=device, threads=threads, checkpoint=checkpoint, tta=tta
+    )
     summary = Summary(
         model=predictor.describe(),
         device=predictor.device,

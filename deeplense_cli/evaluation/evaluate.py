@@ -115,6 +115,7 @@ def evaluate_run(
     progress: Callable[[int], None] | None = None,
     skip_bad: bool = False,
     track: bool = True,
+    tta: str = "none",
 ) -> Evaluation:
     """Evaluate ``run``'s checkpoint; write metrics.json, roc.png, confusion_matrix.png
     (and axion_mass.png) into ``out_dir`` and return the metrics with those figures.
@@ -152,6 +153,11 @@ def evaluate_run(
         "with a lower --lr",
     )
     metrics = score(logits, images, idx, classes, skip_bad)
+    if tta == "rot180":  # the half turns, outside the detector's hooks
+        turned = predict_logits(
+            model, images.images, transform, idx, batch_size, dev, half_turn=True
+        )
+        logits = (logits + turned) / 2
     if detector is not None:
         scores = detector.scores(np.concatenate(features))
         labels = np.asarray(images.labels)[idx]
@@ -165,6 +171,7 @@ def evaluate_run(
             "checkpoint_epoch": ckpt.get("epoch"),
             "model": run.read_config()["model"]["name"],
             "run_dir": str(run.path),
+            "tta": tta,
         }
     )
     if out_dir is None:

@@ -26,8 +26,10 @@ def predict_logits(
     batch_size: int = 256,
     device: torch.device | None = None,
     progress: Callable[[int], None] | None = None,
+    half_turn: bool = False,
 ) -> np.ndarray:
-    """Logits ``(N, num_classes)`` for ``images[indices]`` (raw, untransformed images)."""
+    """Logits ``(N, num_classes)`` for ``images[indices]`` (raw, untransformed images);
+    ``half_turn``: of the transformed images rotated by 180 degrees (test-time augmentation)."""
     import torch
 
     device = device or torch.device("cpu")
@@ -41,6 +43,8 @@ def predict_logits(
             order = np.argsort(batch_idx, kind="stable")
             raw = np.asarray(images[batch_idx[order]])
             x = torch.from_numpy(apply_transform(raw, transform)).to(device)
+            if half_turn:
+                x = torch.rot90(x, 2, dims=(-2, -1))
             logits = model(x)
             result = np.empty((len(batch_idx), logits.shape[1]), dtype=np.float32)
             result[order] = logits.float().cpu().numpy()

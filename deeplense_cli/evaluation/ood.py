@@ -276,7 +276,7 @@ def run_detector(
     num_classes = len(run.classes)
     if head(model, num_classes) is None:
         return None, "the model has no classifier head (a Linear layer with one output per class)"
-    degraded = float(run.read_config()["train"].get("degrade") or 0) > 0
+    degraded = float((run.read_config().get("train") or {}).get("degrade") or 0) > 0
     fit_raw = np.asarray(splits.train.images[np.sort(fit_idx)])
     fit_labels = np.asarray(splits.train.labels)[np.sort(fit_idx)]
     held_raw = np.asarray(splits.train.images[np.sort(held_idx)])
