@@ -1009,6 +1009,4 @@ def test_skip_bad_skips_an_image_of_the_wrong_size(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output  # was: the same error, --skip-bad or not
     document = json.loads(res.stdout)
     assert len(document["predictions"]) == 6
-    assert [s.split(": ", 1)[0] for s in document["skipped"]] == [
-        str(tree / "cdm" / "small.npy")
-    ]
+    assert [s.split(": ", 1)[0] for s in document["skipped"]] == [str(tree / "cdm" / "small.npy")]
