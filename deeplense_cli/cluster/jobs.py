@@ -20,6 +20,7 @@ from deeplense_cli.cluster.slurm import check_partition, require_slurm
 from deeplense_cli.cluster.submit import Resumable, submit, submit_array
 from deeplense_cli.cluster.wait import SubmittedJob
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training import distributed
 from deeplense_cli.training.benchmark import Cell, run_cell, write_table
 from deeplense_cli.training.config import SLURM_DEFAULTS
 from deeplense_cli.training.loop import evaluation_summary, train
@@ -44,10 +45,25 @@ BATCH_EVERY_S = 60.0
 
 def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
     """Train into ``run_path``, resuming from its last checkpoint when one exists, and return
-    a summary."""
+    a summary. A job of several tasks is one run trained by as many DDP ranks: submitit's
+    ``TorchDistributedEnvironment`` exports the rendezvous (the first node, a port from the
+    job id), and on preemption rank 0 checkpoints and requeues the whole job."""
     run = RunDir(run_path)
-    resume = run.checkpoint_path("last").exists()
-    result = train(config, run, reporter=JsonlReporter(batch_every=BATCH_EVERY_S), resume=resume)
+    tasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if tasks > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        distributed.setup(str(config["train"]["device"]))
+    try:
+        # every rank decides alike: no rank writes the run before all have looked
+        resume = run.checkpoint_path("last").exists()
+        distributed.barrier()
+        result = train(
+            config, run, reporter=JsonlReporter(batch_every=BATCH_EVERY_S), resume=resume
+        )
+    finally:
+        distributed.shutdown()
     return {
         "run_dir": str(run.path),
         "epochs_completed": result.epochs_completed,

@@ -21,7 +21,8 @@ class SlurmOptions:
     ``mem`` is per node in sbatch's syntax (``"4G"``, ``"500M"``); ``None`` uses the cluster's
     default (``DefMemPerCPU``). ``time`` is the wall-clock limit in minutes. ``extra`` holds
     further sbatch options by long name without dashes, e.g. ``{"constraint": "a100",
-    "exclude": "node7"}``; ``True`` gives a bare flag.
+    "exclude": "node7"}``; ``True`` gives a bare flag. ``nodes`` x ``tasks_per_node`` tasks
+    train one run together (DDP; ``None``: one task per GPU, or one); ``cpus`` is per task.
     """
 
     partition: str | None = None
@@ -31,6 +32,8 @@ class SlurmOptions:
     time: int = 60
     account: str | None = None
     qos: str | None = None
+    nodes: int = 1
+    tasks_per_node: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -38,6 +41,10 @@ class SlurmOptions:
             raise DeepLenseError(f"gpus must be 0 or more, got {self.gpus}")
         if self.cpus < 1:
             raise DeepLenseError(f"cpus must be 1 or more, got {self.cpus}")
+        if self.nodes < 1:
+            raise DeepLenseError(f"nodes must be 1 or more, got {self.nodes}")
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
+            raise DeepLenseError(f"tasks per node must be 1 or more, got {self.tasks_per_node}")
         if self.time < 1:
             raise DeepLenseError(f"time is in minutes and must be 1 or more, got {self.time}")
         if self.mem is not None and not _MEM_RE.match(str(self.mem)):
@@ -45,9 +52,19 @@ class SlurmOptions:
                 f"mem {self.mem!r} is not in sbatch's syntax; use e.g. '4G' or '500M'"
             )
 
+    @property
+    def tasks(self) -> int:
+        """Tasks per node: as asked, else one per GPU, else one."""
+        return int(self.tasks_per_node or self.gpus or 1)
+
     def executor_parameters(self) -> dict[str, Any]:
         """Keyword arguments for submitit's ``AutoExecutor.update_parameters``."""
         params: dict[str, Any] = {"timeout_min": int(self.time), "cpus_per_task": int(self.cpus)}
+        if self.nodes > 1 or self.tasks > 1:
+            params["nodes"] = int(self.nodes)
+            params["tasks_per_node"] = self.tasks
+            # one task that dies ends the others at once (they would wait in a collective)
+            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if self.gpus:
             params["gpus_per_node"] = int(self.gpus)
         if self.partition:
@@ -87,6 +104,8 @@ def options_from_config(section: dict[str, Any]) -> SlurmOptions:
         time=time_limit_minutes(section.get("time")),
         account=section.get("account"),
         qos=section.get("qos"),
+        nodes=int(section.get("nodes") or 1),
+        tasks_per_node=int(section["tasks_per_node"]) if section.get("tasks_per_node") else None,
     )
     opts.validate()
     return opts

@@ -21,7 +21,7 @@ def slurm_options(submit_help: str, wait_help: str) -> Callable[[Any], Any]:
     return option_group(
         click.option("--slurm", is_flag=True, help=submit_help),
         click.option("--partition", help="SLURM partition (see `sinfo`)."),
-        click.option("--gpus", type=int, help="GPUs per node."),
+        click.option("--gpus", "--gpus-per-node", "gpus", type=int, help="GPUs per node."),
         click.option("--cpus", type=int, help="CPUs per task."),
         click.option("--mem", help="Memory per node, e.g. 16G."),
         click.option(

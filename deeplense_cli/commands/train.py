@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -13,11 +16,14 @@ from deeplense_cli.commands.display import evaluation_tables, make_reporter
 from deeplense_cli.commands.options import option_group
 from deeplense_cli.commands.slurm import slurm_flags, slurm_options, train_on_slurm
 from deeplense_cli.core.console import console, err_console
+from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.training import distributed
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
 from deeplense_cli.training.init import FREEZE
-from deeplense_cli.training.reporters import JsonlReporter
+from deeplense_cli.training.launch import LAUNCHER_ENV
+from deeplense_cli.training.reporters import JsonlReporter, SilentReporter
 
 # Where the data is and how it is split: the flags that :func:`data_flags` reads.
 data_options = option_group(
@@ -103,7 +109,12 @@ def output_option(fn: Any) -> Any:
     type=float,
     help="Time budget: plan at most as many epochs as fit (after epoch 1).",
 )
-@click.option("--batch-size", type=int)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Global batch: with several processes each takes its share (the learning rate is "
+    "not rescaled).",
+)
 @click.option("--lr", type=float, help="Peak learning rate (default: per architecture).")
 @click.option("--weight-decay", type=float)
 @click.option("--warmup-epochs", type=float)
@@ -160,6 +171,18 @@ def output_option(fn: Any) -> Any:
     "setting flags are an error.",
 )
 @click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
+@click.option(
+    "--nproc-per-node",
+    metavar="N|auto",
+    help="Train with N processes on this machine (DDP, started as torchrun does; auto: one "
+    "per visible GPU; gloo on the CPU). With --slurm: tasks per node [default: one per GPU].",
+)
+@click.option("--nodes", type=int, help="With --slurm: nodes of one DDP job.")
+@click.option(
+    "--sync-bn/--no-sync-bn",
+    default=None,
+    help="With several GPU processes: synchronise BatchNorm statistics across them. [default: off]",
+)
 @log_option
 @output_option
 @slurm_options(
@@ -204,9 +227,10 @@ def train(**kw: Any) -> None:
                 "num_threads",
                 "init",
                 "freeze",
+                "sync_bn",
             )
         },
-        "slurm": slurm_flags(kw),
+        "slurm": _slurm_section(kw),
         "tracking": {"loggers": kw["loggers"]},
     }
     if kw["augment"]:
@@ -221,26 +245,38 @@ def train(**kw: Any) -> None:
         return
     if not kw["slurm"]:  # a SLURM job checks the device on its node
         _check_device(config)
-    run = RunDir.for_config(config, kw["run_dir"], kw["run_root"])
-    if kw["slurm"]:
-        err_console().print(f"Run directory: {run.path}")
-    try:
-        _run(config, run, kw, resume=False)
-    except BaseException as exc:
-        # Failed before the run was initialised (bad data, bad model settings...), or failed
-        # (diverged, disk full) before its first checkpoint: resuming would only start it
-        # again, so leave nothing behind. An interrupted run with a config.yaml stays, and so
-        # does a SLURM run (its folder holds the job's logs).
-        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-        run.discard_unless_resumable(keep=kw["slurm"] or interrupted)
-        raise
+        if _launch(config, kw, kw["run_dir"] or str(_new_run_path(config, kw["run_root"]))):
+            return
+    with _ranks(config):
+        run = _new_run(config, kw)
+        if kw["slurm"]:
+            err_console().print(f"Run directory: {run.path}")
+        try:
+            _run(config, run, kw, resume=False)
+        except BaseException as exc:
+            # Failed before the run was initialised (bad data, bad model settings...), or
+            # failed (diverged, disk full) before its first checkpoint: resuming would only
+            # start it again, so leave nothing behind. An interrupted run with a config.yaml
+            # stays, and so does a SLURM run (its folder holds the job's logs).
+            interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+            if distributed.layout().is_main:
+                run.discard_unless_resumable(keep=kw["slurm"] or interrupted)
+            raise
 
 
 # What --resume applies from the command line (train settings first); every other setting
 # is the run's own (its config.yaml), and giving one is an error rather than ignored.
 RESUME_SETTINGS = {"epochs": "--epochs", "device": "--device", "num_threads": "--num-threads"}
-RESUME_OTHER = {"resume_run", "output", "no_evaluate", "print_config", "slurm", "wait"}
-RESUME_SLURM = {"partition", "gpus", "cpus", "mem", "time_limit", "account", "qos"}
+RESUME_OTHER = {
+    "resume_run",
+    "output",
+    "no_evaluate",
+    "print_config",
+    "slurm",
+    "wait",
+    "nproc_per_node",
+}
+RESUME_SLURM = {"partition", "gpus", "cpus", "mem", "time_limit", "account", "qos", "nodes"}
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -273,7 +309,7 @@ def _resume(kw: dict[str, Any]) -> None:
     config, run = resume_config(
         kw["resume_run"], **{key: kw[key] for key in RESUME_SETTINGS if _given(ctx, key)}
     )
-    slurm = {k: v for k, v in slurm_flags(kw).items() if v is not None}
+    slurm = {k: v for k, v in _slurm_section(kw).items() if v is not None}
     config["slurm"].update(slurm)
     if kw["print_config"]:
         import yaml
@@ -284,12 +320,127 @@ def _resume(kw: dict[str, Any]) -> None:
         _check_device(config)
     applied = [f"{flag} {kw[key]}" for key, flag in RESUME_SETTINGS.items() if _given(ctx, key)]
     applied += [f"slurm.{key} {value}" for key, value in slurm.items()]
-    if applied:
-        run.write_config({**config, "deeplense_version": __version__})
-    err_console().print(
-        f"Resuming run {run.path}" + (f" with {', '.join(applied)}" if applied else "")
-    )
-    _run(config, run, kw, resume=True)
+    if not kw["slurm"] and _launch(config, kw, str(run.path)):
+        return
+    with _ranks(config):
+        if applied and distributed.layout().is_main:
+            raw = run.read_config()
+            run.write_config({**config, "deeplense_version": __version__, **_recorded(raw)})
+        if distributed.layout().is_main:
+            err_console().print(
+                f"Resuming run {run.path}" + (f" with {', '.join(applied)}" if applied else "")
+            )
+        _run(config, run, kw, resume=True)
+
+
+def _recorded(raw: dict[str, Any]) -> dict[str, Any]:
+    """What config.yaml records beside the settings and stays (the processes it trained with)."""
+    return {"distributed": raw["distributed"]} if raw.get("distributed") else {}
+
+
+def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
+    """The SLURM flags as a config ``slurm`` section; ``--nproc-per-node`` gives the tasks per
+    node of a job (auto: one per GPU)."""
+    section = {**slurm_flags(kw), "nodes": kw["nodes"], "tasks_per_node": None}
+    nproc = kw["nproc_per_node"]
+    if kw["slurm"] and nproc and str(nproc).strip().lower() != "auto":
+        from deeplense_cli.training.launch import processes
+
+        section["tasks_per_node"] = processes(nproc, cuda=False)
+    return section
+
+
+def _launch(config: dict[str, Any], kw: dict[str, Any], run_dir: str) -> bool:
+    """``--nproc-per-node N`` (N > 1) on this machine: run this same command as N ranks
+    through torchrun's launcher, writing ``run_dir``; True when it did. Inside a launched rank,
+    or for one process, False: the caller trains here."""
+    if not kw["nproc_per_node"] or distributed.launched():
+        return False
+    from deeplense_cli.core.device import resolve_device
+    from deeplense_cli.training.launch import launch, processes
+
+    cuda = resolve_device(str(config["train"]["device"])).type == "cuda"
+    nproc = processes(kw["nproc_per_node"], cuda)
+    if nproc == 1:
+        return False
+    if not kw["resume_run"] and kw["run_dir"]:
+        RunDir.for_config(config, run_dir).path.rmdir()  # refused now if in use or not empty
+    args = _rank_args(click.get_current_context(), run_dir if not kw["resume_run"] else None)
+    launch(nproc, ["train", *args], run_dir=run_dir)
+    return True
+
+
+def _rank_args(ctx: click.Context, run_dir: str | None) -> list[str]:
+    """This command's flags, as given, for each rank: without ``--nproc-per-node``, and with
+    ``--run-dir`` fixed (so that every rank, and a later ``--resume``, names one folder)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in ("nproc_per_node", "run_dir", "run_root") or not _given(ctx, name):
+            continue
+        value = ctx.params[name]
+        assert isinstance(param, click.Option)
+        flag = max(param.opts, key=len)
+        if param.is_flag and param.secondary_opts:  # --x/--no-x
+            args.append(flag if value else max(param.secondary_opts, key=len))
+        elif param.is_flag:
+            if value:
+                args.append(flag)
+        elif param.multiple:
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    if run_dir:
+        args += ["--run-dir", run_dir]
+    return args
+
+
+def _new_run_path(config: dict[str, Any], root: str | None) -> Any:
+    """A new run's folder, named but not yet made (rank 0 makes it once the ranks have met)."""
+    run = RunDir.for_config(config, None, root)
+    run.path.rmdir()
+    return run.path
+
+
+@contextlib.contextmanager
+def _ranks(config: dict[str, Any]) -> Iterator[None]:
+    """Inside a launched rank (torchrun, srun): join the other ranks for the block."""
+    if not distributed.launched():
+        yield
+        return
+    lay = distributed.setup(str(config["train"]["device"]))
+    try:
+        yield
+    except Exception as exc:
+        if not distributed.peer_lost(exc):
+            raise
+        if os.environ.get(LAUNCHER_ENV):
+            raise SystemExit(1) from None  # the launcher names the rank that failed
+        raise DeepLenseError(
+            f"rank {lay.rank} stopped: another process of the run failed ({first_line(exc)[:160]})"
+        ) from None
+    finally:
+        distributed.shutdown()
+
+
+def _new_run(config: dict[str, Any], kw: dict[str, Any]) -> RunDir:
+    """The new run's folder; under several ranks rank 0 makes it and tells the others."""
+    lay = distributed.layout()
+    if not lay.distributed:
+        return RunDir.for_config(config, kw["run_dir"], kw["run_root"])
+    outcome: tuple[str, str] | None = None
+    if lay.is_main:
+        try:
+            outcome = ("run", str(RunDir.for_config(config, kw["run_dir"], kw["run_root"]).path))
+        except DeepLenseError as exc:
+            outcome = ("error", str(exc))
+    kind, text = distributed.broadcast(outcome)
+    if kind == "error":
+        if lay.is_main:
+            raise DeepLenseError(text)
+        raise SystemExit(1)  # rank 0 says why
+    return RunDir(text)
 
 
 def _check_device(config: dict[str, Any]) -> None:
@@ -307,8 +458,9 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
         return
     from deeplense_cli.training.loop import train as run_training
 
-    reporter = make_reporter(kw["output"])
-    display = reporter if resume else _NamesTheRun(reporter, run.path)
+    main = distributed.layout().is_main
+    reporter = make_reporter(kw["output"]) if main else SilentReporter()
+    display = reporter if resume or not main else _NamesTheRun(reporter, run.path)
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         # `kill` (a job scheduler's stop) ends the run like Ctrl+C: the reporters say so
@@ -324,6 +476,8 @@ def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> 
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+    if not main:
+        return
     if kw["output"] == "jsonl":
         if result.evaluation:
             click.echo(json.dumps({"event": "evaluation", **result.evaluation}, default=str))

@@ -22,12 +22,24 @@ def augment_group(setting: Any) -> str:
     return str(setting)
 
 
-def augment(x: torch.Tensor, rng: np.random.Generator, group: str = "dihedral") -> torch.Tensor:
-    """Apply one transform of ``AUGMENT_GROUPS[group]`` to each image (in place of x)."""
+def augment(
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    group: str = "dihedral",
+    rows: np.ndarray | None = None,
+    total: int | None = None,
+) -> torch.Tensor:
+    """Apply one transform of ``AUGMENT_GROUPS[group]`` to each image (in place of x).
+
+    ``rows``: x holds only these positions of a batch of ``total`` images (one rank's share
+    under distributed training); the draws are made for the whole batch, so each image gets
+    the transform it would get in one process."""
     import torch
 
     members = np.asarray(AUGMENT_GROUPS[group])
-    choice = members[rng.integers(0, len(members), size=x.shape[0])]
+    choice = members[rng.integers(0, len(members), size=x.shape[0] if rows is None else total)]
+    if rows is not None:
+        choice = choice[rows]
     out = torch.empty_like(x)
     for t in range(8):
         sel = np.flatnonzero(choice == t)

@@ -86,6 +86,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # (deeplense_cli.training.init); its architecture and transform come with it
     "init": None,
     "freeze": "none",  # with init: "backbone" trains the classifier head alone
+    # several processes (DDP): synchronise BatchNorm statistics across them (CUDA only)
+    "sync_bn": False,
 }
 
 SLURM_DEFAULTS: dict[str, Any] = {
@@ -96,6 +98,9 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "time": "04:00:00",
     "account": None,
     "qos": None,
+    "nodes": 1,
+    # processes per node (DDP ranks); None: one per GPU asked for, else one
+    "tasks_per_node": None,
 }
 
 TRACKING_DEFAULTS: dict[str, Any] = {
@@ -138,7 +143,8 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> dict[str,
 
 
 def _check_sections(raw: dict[str, Any], where: str) -> None:
-    unknown = set(raw) - set(SECTIONS) - {"deeplense_version", "classes"}
+    # a run's config.yaml also records its version and its processes (distributed)
+    unknown = set(raw) - set(SECTIONS) - {"deeplense_version", "classes", "distributed"}
     if unknown:
         raise DeepLenseError(
             f"{where}: unknown section(s) {', '.join(sorted(unknown))}; "
@@ -338,6 +344,7 @@ def _validate_train(train: dict[str, Any]) -> None:
         "train.precise_bn_images", train["precise_bn_images"], 0, integer=True, hint=" (0 disables)"
     )
     _boolean("train.test_curve", train["test_curve"])
+    _boolean("train.sync_bn", train["sync_bn"])
     if train["freeze"] not in FREEZE:
         raise DeepLenseError(
             f"train.freeze must be one of {', '.join(FREEZE)}, got {train['freeze']!r}"
@@ -413,6 +420,7 @@ def resume_config(
     run = RunDir.open(run_path)
     raw = run.read_config()
     raw.pop("deeplense_version", None)
+    raw.pop("distributed", None)  # the layout it trained with; written again when it goes on
     missing = [s for s in ("model", "data", "train") if not isinstance(raw.get(s), dict)]
     if missing:
         raise DeepLenseError(

@@ -5,12 +5,16 @@ optional label smoothing and weight EMA, physics-respecting augmentation (the sy
 the data: the half turn on the DeepLense simulations, whose main lens has a fixed orientation;
 the eight flips/rotations of the square on other data), AMP on
 CUDA, atomic `last`/`best` checkpoints and exact resume from the last completed epoch.
+Under several processes (``training.distributed``) each rank trains on its share of every
+global batch through DistributedDataParallel and rank 0 alone writes the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,7 @@ import numpy as np
 from deeplense_cli.core.device import (
     amp_warning,
     autocast_dtype,
+    available_cores,
     cpu_bf16_fixups,
     exact_float32,
     prepare_cpu_threads,
@@ -36,6 +41,7 @@ from deeplense_cli.evaluation.metrics import classification_metrics, mean_log_lo
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.tracking import tracked
+from deeplense_cli.training import distributed
 from deeplense_cli.training.augment import augment, augment_group
 from deeplense_cli.training.init import apply_freeze, apply_init, find_source, freeze_backbone_modes
 from deeplense_cli.training.optim import make_optimizer
@@ -106,12 +112,27 @@ def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
                 transform[key] = source.transform[key]
     else:
         transform = transform_for(splits, standardize, crop)
-    run.write_config({**config, "deeplense_version": __version__})
+    run.write_config({**config, **_layout_entry(), "deeplense_version": __version__})
     if source is not None:
         run.write_record("init", source.record())
     run.write_record("classes", list(splits.classes))
     run.write_record("transform", transform)
     run.write_record("split", splits.record())
+
+
+def _layout_entry() -> dict[str, Any]:
+    """config.yaml's ``distributed`` entry: the processes the run trains with (none for one)."""
+    lay = distributed.layout()
+    return {"distributed": lay.record()} if lay.distributed else {}
+
+
+def record_layout(run: RunDir) -> None:
+    """On resume: the config records the layout the run continues with."""
+    raw = run.read_config()
+    if raw.get("distributed") != _layout_entry().get("distributed"):
+        raw.pop("distributed", None)
+        version = raw.pop("deeplense_version", __version__)
+        run.write_config({**raw, **_layout_entry(), "deeplense_version": version})
 
 
 class Trainer:
@@ -126,9 +147,12 @@ class Trainer:
         self.config, self.run, self.splits = config, run, splits
         t = config["train"]
         self.t = t
-        self.device = resolve_device(str(t["device"]))
+        self.layout = distributed.layout()
+        self.device = resolve_device(distributed.train_device(str(t["device"])))
         if self.device.type == "cpu":
-            prepare_cpu_threads(t.get("num_threads"))
+            # ranks on one machine share its cores
+            share = max(1, available_cores() // self.layout.local_world_size)
+            prepare_cpu_threads(t.get("num_threads") or share)
         self.seed = int(t["seed"])
         torch.manual_seed(self.seed)
         self.transform = run.transform  # written by init_run: the same on --resume
@@ -150,6 +174,7 @@ class Trainer:
         self.channels_last = _use_channels_last(self.model, self.device, t.get("channels_last"))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self._wrap(t)  # the module the training steps run (DDP under several ranks)
         self.amp_dtype = autocast_dtype(self.device, str(t["amp"]))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             cpu_bf16_fixups(self.model)
@@ -160,6 +185,11 @@ class Trainer:
             self.model, float(t["weight_decay"]), float(t["lr"]), self.device
         )
         self.batch_size = int(t["batch_size"])
+        if self.batch_size < self.layout.world_size:
+            raise DeepLenseError(
+                f"train.batch_size {self.batch_size} is the global batch and cannot be shared "
+                f"by {self.layout.world_size} processes; use at least {self.layout.world_size}"
+            )
         n_train = len(splits.train_idx)
         if n_train == 0:
             raise DeepLenseError(
@@ -180,6 +210,9 @@ class Trainer:
             lambda step: self.lr_factor(step),  # a function: not in state_dict
         )
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
+        self.loss_sum = torch.nn.CrossEntropyLoss(
+            label_smoothing=float(t["label_smoothing"]), reduction="sum"
+        )
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if float(t["ema_decay"]) > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -199,6 +232,32 @@ class Trainer:
         self.augment_group = augment_group(t.get("augment", True))
         self.degrade = float(t.get("degrade") or 0.0)
         self.progress_ref: float | None = None  # the metric at the last progress (patience)
+
+    def _wrap(self, t: dict[str, Any]) -> torch.nn.Module:
+        """Under several ranks: the model in DistributedDataParallel (which broadcasts rank 0's
+        weights, so ``train.init`` and the seed give every rank the same start), its BatchNorm
+        layers synchronised when ``train.sync_bn``; otherwise the model itself."""
+        import torch
+
+        if not self.layout.distributed:
+            return self.model
+        if t.get("sync_bn"):
+            if self.device.type != "cuda":
+                raise DeepLenseError(
+                    "train.sync_bn needs CUDA (PyTorch synchronises BatchNorm on GPUs only); "
+                    "leave it off on the CPU"
+                )
+            # in place: self.model (checkpoints, EMA, validation) holds the same layers
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # a note on speed about layers whose gradients come in another memory layout (PiT's
+        # depthwise convolutions), not actionable by a user
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        # gradients in the all-reduce buffers themselves: no copy, and no stride warning for
+        # layers whose gradients come out in another memory layout
+        return torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=ids, gradient_as_bucket_view=True
+        )
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate factor at optimiser step ``step`` under the current plan."""
@@ -269,16 +328,20 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     # ---- one epoch ------------------------------------------------------------------
-    def _batch(self, idx: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+    def _batch(
+        self, idx: np.ndarray, rng: np.random.Generator | None, rows: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """The images ``idx`` (sorted), transformed and augmented; with ``rows``, only those
+        positions of the batch (a rank's share), augmented as they would be in the whole."""
         import torch
 
         idx = np.sort(idx)  # sequential reads from the memory-mapped cache
-        raw = np.asarray(self.splits.train.images[idx])
+        raw = np.asarray(self.splits.train.images[idx if rows is None else idx[rows]])
         if rng is not None and self.degrade > 0:
-            raw = degrade(raw, rng, self.degrade)
+            raw = degrade(raw, rng, self.degrade, rows=rows, total=len(idx))
         x = torch.from_numpy(apply_transform(raw, self.transform))
         if rng is not None:
-            x = augment(x, rng, self.augment_group)
+            x = augment(x, rng, self.augment_group, rows=rows, total=len(idx))
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -292,9 +355,10 @@ class Trainer:
         order = rng.permutation(self.splits.train_idx)
         labels_all = self.splits.train.labels
         aug_rng = rng if self.augment_group != "none" or self.degrade > 0 else None
-        self.model.train()
+        self.net.train()
         if self.freeze == "backbone":
             freeze_backbone_modes(self.model, len(self.splits.classes))
+        world = self.layout.world_size
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
         probe = min(PLAN_PROBE_STEPS, max(1, self.steps_per_epoch // 4))
@@ -305,12 +369,23 @@ class Trainer:
             if step == 1:
                 probe_start = time.perf_counter()  # the first step pays one-off costs
             if self.max_minutes and not self.budget_planned and step == probe + 1:
-                self.plan_early((time.perf_counter() - probe_start) / probe)
+                # rank 0's clock plans for all: every rank then ends on the same step
+                self.plan_early(distributed.broadcast((time.perf_counter() - probe_start) / probe))
             idx = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
-            x = self._batch(idx, aug_rng)
-            y = torch.from_numpy(labels_all[idx].astype(np.int64)).to(self.device)
+            rows = distributed.batch_rows(len(idx)) if world > 1 else None
+            mine = idx if rows is None else idx[rows]
+            x = self._batch(idx, aug_rng, rows)
+            y = torch.from_numpy(labels_all[mine].astype(np.int64)).to(self.device)
             with self._autocast():
-                loss = self.loss_fn(self.model(x), y)
+                out = self.net(x)
+                # Several ranks: each rank's summed loss over the global batch, times the ranks
+                # (DDP averages gradients over ranks): the gradient of the global batch's mean,
+                # however the batch divides.
+                loss = (
+                    self.loss_fn(out, y)
+                    if world == 1
+                    else self.loss_sum(out, y) * (world / len(idx))
+                )
             if not torch.isfinite(loss):
                 raise DeepLenseError(
                     f"training diverged at epoch {epoch}, step {step + 1} (loss {loss.item()}); "
@@ -326,11 +401,18 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            total_loss += float(loss.item()) * len(idx)
-            seen += len(idx)
+            # this rank's images' summed loss (several ranks: loss.item() * len(idx) / world)
+            total_loss += float(loss.item()) * len(idx) / world
+            seen += len(mine)
             elapsed = time.perf_counter() - start
-            reporter.batch(epoch, step + 1, self.steps_per_epoch, total_loss / seen, seen / elapsed)
+            reporter.batch(
+                epoch, step + 1, self.steps_per_epoch, total_loss / seen, world * seen / elapsed
+            )
         elapsed = time.perf_counter() - start
+        if world > 1:  # the epoch's loss over every rank's images, as one process reports it
+            total_loss, images = distributed.all_sum([total_loss, seen])
+            seen = round(images)
+            elapsed = distributed.broadcast(elapsed)
         return {
             "epoch": epoch,
             "train_loss": total_loss / max(1, seen),
@@ -476,14 +558,17 @@ class Trainer:
         return scores
 
     def _score(self, split: str, data: ImageSet, idx: np.ndarray) -> dict[str, Any]:
+        # Several ranks: each scores a contiguous part of the split and all receive the whole,
+        # in order: every image once, none repeated or dropped at the split's end.
         logits = predict_logits(
             self.eval_model(),
             data.images,
             self.transform,
-            indices=idx,
+            indices=idx[distributed.share(len(idx))],
             batch_size=int(self.t["eval_batch_size"]),
             device=self.device,
         )
+        logits = distributed.gather(logits)
         if not np.isfinite(logits).all():
             # a diverged model: sklearn's AUC would fail on NaN probabilities with a traceback
             raise DeepLenseError(
@@ -506,17 +591,20 @@ class Trainer:
         reporter = reporter or SilentReporter()
         patience = int(self.t.get("patience") or 0)
         stopped_early = False
-        self.run.sweep()  # what a killed run left half-written
-        rows = self.run.read_metrics()
-        if self.last_row is not None and not any(r.get("epoch") == self.epoch for r in rows):
-            self.run.append_metrics(self.last_row)  # killed between last.pt and metrics.jsonl
+        main = self.layout.is_main  # rank 0 alone writes the run
+        if main:
+            self.run.sweep()  # what a killed run left half-written
+            rows = self.run.read_metrics()
+            if self.last_row is not None and not any(r.get("epoch") == self.epoch for r in rows):
+                self.run.append_metrics(self.last_row)  # killed between last.pt and metrics.jsonl
         while self.epoch < self.epochs:
             epoch_start, steps_before = time.perf_counter(), self.scheduler.last_epoch
             row = self.train_epoch(reporter)
             self.precise_batch_norm()
             row.update(self.validate())
             self.epoch = row["epoch"]
-            epoch_seconds = time.perf_counter() - epoch_start
+            # rank 0's clock for the time budget: all ranks plan the same steps
+            epoch_seconds = distributed.broadcast(time.perf_counter() - epoch_start)
             self.spent_seconds += epoch_seconds
             if self.max_minutes:
                 self.replan(epoch_seconds, self.scheduler.last_epoch - steps_before)
@@ -533,16 +621,22 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             row["best"] = is_best
-            state = {**self.state(), "metrics_row": row}
-            if is_best:
-                # best.pt is for evaluate/export/predict: the weights and the epoch's record,
-                # not the optimizer moments (2x the weights) that only resuming from last.pt needs.
-                self.run.save_checkpoint("best", serving_state(state))
-            self.run.save_checkpoint("last", state)
-            # Only now: metrics.jsonl never records an epoch whose checkpoint was not written.
-            self.run.append_metrics(row)
-            reporter.epoch(row)
-            if patience and self.bad_epochs >= patience and self.epoch < self.epochs:
+            if main:
+                state = {**self.state(), "metrics_row": row}
+                if is_best:
+                    # best.pt is for evaluate/export/predict: the weights and the epoch's
+                    # record, not the optimizer moments (2x the weights) that only resuming
+                    # from last.pt needs.
+                    self.run.save_checkpoint("best", serving_state(state))
+                self.run.save_checkpoint("last", state)
+                # Only now: metrics.jsonl never records an epoch whose checkpoint was not written.
+                self.run.append_metrics(row)
+                reporter.epoch(row)
+            # rank 0 decides, so that every rank stops on the same epoch
+            stop = distributed.broadcast(
+                bool(patience and self.bad_epochs >= patience and self.epoch < self.epochs)
+            )
+            if stop:
                 stopped_early = True
                 break
         return TrainResult(
@@ -551,7 +645,7 @@ class Trainer:
             best_epoch=self.best_epoch,
             best=self.best,
             stopped_early=stopped_early,
-            history=self.run.read_metrics(),
+            history=self.run.read_metrics() if main else [],
         )
 
 
@@ -565,8 +659,13 @@ def train(
     on_data: Callable[[Splits], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run`` (a new run, or an existing one when ``resume``); a run
-    that another process is training is refused (``RunDir.writer``)."""
-    with run.writer("train --resume" if resume else "train"):
+    that another process is training is refused (``RunDir.writer``). Under several ranks
+    (``training.distributed``) every rank calls this; rank 0 holds the run."""
+    lay = distributed.layout()
+    command = "train --resume" if resume else "train"
+    if lay.distributed:
+        command += f" (rank 0 of {lay.world_size})"
+    with run.writer(command) if lay.is_main else contextlib.nullcontext():
         return _train(config, run, reporter, resume, evaluate, splits, on_data)
 
 
@@ -579,26 +678,30 @@ def _train(
     splits: Splits | None,
     on_data: Callable[[Splits], None] | None,
 ) -> TrainResult:
-    reporter = reporter or SilentReporter()
-    if splits is None:
-        splits = load_splits(config)
+    main = distributed.layout().is_main
+    reporter = reporter if reporter is not None and main else SilentReporter()
+    # rank 0 first: it may build the data cache and writes the run's records
+    with distributed.main_first():
+        if splits is None:
+            splits = load_splits(config)
+        if resume:
+            _check_same_data(run, splits)
+        if main and resume:
+            record_layout(run)
+        elif main:
+            init_run(config, run, splits)
+            run.truncate_metrics(0)
     if on_data is not None:
         on_data(splits)
-    if resume:
-        _check_same_data(run, splits)
-    else:
-        init_run(config, run, splits)
-        run.truncate_metrics(0)
-    trainer = Trainer(
-        config, run, splits, fresh=not (resume and run.checkpoint_path("last").exists())
-    )
-    if resume and run.checkpoint_path("last").exists():
+    resuming = resume and run.checkpoint_path("last").exists()
+    trainer = Trainer(config, run, splits, fresh=not resuming)
+    if resuming:  # every rank from the same checkpoint
         trainer.restore(run.load_checkpoint("last"))
+    if resume and main:
         run.truncate_metrics(trainer.epoch)
-    elif resume:
-        run.truncate_metrics(0)
     # the run's loggers (tracking.loggers) see the same events as the display
-    with tracked(config, run, reporter, resumed=resume) as reporter:
+    track = tracked(config, run, reporter, resumed=resume) if main else None
+    with track or contextlib.nullcontext(reporter) as reporter:
         return _train_and_report(config, run, reporter, trainer, splits, evaluate)
 
 
@@ -643,6 +746,8 @@ def _train_and_report(
         }
     )
     result = trainer.fit(reporter)
+    if not trainer.layout.is_main:
+        return result
     if evaluate and len(splits.test_idx):
         # the loggers take the evaluation from the end event below
         result.evaluation = evaluate_run(
