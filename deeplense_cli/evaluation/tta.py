@@ -10,10 +10,12 @@ image's own, unrotated.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from deeplense_cli.core.errors import DeepLenseError
+
+if TYPE_CHECKING:  # NumPy is imported where it is used: the commands' --help reads TTA
+    import numpy as np
 
 TTA = ("none", "rot180")
 
@@ -28,6 +30,8 @@ def check_tta(tta: str | None) -> str:
 
 def half_turn(x: np.ndarray) -> np.ndarray:
     """Transformed inputs ``(N, C, S, S)`` rotated by 180 degrees."""
+    import numpy as np
+
     return np.ascontiguousarray(np.asarray(x)[..., ::-1, ::-1])
 
 
@@ -37,6 +41,8 @@ def with_tta(
     tta: str,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``outputs(x)`` with the logits averaged over ``tta``'s transforms."""
+    import numpy as np
+
     logits, scores = outputs(x)
     if tta == "rot180":
         turned, _ = outputs(half_turn(x))
