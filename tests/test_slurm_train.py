@@ -121,6 +121,62 @@ def test_requeued_training_job_resumes_without_losing_epochs(
         _cancel_all(deeplense_home)
 
 
+def _wait_for_epochs(run: RunDir, epochs: int, seconds: float) -> list[dict[str, object]]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(run.read_metrics()) < epochs:
+        time.sleep(0.5)
+    return run.read_metrics()
+
+
+def _wait_until_done(job_id: str, run: RunDir, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+        ended = out and out[-1] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+        if ended and (out[-1] != "COMPLETED" or (run.evaluation_dir / "metrics.json").exists()):
+            return
+        time.sleep(2)
+
+
+def test_two_task_job_trains_one_ddp_run_and_resumes_after_requeue(
+    sim_root: Path, tmp_path: Path, deeplense_home: Path
+) -> None:
+    """--nproc-per-node 2 with --slurm: one job of 2 tasks (srun), submitit exporting the
+    rendezvous; rank 0 writes the run; requeued, the whole job resumes from last.pt."""
+    import yaml
+
+    run_dir = tmp_path / "ddp"
+    args = [*_train_args(sim_root, run_dir, 4), *SLURM, "--nproc-per-node", "2"]
+    try:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        job_id = result.stdout.strip().splitlines()[-1]
+        run = RunDir(run_dir)
+        before = _wait_for_epochs(run, 2, 300)
+        assert len(before) >= 2, "training did not reach epoch 2 in time"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["distributed"]["world_size"] == 2
+        assert config["slurm"]["tasks_per_node"] == 2
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=20)
+        _wait_until_done(job_id, run, 400)
+        after = run.read_metrics()
+        assert [r["epoch"] for r in after] == [1, 2, 3, 4]
+        assert after[: len(before)] == before
+        assert json.loads((run.evaluation_dir / "metrics.json").read_text())["n"] == 24
+        # both tasks ran; only rank 0 reported (its log holds the JSON lines)
+        logs = sorted((run_dir / "slurm" / job_id).glob(f"{job_id}_*_log.out"))
+        assert len(logs) == 2, logs
+        assert '"event": "epoch"' in logs[0].read_text()
+        assert '"event"' not in logs[1].read_text()
+    finally:
+        _cancel_all(deeplense_home)
+
+
 def test_benchmark_slurm_array_writes_table(
     sim_root: Path, tmp_path: Path, deeplense_home: Path
 ) -> None:
