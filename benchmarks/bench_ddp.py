@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,6 +84,7 @@ def overhead(args: argparse.Namespace) -> None:
     os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=0, world_size=1)
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
     print(f"Machine: {machine()}; device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", amp {amp}, batch {args.batch}")  # fmt: skip

@@ -109,16 +109,20 @@ def setup(device: str) -> Layout:
         raise DeepLenseError("distributed training: the launcher did not set MASTER_ADDR")
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     backend = "nccl" if cuda else "gloo"
+    gpu = None
     if cuda:
         if not torch.cuda.is_available():
             raise DeepLenseError(f"rank {rank}: device {device!r} but CUDA is not available here")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        # the GPU of this local rank (one GPU visible per task, as some sites set it: that one)
+        gpu = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(gpu)
     try:
         dist.init_process_group(
             backend=backend,
             rank=rank,
             world_size=world,
             timeout=_dt.timedelta(seconds=timeout_s()),
+            device_id=gpu,  # NCCL: bound to this rank's GPU from the start
         )
         # A first collective: a rank that cannot reach the others fails here, before any
         # run folder exists, rather than in the middle of an epoch.
