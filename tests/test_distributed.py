@@ -110,11 +110,29 @@ def test_process_counts() -> None:
 def test_slurm_options_ask_for_one_task_per_process() -> None:
     one = SlurmOptions().executor_parameters()
     assert "tasks_per_node" not in one and "nodes" not in one
-    gpus = options_from_config({"gpus": 4, "nodes": 2}).executor_parameters()
+    gpus = options_from_config({"gpus": 4, "nodes": 2, "tasks_per_node": 4}).executor_parameters()
     assert gpus["nodes"] == 2 and gpus["tasks_per_node"] == 4 and gpus["gpus_per_node"] == 4
     assert gpus["slurm_srun_args"] == ["--kill-on-bad-exit=1"]
     cpu = options_from_config({"tasks_per_node": 2}).executor_parameters()
     assert cpu["tasks_per_node"] == 2 and "gpus_per_node" not in cpu
+
+
+def test_a_training_job_asks_one_task_per_gpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A train job's tasks default to its GPUs; other jobs (tune, benchmark) stay one task."""
+    from deeplense_cli.cluster import jobs
+    from deeplense_cli.runs.rundir import RunDir
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(jobs, "require_slurm", lambda: None)
+    monkeypatch.setattr(jobs, "check_partition", lambda partition: None)
+    monkeypatch.setattr(jobs, "submit", lambda fn, **kw: seen.update(kw))
+    config = {"model": {"name": "PiT"}, "slurm": {"gpus": 4, "nodes": 2}}
+    jobs.submit_training(config, RunDir(tmp_path), resume=False)
+    params = seen["options"].executor_parameters()
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
+    assert "tasks_per_node" not in SlurmOptions(gpus=2).executor_parameters()
 
 
 @pytest.mark.parametrize("value", ["0", "auto", "many"])

@@ -78,6 +78,8 @@ def submit_training(config: dict[str, Any], run: RunDir, resume: bool) -> Submit
     ask for); submitit's files go to ``RUN/slurm/<job id>``."""
     require_slurm()
     options = options_from_config(config.get("slurm") or {})
+    if options.tasks_per_node is None:  # one DDP rank per GPU asked for
+        options.tasks_per_node = options.gpus or 1
     check_partition(options.partition)
     model = config["model"]["name"]
     return submit(

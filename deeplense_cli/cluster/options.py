@@ -22,7 +22,8 @@ class SlurmOptions:
     default (``DefMemPerCPU``). ``time`` is the wall-clock limit in minutes. ``extra`` holds
     further sbatch options by long name without dashes, e.g. ``{"constraint": "a100",
     "exclude": "node7"}``; ``True`` gives a bare flag. ``nodes`` x ``tasks_per_node`` tasks
-    train one run together (DDP; ``None``: one task per GPU, or one); ``cpus`` is per task.
+    run the callable together (a training job: one DDP rank each; ``None``: one task);
+    ``cpus`` is per task.
     """
 
     partition: str | None = None
@@ -52,17 +53,13 @@ class SlurmOptions:
                 f"mem {self.mem!r} is not in sbatch's syntax; use e.g. '4G' or '500M'"
             )
 
-    @property
-    def tasks(self) -> int:
-        """Tasks per node: as asked, else one per GPU, else one."""
-        return int(self.tasks_per_node or self.gpus or 1)
-
     def executor_parameters(self) -> dict[str, Any]:
         """Keyword arguments for submitit's ``AutoExecutor.update_parameters``."""
         params: dict[str, Any] = {"timeout_min": int(self.time), "cpus_per_task": int(self.cpus)}
-        if self.nodes > 1 or self.tasks > 1:
+        tasks = int(self.tasks_per_node or 1)
+        if self.nodes > 1 or tasks > 1:
             params["nodes"] = int(self.nodes)
-            params["tasks_per_node"] = self.tasks
+            params["tasks_per_node"] = tasks
             # one task that dies ends the others at once (they would wait in a collective)
             params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if self.gpus:

@@ -99,7 +99,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "account": None,
     "qos": None,
     "nodes": 1,
-    # processes per node (DDP ranks); None: one per GPU asked for, else one
+    # a training job's processes per node (DDP ranks); None: one per GPU asked for, else one
     "tasks_per_node": None,
 }
 
