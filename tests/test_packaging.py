@@ -54,8 +54,9 @@ def test_the_wheel_holds_every_module_and_shipped_model(wheel: Path) -> None:
     shipped = pretrained.shipped_models()
     assert shipped, "no model ships in this checkout"
     for model in shipped.values():
-        for path in (model.path, model.path.with_suffix(".json")):
-            assert f"deeplense_cli/pretrained/{path.name}" in names
+        # the ONNX file, its card and the PyTorch weights that train --init starts from
+        for suffix in (".onnx", ".json", ".safetensors"):
+            assert f"deeplense_cli/pretrained/{model.path.with_suffix(suffix).name}" in names
 
 
 @pytest.mark.slow
@@ -74,6 +75,7 @@ def test_a_shipped_model_predicts_from_the_installed_files(
     assert {Path(r["path"]).stem: r["predicted"] for r in rows} == {
         "axion": "axion", "cdm": "cdm", "no_sub": "no_sub",
     }  # fmt: skip
+    assert all(r["in_distribution"] for r in rows)  # the released images look like its data
     # and it was the unpacked wheel that ran, not the checkout
     probe = subprocess.run(
         [sys.executable, "-c", "import deeplense_cli; print(deeplense_cli.__file__)"],
