@@ -324,3 +324,47 @@ def test_time_budget_and_early_stopping_end_every_rank_together(
     assert proc.returncode == 0, proc.stderr
     (end,) = _events(proc.stdout, "end")
     assert end["stopped_early"] and end["epochs_completed"] == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_and_keeps_the_run(sim_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deeplense_cli",
+            "train",
+            *COMMON,
+            "--data-root",
+            str(sim_root),
+            "--epochs",
+            "20",
+            "--batch-size",
+            "8",
+            "--output",
+            "quiet",
+            "--run-dir",
+            str(run),
+            "--nproc-per-node",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a terminal's Ctrl+C reaches the whole process group
+    )
+    try:
+        deadline = time.monotonic() + 180
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "could not start" not in err
+    assert (run / "checkpoints" / "last.pt").exists()  # resumable

@@ -86,13 +86,16 @@ def _rendezvous() -> list[str]:
 @contextlib.contextmanager
 def _quiet_launcher() -> Iterator[None]:
     """torchrun's agent logs each failure as a multi-line report; the one line is ours."""
-    logger = logging.getLogger("torch.distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]
+    loggers = [logging.getLogger(n) for n in ["torch.distributed", *names]]
+    levels = [logger.level for logger in loggers]  # its modules set their own levels
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:
@@ -100,6 +103,7 @@ def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:
 
     A process that fails or is killed ends the group; that becomes one :class:`DeepLenseError`
     naming the first rank that failed (and ``run_dir``, to resume)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
@@ -146,6 +150,8 @@ def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:
             f"rank {rank} of {nproc} (pid {failure.pid}) {how}; the other processes were "
             f"stopped{resume if failure.exitcode < 0 else ''}"
         ) from None
+    except SignalException as exc:  # Ctrl+C or SIGTERM: torchrun stopped the processes
+        raise KeyboardInterrupt from exc
     except Exception as exc:  # the rendezvous: a port taken, a store that does not answer
         raise DeepLenseError(
             f"the {nproc} training processes could not start together: "
