@@ -47,8 +47,9 @@ def scaling(args: argparse.Namespace) -> None:
         )
     env = {**os.environ, "DEEPLENSE_HOME": str(work / "home")}
     print(f"Machine: {machine()}; {3 * args.per_class} training images, batch {args.batch}")
-    print("\n| model | processes | images/s (median of epochs 2+) | vs 1 process |")
-    print("|---|---:|---:|---:|")
+    print("\n| model | processes | images/s (median of epochs 2+) | vs 1 process "
+          "| last val loss | last val accuracy |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
     for model in args.models.split(","):
         base = None
         for n in [int(p) for p in args.procs.split(",")]:
@@ -56,7 +57,7 @@ def scaling(args: argparse.Namespace) -> None:
             cmd = [sys.executable, "-m", "deeplense_cli", "train", "-m", model,
                    "--dataset", "Model_III", "--data-root", str(data), "--run-dir", str(run),
                    "--epochs", str(args.epochs), "--batch-size", str(args.batch),
-                   "--output", "jsonl", "--no-evaluate", "--set", "train.precise_bn_images=0"]  # fmt: skip
+                   "--output", "jsonl", "--no-evaluate"]  # fmt: skip
             if n > 1:
                 cmd += ["--nproc-per-node", str(n)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -64,10 +65,16 @@ def scaling(args: argparse.Namespace) -> None:
                 print(f"| {model} | {n} | failed: {proc.stderr.strip().splitlines()[-1]} | |")
                 continue
             rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-            speeds = [r["train_images_per_s"] for r in rows if r.get("event") == "epoch"]
+            epochs = [r for r in rows if r.get("event") == "epoch"]
+            speeds = [r["train_images_per_s"] for r in epochs]
             speed = statistics.median(speeds[1:] or speeds)
             base = base or speed
-            print(f"| {model} | {n} | {speed:.1f} | {speed / base:.2f}x |", flush=True)
+            last = epochs[-1]
+            print(
+                f"| {model} | {n} | {speed:.1f} | {speed / base:.2f}x "
+                f"| {last['val_loss']:.4f} | {last['val_accuracy']:.4f} |",
+                flush=True,
+            )
 
 
 def overhead(args: argparse.Namespace) -> None:

@@ -250,11 +250,10 @@ class Trainer:
             # in place: self.model (checkpoints, EMA, validation) holds the same layers
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # a note on speed about layers whose gradients come in another memory layout (PiT's
-        # depthwise convolutions), not actionable by a user
+        # DDP's note on speed for layers whose gradients come in another memory layout than
+        # its buckets (PiT's depthwise convolutions): not a user's to act on
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-        # gradients in the all-reduce buffers themselves: no copy, and no stride warning for
-        # layers whose gradients come out in another memory layout
+        # gradient_as_bucket_view: the gradients live in the all-reduce buffers (no copy)
         return torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=ids, gradient_as_bucket_view=True
         )
@@ -684,6 +683,8 @@ def _train(
     with distributed.main_first():
         if splits is None:
             splits = load_splits(config)
+        if on_data is not None:
+            on_data(splits)
         if resume:
             _check_same_data(run, splits)
         if main and resume:
@@ -691,8 +692,6 @@ def _train(
         elif main:
             init_run(config, run, splits)
             run.truncate_metrics(0)
-    if on_data is not None:
-        on_data(splits)
     resuming = resume and run.checkpoint_path("last").exists()
     trainer = Trainer(config, run, splits, fresh=not resuming)
     if resuming:  # every rank from the same checkpoint
