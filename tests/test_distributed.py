@@ -368,3 +368,24 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_run(sim_root: Path, tmp_path: Pat
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "could not start" not in err
     assert (run / "checkpoints" / "last.pt").exists()  # resumable
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_says_why_in_one_line(sim_root: Path, tmp_path: Path) -> None:
+    """Rank 0 refused (the run is in use): its own line, exit 1; rank 1 exits quietly."""
+    import fcntl
+
+    run = tmp_path / "run"
+    first = _cli("train", *COMMON, "--data-root", str(sim_root), "--epochs", "1", "--no-evaluate",
+                 "--run-dir", str(run), "--num-threads", "1")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    fd = os.open(run / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process trains into the run
+        proc = _cli("train", "--resume", str(run), "--nproc-per-node", "2", "--output", "quiet")
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("Error: run directory") and "in use" in errors[-1]
+    assert sum(line.startswith("Error") for line in errors) == 1, proc.stderr

@@ -101,8 +101,9 @@ def _quiet_launcher() -> Iterator[None]:
 def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:
     """Run ``deeplense_cli <args>`` as ``nproc`` ranks of one group and wait for them.
 
-    A process that fails or is killed ends the group; that becomes one :class:`DeepLenseError`
-    naming the first rank that failed (and ``run_dir``, to resume)."""
+    A process that fails or is killed ends the group. A killed one becomes one
+    :class:`DeepLenseError` naming it (and ``run_dir``, to resume); one that failed has
+    printed its error, and the launch exits with its code."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
@@ -136,19 +137,16 @@ def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:
         with _quiet_launcher():
             elastic_launch(config, cmd)(*cmd_args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
         killed = [(r, f) for r, f in exc.failures.items() if f.exitcode < 0]
-        if killed:  # a killed rank, rather than the ranks it left waiting
-            rank, failure = min(killed, key=lambda item: item[1].timestamp)
-        how = (
-            f"was killed by {failure.signal_name()}"
-            if failure.exitcode < 0
-            else f"exited with code {failure.exitcode}"
-        )
+        if not killed:
+            # a rank that failed said why in its own line (a run in use, bad data, a diverged
+            # loss); the ranks it left waiting exit quietly
+            raise SystemExit(exc.get_first_failure()[1].exitcode or 1) from None
+        rank, failure = min(killed, key=lambda item: item[1].timestamp)
         resume = f"; resume with `deeplense train --resume {run_dir}`" if run_dir else ""
         raise DeepLenseError(
-            f"rank {rank} of {nproc} (pid {failure.pid}) {how}; the other processes were "
-            f"stopped{resume if failure.exitcode < 0 else ''}"
+            f"rank {rank} of {nproc} (pid {failure.pid}) was killed by {failure.signal_name()}; "
+            f"the other processes were stopped{resume}"
         ) from None
     except SignalException as exc:  # Ctrl+C or SIGTERM: torchrun stopped the processes
         raise KeyboardInterrupt from exc
