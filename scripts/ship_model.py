@@ -5,9 +5,13 @@
         --simulate "deeplense data simulate Model_III --train-per-class 0 --test-per-class 5000 --seed 2 --out DATA" \
         --command "deeplense train ..." --minutes 140 --machine "..." --commit abc1234
 
-Exports RUN's best checkpoint (validated against PyTorch on the run's test images) to
-``deeplense_cli/pretrained/NAME.onnx`` and writes its model card ``NAME.json`` from the run's
-config, its test evaluation (``RUN/evaluation/metrics.json``) and the facts given here.
+Exports RUN's best checkpoint (validated against PyTorch on the run's test images, with its
+out-of-distribution detector fitted on the run's training split and calibrated on its
+validation split) to ``deeplense_cli/pretrained/NAME.onnx``, saves the same weights as
+``NAME.safetensors`` (for ``train --init NAME``) and writes its model card ``NAME.json`` from the
+run's config, its test evaluation (``RUN/evaluation/metrics.json``) and the facts given here.
+A run that started from the shipped model (``train --init NAME``) is a new leg: the card's
+``lineage`` lists the earlier legs and this one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from deeplense_cli.core import atomic
 from deeplense_cli.deploy.export import export_onnx
@@ -50,7 +55,10 @@ def main() -> None:
     config = run.read_config()
     history = run.read_metrics()
     out = FOLDER / f"{args.name}.onnx"
+    previous_path = out.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
     result = export_onnx(run.path, output=out, precision=args.precision)
+    weights = _save_weights(run, out.with_suffix(".safetensors"))
     split = run.read_record("split")
     card = {
         "name": args.name,
@@ -90,10 +98,52 @@ def main() -> None:
             "checks": [c.__dict__ for c in result.checks],
         },
     }
+    card["weights"] = weights
+    card["ood"] = result.ood
+    this_leg = {
+        "command": args.command,
+        "commit": args.commit,
+        "machine": args.machine,
+        "minutes": args.minutes,
+        "data": args.simulate,
+        "started_from": (config["train"].get("init") or "random weights"),
+        "best_epoch": metrics.get("checkpoint_epoch"),
+        "test_accuracy": metrics.get("accuracy"),
+    }
+    earlier = []
+    if previous is not None and config["train"].get("init", "") == args.name:
+        earlier = previous.get("lineage") or [
+            {
+                **{k: previous["training"].get(k) for k in ("command", "commit", "machine")},
+                "minutes": previous["training"].get("minutes"),
+                "data": previous.get("trained_on", {}).get("simulate"),
+                "started_from": "random weights",
+                "test_accuracy": (previous.get("test_metrics") or {}).get("accuracy"),
+            }
+        ]
+    card["lineage"] = [*earlier, this_leg]
     missing = set(CARD_KEYS) - set(card)
     assert not missing, missing
     atomic.write_json(out.with_suffix(".json"), card)
     print(f"shipped {out} ({result.size_bytes / 1e6:.1f} MB) and its card")
+
+
+def _save_weights(run: RunDir, path: Path) -> dict[str, Any]:
+    """The run's best weights as safetensors (tensors only: loading runs no code)."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in run.load_checkpoint("best")["model"].items()}
+    with atomic.atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "deeplense-weights/1"})
+    return {
+        "file": path.name,
+        "format": "safetensors",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "size_bytes": path.stat().st_size,
+        "source": f"the best checkpoint of the run ({run.path.name})",
+    }
 
 
 if __name__ == "__main__":
