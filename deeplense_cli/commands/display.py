@@ -83,6 +83,13 @@ class RichReporter:
             return
         self.progress.update(self.epoch_task, completed=row["epoch"])
         star = " *" if row.get("best") else ""
+        if "val_mae" in row:  # --task axion-mass
+            self.progress.console.print(
+                f"epoch {row['epoch']:>3}  train loss {fmt_value(row['train_loss'])}  "
+                f"val loss {fmt_value(row.get('val_loss'))}  MAE {fmt_value(row['val_mae'])} dex  "
+                f"{fmt_value(row.get('train_images_per_s'), 0)} img/s{star}"
+            )
+            return
         self.progress.console.print(
             f"epoch {row['epoch']:>3}  train loss {fmt_value(row['train_loss'])}  "
             f"val loss {fmt_value(row.get('val_loss'))}  acc {fmt_value(row.get('val_accuracy'))}  "
@@ -152,12 +159,35 @@ def axion_mass_table(bins: list[dict[str, Any]], classes: list[str]) -> Table:
 def evaluation_tables(metrics: dict[str, Any], title: str) -> list[Table]:
     """What ``evaluate`` and ``train`` print after an evaluation: the metrics table, and the
     axion-mass table when the evaluated images carried axion masses."""
+    if metrics.get("task") == "axion-mass":
+        return mass_tables(metrics, title)
     tables = [metrics_table(metrics, title=title)]
     if metrics.get("axion_mass_bins"):
         tables.append(axion_mass_table(metrics["axion_mass_bins"], metrics["classes"]))
     if metrics.get("ood"):
         tables.append(ood_table(metrics["ood"]))
     return tables
+
+
+def mass_tables(metrics: dict[str, Any], title: str) -> list[Table]:
+    """An axion-mass regressor's errors (dex of log10 m_a), overall and per mass bin."""
+    overall = Table(title=f"{title} (n={metrics['n']}): log10 axion mass, dex")
+    for column in ("MAE", "RMSE", "bias", "R^2", "MAE predicting the mean"):
+        overall.add_column(column, justify="right")
+    overall.add_row(
+        *[fmt_value(metrics.get(k)) for k in ("mae", "rmse", "bias", "r2", "mae_mean_predictor")]
+    )
+    bins = Table(title="Error by axion mass")
+    for column in ("log10 m_a (eV)", "images", "MAE (dex)", "bias (dex)"):
+        bins.add_column(column, justify="right")
+    for b in metrics.get("mass_bins", []):
+        bins.add_row(
+            f"[{b['log10_mass_min']:g}, {b['log10_mass_max']:g})",
+            str(b["n"]),
+            fmt_value(b["mae"]),
+            fmt_value(b["bias"]),
+        )
+    return [overall, bins]
 
 
 def ood_table(ood: dict[str, Any]) -> Table:

@@ -88,6 +88,8 @@ def evaluate(
         return
     console().print(*evaluation_tables(metrics, f"{metrics['model']} on the {metrics['source']}"))
     written = "metrics.json, roc.png, confusion_matrix.png"
+    if metrics.get("task") == "axion-mass":
+        written = "metrics.json, mass_scatter.png, mass_residuals.png"
     if metrics.get("axion_mass_bins"):
         written += ", axion_mass.png"
     err_console().print(f"Wrote {written} to {metrics['out_dir']}")

@@ -180,6 +180,15 @@ def onnx_command(
             f"Accuracy on these test images: PyTorch {result.accuracy_torch:.2%}, "
             f"ONNX {result.accuracy_onnx:.2%} ({change:+.2f} points)"
         )
+    if result.regression:  # an axion-mass model: the check in mass units
+        r = result.regression
+        line = f"log10 axion mass: ONNX within {r['max_abs_error_dex']:.2e} dex of PyTorch"
+        if "mae_dex_torch" in r:
+            line += (
+                f"; MAE on these test images: PyTorch {r['mae_dex_torch']:.4f} dex, "
+                f"ONNX {r['mae_dex_onnx']:.4f} dex"
+            )
+        out.print(line)
     if result.ood:
         ood = result.ood
         out.print(

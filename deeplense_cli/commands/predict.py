@@ -200,11 +200,15 @@ def predict(
         table.add_column("predicted")
         for c in classes:
             table.add_column(f"p({c})", justify="right")
+        masses = any(pred.log10_axion_mass is not None for pred in rows)  # an axion-mass model
+        if masses:
+            table.add_column("log10 m_a (eV)", justify="right")
         table.add_column("in distribution")
         for pred in rows:
             flag = {None: "-", True: "yes", False: "[red]NO[/]"}[pred.in_distribution]
+            mass = [] if not masses else [f"{pred.log10_axion_mass:.3f}"]
             table.add_row(
-                pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities], flag
+                pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities], *mass, flag
             )
         console().print(table)
 

@@ -19,6 +19,7 @@ from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training import distributed
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
 from deeplense_cli.training.init import FREEZE
@@ -102,6 +103,12 @@ def output_option(fn: Any) -> Any:
     "--freeze",
     type=click.Choice(FREEZE),
     help="With --init: 'backbone' trains only the classifier head (tiny data). [default: none]",
+)
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    help="classify the substructure, or regress log10 of the axion mass (eV) on the images "
+    "that carry one (axion-mass). [default: classify]",
 )
 @click.option("--epochs", type=int)
 @click.option(
@@ -209,6 +216,7 @@ def train(**kw: Any) -> None:
         "train": {
             key: kw[key]
             for key in (
+                "task",
                 "epochs",
                 "max_minutes",
                 "batch_size",

@@ -27,6 +27,7 @@ import numpy as np
 from deeplense_cli.core import atomic, paths
 from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.runs.task import TargetScaling
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -59,6 +60,8 @@ METADATA_KEYS = (
     "deeplense.precision",
     "deeplense.ood",  # JSON: the detector's method, threshold and calibration (optional)
     "deeplense.tta",  # the test-time augmentation predict applies by default (optional)
+    "deeplense.task",  # axion-mass for a regressor (absent: a classifier)
+    "deeplense.target",  # JSON: a regressor's target scaling (deeplense_cli.runs.task)
 )
 
 
@@ -451,6 +454,10 @@ class OnnxModel:
         self.output_name = outputs[0].name
         # test-time augmentation the file asks for (export --tta); predict and evaluate use it
         self.tta = meta.get("deeplense.tta", "none")
+        # an axion-mass regressor's target scaling (None: a classifier)
+        self.target = TargetScaling.from_metadata(meta, self.path)
+        if self.target is not None:
+            self.ood_unavailable = "not fitted for axion-mass models yet"
         self.ood: dict[str, Any] | None = None
         if len(outputs) == 2:
             try:

@@ -37,6 +37,7 @@ from deeplense_cli.evaluation.ood import capture_features, run_detector
 from deeplense_cli.evaluation.tta import check_tta, with_tta
 from deeplense_cli.registry.pretrained import resolve_model, shipped_models
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import is_regression
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +89,14 @@ class TorchPredictor:
         self.device = self.dev.type
         self.model: torch.nn.Module = run.build_model(checkpoint).to(self.dev)
         self.architecture = str(run.read_config()["model"]["name"])
-        # fitted on the run's own data the first time, then kept in the run
-        self.detector, self.ood_unavailable = run_detector(run, self.model, checkpoint, self.dev)
+        # an axion-mass regressor's target scaling (None: a classifier)
+        self.target = run.target_scaling if is_regression(run.task) else None
+        if self.target is not None:
+            self.detector, self.ood_unavailable = None, "not fitted for axion-mass models yet"
+        else:  # fitted on the run's own data the first time, then kept in the run
+            self.detector, self.ood_unavailable = run_detector(
+                run, self.model, checkpoint, self.dev
+            )
         self.ood = self.detector.summary() if self.detector is not None else None
 
     @property
@@ -271,6 +278,8 @@ def predict_arrays_scored(
 
 
 UNKNOWN = "unknown"  # the label of a flagged image under --reject-ood
+# an axion-mass model takes every image for an axion and estimates its mass
+REGRESSOR_LABEL = "axion"
 
 
 @dataclass
@@ -279,6 +288,8 @@ class Prediction:
     predicted: str
     probabilities: list[float]
     axion_mass: float | None = None
+    # an axion-mass model's estimate, log10 of the mass in eV (None: a classifier)
+    log10_axion_mass: float | None = None
     # the out-of-distribution flag (None: the model has no detector)
     in_distribution: bool | None = None
     ood_score: float | None = None
@@ -358,7 +369,8 @@ def iter_predictions(
     transform = predictor.transform
     # raw images are read at the size the transform takes (it may crop them after)
     size, channels = source_size(transform), int(transform.get("in_channels", 1))
-    classes = predictor.classes
+    target = getattr(predictor, "target", None)  # an axion-mass model's scaling
+    classes = predictor.classes if target is None else [REGRESSOR_LABEL]
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeplense-read") as pool:
         pending: Future[Any] | None = None
@@ -381,6 +393,9 @@ def iter_predictions(
                 threshold = predictor.ood_threshold
                 for j, (path, p, k, mass) in enumerate(zip(kept, probs, top, masses, strict=True)):
                     pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], mass)
+                    if target is not None:  # the mass, no class probabilities
+                        pred.probabilities = []
+                        pred.log10_axion_mass = float(target.to_log10_mass(float(logits[j, 0])))
                     if scores is not None and threshold is not None:
                         pred.ood_score = float(scores[j])
                         pred.in_distribution = bool(scores[j] <= threshold)
@@ -426,6 +441,10 @@ def prediction_record(pred: Prediction, classes: list[str]) -> dict[str, Any]:
         "predicted": pred.predicted,
         "probabilities": dict(zip(classes, pred.probabilities, strict=True)),
     }
+    if pred.log10_axion_mass is not None:  # an axion-mass model: its estimate
+        del record["probabilities"]
+        record["log10_axion_mass"] = pred.log10_axion_mass
+        record["axion_mass_ev"] = 10**pred.log10_axion_mass
     if pred.axion_mass is not None:
         record["axion_mass"] = pred.axion_mass
     if pred.in_distribution is not None:
@@ -435,14 +454,19 @@ def prediction_record(pred: Prediction, classes: list[str]) -> dict[str, Any]:
 
 
 def write_predictions(
-    path: str | os.PathLike[str], classes: list[str], predictions: Iterable[Prediction]
+    path: str | os.PathLike[str],
+    classes: list[str],
+    predictions: Iterable[Prediction],
+    masses: bool = False,
 ) -> int:
     """Stream predictions to ``path`` (.csv, .jsonl or .json), atomically; returns the count.
 
     CSV columns: ``path, predicted, p_<class>..., in_distribution, ood_score`` (the last two
     empty when the model has no detector); JSON Lines / JSON: one object per file with
     ``path``, ``predicted``, ``probabilities`` (and ``axion_mass`` when the file has one,
-    ``in_distribution`` and ``ood_score`` when the model has a detector).
+    ``in_distribution`` and ``ood_score`` when the model has a detector). ``masses``: an
+    axion-mass model's predictions, ``log10_axion_mass`` and ``axion_mass_ev`` in place of
+    the probabilities.
     """
     fmt = output_format(path)
     n = 0
@@ -451,16 +475,19 @@ def write_predictions(
         shareable(tmp)
         if fmt == "csv":
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(
-                ["path", "predicted", *[f"p_{c}" for c in classes], "in_distribution", "ood_score"]
+            values = (
+                ["log10_axion_mass", "axion_mass_ev"] if masses else [f"p_{c}" for c in classes]
             )
+            writer.writerow(["path", "predicted", *values, "in_distribution", "ood_score"])
             for pred in predictions:
                 flag = "" if pred.in_distribution is None else str(pred.in_distribution).lower()
                 score = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
+                m = pred.log10_axion_mass
                 writer.writerow(
                     [
                         pred.path,
                         pred.predicted,
+                        *([f"{m:.6g}", f"{10**m:.6g}"] if m is not None else []),
                         *[f"{p:.6g}" for p in pred.probabilities],
                         flag,
                         score,
@@ -512,11 +539,13 @@ def predict(
     predictor = load_predictor(
         model, device=device, threads=threads, checkpoint=checkpoint, tta=tta
     )
+    regressor = getattr(predictor, "target", None) is not None  # an axion-mass model
+    classes = [] if regressor else list(predictor.classes)
     summary = Summary(
         model=predictor.describe(),
         device=predictor.device,
-        classes=list(predictor.classes),
-        counts={c: 0 for c in predictor.classes} | ({UNKNOWN: 0} if reject_ood else {}),
+        classes=classes,
+        counts={c: 0 for c in classes or [REGRESSOR_LABEL]} | ({UNKNOWN: 0} if reject_ood else {}),
         output=str(output) if output is not None else None,
         ood=getattr(predictor, "ood", None),
         ood_unavailable=str(getattr(predictor, "ood_unavailable", "") or ""),
@@ -552,7 +581,7 @@ def predict(
 
         stream = tapped(stream)
     if output is not None:
-        write_predictions(output, summary.classes, stream)
+        write_predictions(output, summary.classes, stream, masses=regressor)
     else:
         for _ in stream:
             pass

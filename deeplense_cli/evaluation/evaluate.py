@@ -33,7 +33,9 @@ from deeplense_cli.evaluation.plots import (
     roc_figure,
     save_figure,
 )
+from deeplense_cli.evaluation.regression import evaluate_masses, write_mass_report
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import is_regression
 from deeplense_cli.tracking import add_artifacts
 
 if TYPE_CHECKING:
@@ -134,6 +136,9 @@ def evaluate_run(
     if dev.type == "cpu":
         prepare_cpu_threads()
     model = run.build_model(checkpoint).to(dev)
+    if is_regression(run.task):  # --task axion-mass: errors in dex, no detector
+        return _evaluate_regressor(run, model, images, idx, what, dev, batch_size, progress,
+                                   tta, checkpoint, split, data, dataset, out_dir, track)  # fmt: skip
     detector, _ = run_detector(run, model, checkpoint, dev, batch_size)
     with ExitStack() as stack:
         features = stack.enter_context(capture_features(model, len(classes))) if detector else []
@@ -181,6 +186,52 @@ def evaluate_run(
         else:
             out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
     figures = write_report(metrics, logits, images, idx, out_dir, what)
+    metrics["out_dir"] = str(out_dir)
+    if track:
+        written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]
+        add_artifacts(run.path, written)
+    return Evaluation(metrics, figures)
+
+
+def _evaluate_regressor(
+    run: RunDir,
+    model: Any,
+    images: ImageSet,
+    idx: np.ndarray,
+    what: str,
+    dev: Any,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    tta: str,
+    checkpoint: str,
+    split: str,
+    data: str | os.PathLike[str] | None,
+    dataset: str | None,
+    out_dir: Path | None,
+    track: bool,
+) -> Evaluation:
+    """:func:`evaluate_run` for an axion-mass regressor (deeplense_cli.evaluation.regression)."""
+    metrics, truth, pred = evaluate_masses(
+        run, model, images, idx, what, dev, batch_size, progress, tta
+    )
+    metrics.update(
+        {
+            "split": split if data is None and dataset is None else "external",
+            "source": what,
+            "checkpoint": checkpoint,
+            "checkpoint_epoch": run.load_checkpoint(checkpoint).get("epoch"),
+            "model": run.read_config()["model"]["name"],
+            "run_dir": str(run.path),
+            "tta": tta,
+        }
+    )
+    if out_dir is None:
+        if data is not None or dataset is not None:
+            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
+        else:
+            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
+    title = f"{metrics['model']} on {what} (n={metrics['n']})"
+    figures = write_mass_report(metrics, truth, pred, out_dir, title)
     metrics["out_dir"] = str(out_dir)
     if track:
         written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]

@@ -7,6 +7,7 @@ Layout::
       classes.json       class names, in label order
       transform.json     the input transform (see deeplense_cli.data.transforms)
       split.json         data source, split seed and sizes
+      target.json        train.task axion-mass: the target's scaling (deeplense_cli.runs.task)
       metrics.jsonl      one JSON object per epoch
       checkpoints/last.pt  everything needed to resume (weights, optimizer, RNG; atomic)
       checkpoints/best.pt  the best epoch's weights and record, for evaluate/export (atomic)
@@ -35,6 +36,7 @@ import yaml
 from deeplense_cli.core import atomic, paths, yamlio
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.registry.manager import get_architecture
+from deeplense_cli.runs.task import TargetScaling, num_outputs, task_of
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -162,6 +164,16 @@ class RunDir:
     def transform(self) -> dict[str, Any]:
         return dict(self.read_record("transform"))
 
+    @property
+    def task(self) -> str:
+        """``classify`` or ``axion-mass`` (deeplense_cli.runs.task)."""
+        return task_of(self.read_config())
+
+    @property
+    def target_scaling(self) -> TargetScaling:
+        """A regression run's target scaling (``target.json``)."""
+        return TargetScaling.from_record(self.read_record("target"))
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         # One line per epoch; a crash leaves whole lines (rewritten atomically).
         rows = self.read_metrics()
@@ -279,7 +291,7 @@ class RunDir:
         arch = get_architecture(model_cfg["name"])
         model = arch.build(
             image_size=int(self.transform["image_size"]),
-            num_classes=len(self.classes),
+            num_classes=num_outputs(task_of(config), self.classes),
             in_channels=int(self.transform.get("in_channels", 1)),
             **dict(model_cfg.get("params") or {}),
         )

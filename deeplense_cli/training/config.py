@@ -27,6 +27,7 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import REGRESSION_LOSSES, TARGET_SCALINGS, TASKS
 from deeplense_cli.tracking import check_loggers, logger_names
 from deeplense_cli.training.init import FINETUNE_DEFAULTS, FREEZE, InitSource, find_source
 
@@ -48,6 +49,12 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {
+    # classify (axion, cdm, no_sub) or axion-mass: regress log10 of the axion mass (eV) on the
+    # images that carry one (deeplense_cli.runs.task)
+    "task": "classify",
+    # axion-mass: the loss on the standardised target, and the target's scaling
+    "regression_loss": "huber",
+    "target_scaling": "standardize",
     "epochs": 10,
     "max_minutes": None,  # time budget: plan at most as many epochs as fit (measured on epoch 1)
     "batch_size": 64,
@@ -65,7 +72,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # the share of training images seen as a user's 8-bit files would hold them (half PNG,
     # half JPEG at quality 60-95): a model that handles those instead of flagging them
     "degrade": 0.0,
-    "early_stopping_metric": "val_macro_auc",  # or val_loss, val_accuracy
+    # or val_loss, val_accuracy; val_mae (dex) for --task axion-mass, where it is the default
+    "early_stopping_metric": "val_macro_auc",
     "patience": 0,  # epochs without improvement before stopping; 0 disables
     # early stopping counts an epoch as progress only when it beats the best by more than this
     # (a frozen model's validation loss still moves by ~1e-7 with floating-point noise)
@@ -113,7 +121,17 @@ TRACKING_DEFAULTS: dict[str, Any] = {
 SECTIONS = ("model", "data", "train", "slurm", "tracking")
 
 # The validation metrics a run can select its best epoch by, and which way is better.
-METRICS: dict[str, str] = {"val_macro_auc": "max", "val_loss": "min", "val_accuracy": "max"}
+METRICS: dict[str, str] = {
+    "val_macro_auc": "max",
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_mae": "min",  # --task axion-mass: mean absolute error of log10(m / eV)
+}
+# The metrics each task's runs record (a classifier has no MAE, a regressor no AUC).
+TASK_METRICS = {
+    "classify": ("val_macro_auc", "val_loss", "val_accuracy"),
+    "axion-mass": ("val_mae", "val_loss"),
+}
 
 # Augmentation groups (train.augment): transform t rotates by 90 x (t % 4) degrees, after a
 # left-right flip when t >= 4. "dihedral" is all 8 symmetries of the square; "flips" the
@@ -267,6 +285,8 @@ def resolve(
 
     if train["augment"] == "auto":
         train["augment"] = "rot180" if data.get("dataset") else "dihedral"
+    if train["task"] == "axion-mass" and train["early_stopping_metric"] == "val_macro_auc":
+        train["early_stopping_metric"] = "val_mae"  # the classifier's default has no meaning
     if train["amp"] is False:  # YAML 1.1 reads a bare `off` (--set train.amp=off) as false
         train["amp"] = "off"
     if init is not None:
@@ -358,6 +378,7 @@ def _validate_train(train: dict[str, Any]) -> None:
             f"train.early_stopping_metric must be one of {', '.join(METRICS)}, "
             f"got {train['early_stopping_metric']!r}"
         )
+    validate_task(train)
     if train["augment"] not in (True, False, *AUGMENT_GROUPS):
         raise DeepLenseError(
             f"train.augment must be auto, {', '.join(AUGMENT_GROUPS)}, true (dihedral) or "
@@ -372,6 +393,28 @@ def _validate_train(train: dict[str, Any]) -> None:
     device = train["device"]
     if not isinstance(device, str) or not _DEVICE.match(device.lower()):
         raise DeepLenseError(f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def validate_task(train: dict[str, Any]) -> None:
+    """``train.task`` and the regression settings; a metric the task does not record."""
+    if train["task"] not in TASKS:
+        raise DeepLenseError(f"train.task must be one of {', '.join(TASKS)}, got {train['task']!r}")
+    if train["regression_loss"] not in REGRESSION_LOSSES:
+        raise DeepLenseError(
+            f"train.regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, "
+            f"got {train['regression_loss']!r}"
+        )
+    if train["target_scaling"] not in TARGET_SCALINGS:
+        raise DeepLenseError(
+            f"train.target_scaling must be one of {', '.join(TARGET_SCALINGS)}, "
+            f"got {train['target_scaling']!r}"
+        )
+    metric = train["early_stopping_metric"]
+    if metric not in TASK_METRICS[train["task"]]:
+        raise DeepLenseError(
+            f"train.early_stopping_metric {metric} is not recorded by --task {train['task']}; "
+            f"use one of {', '.join(TASK_METRICS[train['task']])}"
+        )
 
 
 def _validate_data(data: dict[str, Any]) -> None:

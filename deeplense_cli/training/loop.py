@@ -40,6 +40,7 @@ from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import classification_metrics, mean_log_loss, softmax
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import is_regression, num_outputs, task_of
 from deeplense_cli.tracking import tracked
 from deeplense_cli.training import distributed
 from deeplense_cli.training.augment import augment, augment_group
@@ -48,6 +49,7 @@ from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
 from deeplense_cli.training.schedule import PLAN_PROBE_STEPS, lr_factor
 from deeplense_cli.training.stopping import improved, progressed, selection_warning
+from deeplense_cli.training.tasks import Regression, head_names, target_record, task_splits
 
 if TYPE_CHECKING:
     import torch
@@ -101,6 +103,7 @@ def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
     """Write everything a run needs to be evaluated, exported or resumed later."""
     # The transform first: a setting that does not fit the data must fail before config.yaml
     # makes the folder look like a resumable run.
+    splits = task_splits(config, splits)  # a regressor's statistics: the images with a mass
     standardize = bool(config["data"].get("standardize", True))
     crop = config["data"].get("crop")
     source = find_source(config["train"]["init"]) if config["train"].get("init") else None
@@ -116,6 +119,9 @@ def init_run(config: dict[str, Any], run: RunDir, splits: Splits) -> None:
     if source is not None:
         run.write_record("init", source.record())
     run.write_record("classes", list(splits.classes))
+    target = target_record(config, splits)
+    if target is not None:  # --task axion-mass: the target's scaling
+        run.write_record("target", target)
     run.write_record("transform", transform)
     run.write_record("split", splits.record())
 
@@ -157,9 +163,11 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.transform = run.transform  # written by init_run: the same on --resume
         arch = get_architecture(config["model"]["name"])
+        self.task = task_of(config)
+        self.outputs = num_outputs(self.task, splits.classes)
         self.model = arch.build(
             image_size=self.transform["image_size"],
-            num_classes=len(splits.classes),
+            num_classes=self.outputs,
             in_channels=self.transform["in_channels"],
             **config["model"]["params"],
         )
@@ -167,9 +175,10 @@ class Trainer:
         self.freeze = str(t.get("freeze") or "none")
         if t.get("init") and fresh:
             source = find_source(t["init"])
-            self.init_notes = apply_init(self.model, source, splits.classes, self.freeze)
+            heads = head_names(config, splits.classes)
+            self.init_notes = apply_init(self.model, source, heads, self.freeze)
         elif self.freeze == "backbone":  # resuming: the same parameters train as before
-            apply_freeze(self.model, len(splits.classes))
+            apply_freeze(self.model, self.outputs)
         self.model = self.model.to(self.device)
         self.channels_last = _use_channels_last(self.model, self.device, t.get("channels_last"))
         if self.channels_last:
@@ -209,10 +218,17 @@ class Trainer:
             self.optimizer,
             lambda step: self.lr_factor(step),  # a function: not in state_dict
         )
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+        self.loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t["label_smoothing"]))
         self.loss_sum = torch.nn.CrossEntropyLoss(
             label_smoothing=float(t["label_smoothing"]), reduction="sum"
         )
+        self.regression: Regression | None = None
+        if is_regression(self.task):
+            loss = str(t.get("regression_loss") or "huber")
+            self.regression = Regression(loss, run.target_scaling, self.device)
+            self.loss_fn, self.loss_sum = self.regression.loss, self.regression.loss_sum
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if float(t["ema_decay"]) > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -356,7 +372,7 @@ class Trainer:
         aug_rng = rng if self.augment_group != "none" or self.degrade > 0 else None
         self.net.train()
         if self.freeze == "backbone":
-            freeze_backbone_modes(self.model, len(self.splits.classes))
+            freeze_backbone_modes(self.model, self.outputs)
         world = self.layout.world_size
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
@@ -374,7 +390,10 @@ class Trainer:
             rows = distributed.batch_rows(len(idx)) if world > 1 else None
             mine = idx if rows is None else idx[rows]
             x = self._batch(idx, aug_rng, rows)
-            y = torch.from_numpy(labels_all[mine].astype(np.int64)).to(self.device)
+            if self.regression is not None:
+                y = self.regression.targets(self.splits.train, mine)
+            else:
+                y = torch.from_numpy(labels_all[mine].astype(np.int64)).to(self.device)
             with self._autocast():
                 out = self.net(x)
                 # Several ranks: each rank's summed loss over the global batch, times the ranks
@@ -574,6 +593,8 @@ class Trainer:
                 f"training diverged: the model's outputs on the {split} images are not "
                 "finite (NaN or inf); lower --lr or increase warm-up"
             )
+        if self.regression is not None:
+            return self.regression.score(split, logits, data, idx)
         labels = data.labels[idx]
         probs = softmax(logits.astype(np.float64))
         m = classification_metrics(
@@ -683,6 +704,7 @@ def _train(
     with distributed.main_first():
         if splits is None:
             splits = load_splits(config)
+        splits = task_splits(config, splits)  # a regressor: the images with a mass
         if on_data is not None:
             on_data(splits)
         if resume:
@@ -768,6 +790,8 @@ def _train_and_report(
 def evaluation_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     if not evaluation:
         return None
+    if evaluation.get("task") == "axion-mass":
+        return {k: evaluation.get(k) for k in ("mae", "rmse", "r2", "mae_mean_predictor", "n")}
     return {k: evaluation.get(k) for k in ("accuracy", "macro_auc", "micro_auc", "auc", "n")}
 
 

@@ -135,7 +135,9 @@ class BarReporter:
         self.epochs = int(row.get("planned_epochs") or self.epochs)  # a time budget re-plans
         if self.bar is not None:
             shown = {"train_loss": row.get("train_loss")}
-            shown.update({k: row.get(k) for k in ("val_loss", "val_accuracy", "val_macro_auc")})
+            shown.update(
+                {k: row.get(k) for k in ("val_loss", "val_accuracy", "val_macro_auc", "val_mae")}
+            )
             postfix = {k: f"{v:.4f}" for k, v in shown.items() if v is not None}
             self.bar.set_postfix(postfix, refresh=False)  # closing draws it once
         self._close()
