@@ -132,7 +132,9 @@ def check_architecture(
     num_classes)`` logits; change its weights after one SGD step on a cross-entropy loss;
     give identical outputs for two eval-mode passes; and give the same outputs after its
     ``state_dict`` is loaded into a freshly built model. It must also build with
-    ``num_classes=5`` and output 5 logits. Seeds are fixed, so results are reproducible.
+    ``num_classes=5`` and output 5 logits, and with ``num_classes=1`` (the one output of an
+    axion-mass regressor, ``train --task axion-mass``) output one finite value per image.
+    Seeds are fixed, so results are reproducible.
 
     :param arch: the architecture to check (registered or not).
     :param image_sizes: sizes to check; each must be in ``arch.image_sizes``.
@@ -157,6 +159,19 @@ def check_architecture(
             out = _forward(arch, size, model, torch.rand(batch_size, 1, size, size), "forward")
         if tuple(out.shape) != (batch_size, 5):
             raise _fail(arch, size, f"with num_classes=5 the output shape is {tuple(out.shape)}")
+        # a regressor (train --task axion-mass) is the same model with one output
+        model = _build(arch, size, 1, seed=0).eval()
+        with torch.no_grad():
+            out = _forward(arch, size, model, torch.rand(batch_size, 1, size, size), "forward")
+        if tuple(out.shape) != (batch_size, 1):
+            raise _fail(
+                arch,
+                size,
+                f"with num_classes=1 (a regressor's one output) the output shape is "
+                f"{tuple(out.shape)}",
+            )
+        if not torch.isfinite(out).all():
+            raise _fail(arch, size, "with num_classes=1 the outputs are NaN or infinite")
 
 
 __all__ = ["check_architecture"]

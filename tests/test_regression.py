@@ -1,0 +1,207 @@
+"""Axion-mass regression (``train --task axion-mass``): config, metrics, and the whole path
+train -> evaluate -> export onnx -> predict on simulated Model_III data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deeplense_cli.cli import cli
+from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.evaluation.metrics import axion_mass_bins
+from deeplense_cli.evaluation.regression import mass_bins, regression_metrics
+from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import TargetScaling
+from deeplense_cli.training.config import resolve
+
+QUICK = ["--batch-size", "16", "--output", "quiet", "--num-threads", "1"]
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+# ---- configuration ------------------------------------------------------------------
+def test_classification_stays_the_default() -> None:
+    config = resolve(flags={"model": {"name": "resnet18"}})
+    assert config["train"]["task"] == "classify"
+    assert config["train"]["early_stopping_metric"] == "val_macro_auc"
+
+
+def test_axion_mass_task_selects_by_mae_and_checks_its_settings() -> None:
+    flags = {"model": {"name": "resnet18"}, "train": {"task": "axion-mass"}}
+    config = resolve(flags=flags)
+    assert config["train"]["early_stopping_metric"] == "val_mae"
+    assert config["train"]["regression_loss"] == "huber"
+    assert config["train"]["target_scaling"] == "standardize"
+    with pytest.raises(DeepLenseError, match="val_accuracy is not recorded by --task axion-mass"):
+        resolve(flags=flags, overrides={"train.early_stopping_metric": "val_accuracy"})
+    with pytest.raises(DeepLenseError, match="val_mae is not recorded by --task classify"):
+        resolve(
+            flags={"model": {"name": "resnet18"}}, overrides={"early_stopping_metric": "val_mae"}
+        )
+    with pytest.raises(DeepLenseError, match=r"train\.regression_loss must be one of"):
+        resolve(flags=flags, overrides={"train.regression_loss": "hinge"})
+    with pytest.raises(DeepLenseError, match=r"train\.task must be one of"):
+        resolve(flags={"model": {"name": "resnet18"}, "train": {"task": "mass"}})
+
+
+def test_target_scaling_round_trips_and_refuses_a_broken_record() -> None:
+    scaling = TargetScaling(mean=-23.0, std=0.5)
+    assert scaling.to_log10_mass(scaling.to_output(-22.2)) == pytest.approx(-22.2)
+    assert TargetScaling.from_record(scaling.record()) == scaling
+    with pytest.raises(DeepLenseError, match="std must be positive"):
+        TargetScaling.from_record({"mean": -23.0, "std": 0.0})
+    assert TargetScaling.from_metadata({}, "m.onnx") is None  # a classifier's file
+
+
+# ---- metrics ------------------------------------------------------------------------
+def test_regression_metrics_and_the_classifier_bins() -> None:
+    truth = np.array([-23.9, -23.6, -23.1, -22.7, -22.2])
+    pred = truth + np.array([0.1, -0.1, 0.2, -0.2, 0.0])
+    m = regression_metrics(truth, pred, baseline=float(truth.mean()))
+    assert m["mae"] == pytest.approx(0.12)
+    assert m["rmse"] == pytest.approx(np.sqrt(0.1 / 5))
+    assert m["bias"] == pytest.approx(0.0, abs=1e-12)
+    assert m["r2"] == pytest.approx(1 - 0.02 / np.var(truth))
+    assert m["mae_mean_predictor"] == pytest.approx(np.abs(truth - truth.mean()).mean())
+    bins = mass_bins(truth, pred)
+    # the same edges as the classifier's recall-by-mass table
+    labels = np.zeros(len(truth), dtype=np.int64)
+    recall = axion_mass_bins(labels, labels, 10**truth, ["axion"])
+    edges = [(b["log10_mass_min"], b["log10_mass_max"], b["n"]) for b in bins]
+    assert edges == [(b["log10_mass_min"], b["log10_mass_max"], b["n"]) for b in recall]
+    assert sum(b["n"] for b in bins) == 5
+
+
+# ---- data without masses ------------------------------------------------------------
+def test_data_without_axion_masses_is_a_clear_error(sim_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "no_axions"
+    for cls in ("cdm", "no_sub"):
+        shutil.copytree(sim_root / "Model_III" / cls, data / cls)
+    result = CliRunner().invoke(
+        cli,
+        ["train", "-m", "resnet18", "--data", str(data), "--task", "axion-mass",
+         "--run-dir", str(tmp_path / "run"), "--epochs", "1", *QUICK],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "needs images that carry an axion mass" in result.output
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# ---- train -> evaluate -> export -> predict -----------------------------------------
+@pytest.fixture(scope="module")
+def mass_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two quick epochs of a ResNet-18 regressor on the session's small simulated set."""
+    run_dir = tmp_path_factory.mktemp("massrun") / "run"
+    _invoke(
+        ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+         "--task", "axion-mass", "--run-dir", str(run_dir), "--epochs", "2", *QUICK,
+         "--no-evaluate"]
+    )  # fmt: skip
+    return run_dir
+
+
+def test_a_regression_run_records_its_target(mass_run: Path) -> None:
+    run = RunDir.open(mass_run)
+    assert run.task == "axion-mass"
+    target = run.read_record("target")
+    assert target["task"] == "axion-mass" and target["loss"] == "huber"
+    assert -24 < target["mean"] < -22 and 0 < target["std"] < 1
+    split = run.read_record("split")
+    # the axion images only (24 per class, 10% for validation): cdm and no_sub carry no mass
+    assert split["sizes"] == {"train": 22, "val": 2, "test": 8}
+    rows = run.read_metrics()
+    assert len(rows) == 2
+    assert {"val_mae", "val_rmse", "val_r2", "val_loss"} <= set(rows[-1])
+    assert "val_accuracy" not in rows[-1]
+
+
+def test_evaluate_reports_errors_in_dex(mass_run: Path) -> None:
+    out = _invoke(["evaluate", str(mass_run), "--json"])
+    metrics = json.loads(out[out.index("{") :])
+    assert metrics["task"] == "axion-mass"
+    assert metrics["n"] == 8  # the test folder's axion images
+    assert metrics["rmse"] >= metrics["mae"] > 0
+    assert {"r2", "bias", "mae_mean_predictor", "target"} <= set(metrics)
+    assert sum(b["n"] for b in metrics["mass_bins"]) == 8
+    folder = Path(metrics["out_dir"])
+    for name in ("metrics.json", "mass_scatter.png", "mass_residuals.png"):
+        assert (folder / name).stat().st_size > 0
+    table = _invoke(["evaluate", str(mass_run)])
+    assert "MAE predicting the mean" in table and "Error by axion mass" in table
+
+
+def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_path: Path) -> None:
+    import onnx
+
+    onnx_path = tmp_path / "mass.onnx"
+    out = _invoke(["export", "onnx", str(mass_run), "-o", str(onnx_path)])
+    assert "log10 axion mass: ONNX within" in out
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert meta["deeplense.task"] == "axion-mass"
+    scaling = TargetScaling.from_record(json.loads(meta["deeplense.target"]))
+    assert scaling == RunDir.open(mass_run).target_scaling
+    check = json.loads(meta["deeplense.validation"])["regression"]
+    assert check["max_abs_error_dex"] < 2e-3
+    assert "deeplense.ood" not in meta  # no detector for a regressor yet
+
+    axions = sim_root / "Model_III_test" / "axion"
+    by_onnx, by_run = tmp_path / "onnx.csv", tmp_path / "run.jsonl"
+    _invoke(["predict", str(onnx_path), str(axions), "-o", str(by_onnx)])
+    _invoke(["predict", str(mass_run), str(axions), "-o", str(by_run)])
+    with open(by_onnx) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:4] == ["path", "predicted", "log10_axion_mass", "axion_mass_ev"]
+    records = [json.loads(line) for line in by_run.read_text().splitlines()]
+    assert len(rows) == len(records) == 8
+    for row, record in zip(rows, records, strict=True):
+        assert row["path"] == record["path"]
+        assert float(row["log10_axion_mass"]) == pytest.approx(record["log10_axion_mass"], abs=1e-3)
+        assert record["axion_mass_ev"] == pytest.approx(10 ** record["log10_axion_mass"])
+        assert "probabilities" not in record
+    evaluated = json.loads((mass_run / "evaluation" / "metrics.json").read_text())
+    predicted = np.array([r["log10_axion_mass"] for r in records])
+    truth = np.log10([r["axion_mass"] for r in records])  # the mass each file carries
+    assert np.abs(predicted - truth).mean() == pytest.approx(evaluated["mae"], abs=1e-4)
+
+
+def test_int8_export_of_a_regressor_is_refused(mass_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["export", "onnx", str(mass_run), "--precision", "int8", "-o", str(tmp_path / "m.onnx")],
+    )
+    assert result.exit_code != 0
+    assert "not available for an axion-mass model" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_short_run_beats_the_mean_predictor_clearly(tmp_path: Path) -> None:
+    """900 simulated Model_III axion images, 12 epochs of ResNet-18 on one thread (~90 s):
+    the test MAE is well under that of predicting the training mean (~0.46 dex here)."""
+    from deeplense_cli.simulate import simulate_dataset
+
+    root = tmp_path / "data"
+    simulate_dataset(
+        "Model_III", root, train_per_class=1000, test_per_class=200, seed=5, workers=1,
+        classes="axion,no_sub",
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    _invoke(
+        ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(root),
+         "--task", "axion-mass", "--run-dir", str(run_dir), "--epochs", "12",
+         "--batch-size", "32", "--output", "quiet", "--num-threads", "1"]
+    )  # fmt: skip
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["n"] == 200
+    assert metrics["mae"] < 0.5 * metrics["mae_mean_predictor"], metrics
+    assert metrics["r2"] > 0.6, metrics
