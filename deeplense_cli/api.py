@@ -52,6 +52,7 @@ from deeplense_cli.deploy.predict import (
     iter_predictions,
     load_predictor,
     predict_arrays_scored,
+    predict_log10_mass,
 )
 from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
@@ -717,6 +718,22 @@ class Model:
         return list(self.predictor.classes)
 
     @property
+    def task(self) -> str:
+        """``classify``, or ``axion-mass`` for a regressor (:meth:`predict_mass`)."""
+        return "axion-mass" if getattr(self.predictor, "target", None) is not None else "classify"
+
+    def predict_mass(
+        self,
+        images: np.ndarray,
+        *,
+        batch_size: int = 64,
+        resize: bool = False,
+    ) -> np.ndarray:
+        """An axion-mass model's (``train --task axion-mass``) estimates: log10 of the axion
+        mass in eV, one per image, for images as :meth:`predict` takes them."""
+        return predict_log10_mass(self.predictor, images, batch_size=batch_size, resize=resize)
+
+    @property
     def image_size(self) -> int:
         """The side of the images it takes (before its own centre crop, if any)."""
         return source_size(self.predictor.transform)
@@ -746,6 +763,7 @@ class Model:
         >>> model.predict(np.random.default_rng(0).random((2, 64, 64))).probabilities.shape
         (2, 3)
         """
+        self._classifier("predict")
         batch = _stack(images, resize) if isinstance(images, list | tuple) else images
         threshold = self.predictor.ood_threshold
         if isinstance(batch, list):  # sizes differ: each is resized on its own
@@ -779,6 +797,7 @@ class Model:
         >>> model.predict_files("examples/real_samples").predicted  # doctest: +SKIP
         ['axion', 'cdm', 'no_sub']
         """
+        self._classifier("predict_files")
         if isinstance(paths, str | os.PathLike):
             inputs = [paths]
         elif isinstance(paths, Iterable):
@@ -806,6 +825,13 @@ class Model:
             ),
             threshold=self.predictor.ood_threshold,
         )
+
+    def _classifier(self, method: str) -> None:
+        if self.task != "classify":
+            raise DeepLenseError(
+                f"{self.describe()} is an axion-mass model: Model.{method} gives class "
+                "probabilities; use Model.predict_mass (log10 of the mass in eV)"
+            )
 
     def __repr__(self) -> str:
         return f"Model({self.describe()})"

@@ -205,3 +205,66 @@ def test_a_short_run_beats_the_mean_predictor_clearly(tmp_path: Path) -> None:
     assert metrics["n"] == 200
     assert metrics["mae"] < 0.5 * metrics["mae_mean_predictor"], metrics
     assert metrics["r2"] > 0.6, metrics
+
+
+# ---- tune and the Python API --------------------------------------------------------
+def test_tune_compares_a_regressor_by_its_mae(sim_root: Path) -> None:
+    args = ["tune", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root)]
+    result = CliRunner().invoke(cli, [*args, "--task", "axion-mass", "--metric", "val_macro_auc"])
+    assert result.exit_code != 0
+    assert "--metric val_macro_auc is not recorded by --task axion-mass" in result.output
+    result = CliRunner().invoke(cli, [*args, "--metric", "val_mae"])
+    assert "--metric val_mae is not recorded by --task classify" in result.output
+
+
+@pytest.mark.slow
+def test_a_search_tunes_a_regressor(sim_root: Path, tmp_path: Path) -> None:
+    """A real 2-trial Ray search of a regressor: its trials report val_mae, the default
+    metric of --task axion-mass."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = _invoke(
+        ["tune", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+         "--task", "axion-mass", "--num-samples", "2", "--max-epochs", "1", "--set",
+         "train.batch_size=16", "--cpus-per-trial", "1", "--num-cpus", "2", "--name", "mass"]
+    )  # fmt: skip
+    assert "val_mae" in out
+    trials = sorted((Path(os.environ["DEEPLENSE_HOME"]) / "runs" / "tune" / "mass").glob("runs/*"))
+    assert len(trials) == 2
+    for trial in trials:
+        assert RunDir.open(trial).task == "axion-mass"
+        assert "val_mae" in RunDir.open(trial).read_metrics()[-1]
+
+
+def test_the_python_api_trains_and_predicts_the_mass(mass_run: Path, sim_root: Path) -> None:
+    from deeplense_cli import api
+    from deeplense_cli.data.readers import read_image
+
+    model = api.load_model(mass_run)
+    assert model.task == "axion-mass"
+    files = sorted((sim_root / "Model_III_test" / "axion").glob("*.npy"))
+    images = np.stack([read_image(f)[0] for f in files])
+    masses = model.predict_mass(images)
+    assert masses.shape == (len(files),)
+    records = {}
+    from deeplense_cli.deploy.predict import iter_predictions
+
+    for pred in iter_predictions(model.predictor, files):
+        records[pred.path] = pred.log10_axion_mass
+    assert masses == pytest.approx([records[str(f)] for f in files], abs=1e-5)
+    with pytest.raises(DeepLenseError, match=r"use Model\.predict_mass"):
+        model.predict(images)
+    classifier = api.load_model("Model_III")
+    assert classifier.task == "classify"
+
+
+def test_the_python_api_takes_the_task(sim_root: Path, tmp_path: Path) -> None:
+    from deeplense_cli import api
+
+    run = api.train(
+        "resnet18", dataset="Model_III", data_root=sim_root, run_dir=tmp_path / "run",
+        epochs=1, batch_size=16, num_threads=1, task="axion-mass",
+    )  # fmt: skip
+    assert run.evaluation is not None and run.evaluation["task"] == "axion-mass"
+    assert run.evaluation["n"] == 8 and "mae" in run.evaluation

@@ -86,7 +86,12 @@ def train_on_slurm(config: dict[str, Any], run: RunDir, resume: bool, follow: bo
     if follow:
         summary = follow_training(job)
         test = (summary or {}).get("test") or {}
-        if test.get("accuracy") is not None:
+        if test.get("mae") is not None:  # --task axion-mass
+            err_console().print(
+                f"Finished: test MAE {fmt_value(test['mae'])} dex of log10 axion mass "
+                f"(predicting the mean: {fmt_value(test.get('mae_mean_predictor'))})"
+            )
+        elif test.get("accuracy") is not None:
             err_console().print(
                 f"Finished: test accuracy {fmt_value(test['accuracy'])}, "
                 f"macro AUC {fmt_value(test.get('macro_auc'))}"

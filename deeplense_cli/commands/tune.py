@@ -15,9 +15,12 @@ from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
+from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training.config import (
     METRICS,
     SLURM_DEFAULTS,
+    check_metric,
+    default_metric,
     load_config_file,
     parse_overrides,
     resolve,
@@ -42,6 +45,7 @@ NEW_SEARCH_OPTIONS = (
     "gpus_per_trial",
     "time_budget",
     "metric",
+    "task",
     "seed",
     "no_default_trial",
     "name",
@@ -83,8 +87,13 @@ NEW_SEARCH_OPTIONS = (
 @click.option("--time-budget", help="Stop starting/running trials after e.g. 30m, 2h, 5400s.")
 @click.option(
     "--metric",
-    default="val_macro_auc",
-    help=f"Validation metric ASHA compares: {', '.join(METRICS)} (min for loss, else max).",
+    help=f"Validation metric ASHA compares: {', '.join(METRICS)} (min for loss and MAE, else "
+    "max). [default: val_macro_auc; val_mae with --task axion-mass]",
+)
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    help="As train --task: classify, or regress the axion mass (axion-mass). [default: classify]",
 )
 @click.option("--seed", type=int, default=0, help="Seed of the sampled configurations.")
 @click.option(
@@ -180,7 +189,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
     flags = {
         "model": {"name": kw["model"]},
         "data": data_flags(kw),
-        "train": {"init": kw["init"], "freeze": kw["freeze"]},
+        "train": {"init": kw["init"], "freeze": kw["freeze"], "task": kw["task"]},
         "slurm": _slurm_section(kw),
         "tracking": {"loggers": kw["loggers"]},
     }
@@ -194,11 +203,12 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
         cpus_per_trial=kw["cpus_per_trial"],
         gpus_per_trial=kw["gpus_per_trial"],
         time_budget_s=parse_duration(kw["time_budget"]) if kw["time_budget"] else None,
-        metric=kw["metric"],
+        metric=kw["metric"] or default_metric(config),
         seed=kw["seed"],
         default_trial=not kw["no_default_trial"],
     )
     settings.validate()
+    check_metric(config, settings.metric)
     override = engine.load_space_file(kw["space_file"]) if kw["space_file"] else None
     space = engine.build_space(config, override)
     return config, space, settings

@@ -669,7 +669,7 @@ def _export_validated(
                 )
             else:
                 _embed_detector(tmp, data, len(classes), meta, result, progress)
-            validation = {
+            validation: dict[str, Any] = {
                 "data": data.note,
                 "checks": [asdict(c) for c in checks],
                 "accuracy_torch": result.accuracy_torch,

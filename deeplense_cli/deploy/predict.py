@@ -277,6 +277,36 @@ def predict_arrays_scored(
     return np.concatenate(parts), (np.concatenate(scores) if scores else np.zeros(0))
 
 
+def predict_log10_mass(
+    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+) -> np.ndarray:
+    """An axion-mass model's estimates, log10 of the mass in eV ``(N,)``, for images in
+    memory (shaped and checked as :func:`predict_arrays` takes them)."""
+    target = getattr(predictor, "target", None)
+    if target is None:
+        raise DeepLenseError("this model classifies; it has no axion-mass output")
+    if batch_size < 1:
+        raise DeepLenseError("--batch-size must be at least 1")
+    arr = np.asarray(images)
+    arr = arr[None] if arr.ndim == 2 else (arr[:, 0] if arr.ndim == 4 else arr)
+    if arr.ndim != 3:
+        raise DeepLenseError(
+            f"images of shape {tuple(np.shape(images))}: expected one image (H, W) or a batch "
+            "(N, H, W) or (N, 1, H, W)"
+        )
+    transform = predictor.transform
+    size, channels = source_size(transform), int(transform.get("in_channels", 1))
+    parts = [np.zeros(0)]
+    for start in range(0, len(arr), batch_size):
+        raw = [
+            fit_image(as_image(image, f"image {i}"), size, channels, resize, f"image {i}")
+            for i, image in enumerate(arr[start : start + batch_size], start)
+        ]
+        out, _ = predictor.outputs(apply_transform(np.stack(raw), transform))
+        parts.append(np.asarray(target.to_log10_mass(out[:, 0].astype(np.float64))))
+    return np.concatenate(parts)
+
+
 UNKNOWN = "unknown"  # the label of a flagged image under --reject-ood
 # an axion-mass model takes every image for an axion and estimates its mass
 REGRESSOR_LABEL = "axion"

@@ -417,6 +417,21 @@ def validate_task(train: dict[str, Any]) -> None:
         )
 
 
+def default_metric(config: dict[str, Any]) -> str:
+    """The validation metric a search compares by default: the macro AUC, or a regressor's MAE."""
+    return "val_mae" if config["train"].get("task") == "axion-mass" else "val_macro_auc"
+
+
+def check_metric(config: dict[str, Any], metric: str) -> None:
+    """A metric that the config's task records (a regressor has no AUC)."""
+    task = config["train"].get("task", "classify")
+    if metric not in TASK_METRICS[task]:
+        raise DeepLenseError(
+            f"--metric {metric} is not recorded by --task {task}; "
+            f"use one of {', '.join(TASK_METRICS[task])}"
+        )
+
+
 def _validate_data(data: dict[str, Any]) -> None:
     """The data settings' types and ranges (the same rules as data.splits, checked before a
     run folder exists)."""
