@@ -268,3 +268,15 @@ def test_the_python_api_takes_the_task(sim_root: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.evaluation is not None and run.evaluation["task"] == "axion-mass"
     assert run.evaluation["n"] == 8 and "mae" in run.evaluation
+
+
+def test_a_regression_run_resumes(mass_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(mass_run, run_dir)
+    before = RunDir.open(run_dir).read_record("target")
+    _invoke(["train", "--resume", str(run_dir), "--epochs", "3", "--output", "quiet"])
+    run = RunDir.open(run_dir)
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert "val_mae" in rows[-1]
+    assert run.read_record("target") == before
