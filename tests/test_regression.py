@@ -280,3 +280,33 @@ def test_a_regression_run_resumes(mass_run: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert "val_mae" in rows[-1]
     assert run.read_record("target") == before
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_train_slurm_takes_the_task(sim_root: Path, tmp_path: Path, deeplense_home: Path) -> None:
+    """`train --slurm --task axion-mass` on the real local cluster: the job trains the
+    regressor and evaluates it in dex."""
+    import subprocess
+
+    from conftest import slurm_cluster_problem
+
+    if slurm_cluster_problem() is not None:
+        pytest.skip(str(slurm_cluster_problem()))
+    run_dir = tmp_path / "run"
+    args = ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+            "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "8", "--num-threads",
+            "1", "--task", "axion-mass", "--slurm", "--partition", "debug", "--cpus", "1",
+            "--time", "15", "--wait"]  # fmt: skip
+    try:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        run = RunDir.open(run_dir)
+        assert run.task == "axion-mass"
+        assert "val_mae" in run.read_metrics()[-1]
+        evaluation = json.loads((run.evaluation_dir / "metrics.json").read_text())
+        assert evaluation["task"] == "axion-mass" and evaluation["n"] == 8
+    finally:
+        ids = sorted({p.stem.split("_")[0] for p in (deeplense_home / "jobs").glob("*.json")})
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=20, check=False)
