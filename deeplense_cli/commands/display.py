@@ -40,7 +40,12 @@ class RichReporter:
         self.console.print(
             f"[bold]{info['model']}[/bold] ({info['parameters'] / 1e6:.2f} M parameters) on "
             f"{info['device']} (amp {info['amp']}); train {info['train']}, val {info['val']}, "
-            f"test {info['test']} images; classes {', '.join(info['classes'])}"
+            f"test {info['test']} images; "
+            + (
+                "target log10 axion mass (the images that carry one)"
+                if info.get("task") == "axion-mass"
+                else f"classes {', '.join(info['classes'])}"
+            )
         )
         if info.get("init"):
             self.console.print(f"Starting from {info['init']}")

@@ -745,6 +745,7 @@ def _train_and_report(
             "device": str(trainer.device),
             "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
             "classes": splits.classes,
+            "task": trainer.task,
             "train": len(splits.train_idx),
             "val": len(splits.val_idx),
             "test": len(splits.test_idx),
