@@ -154,6 +154,16 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
     assert check["max_abs_error_dex"] < 2e-3
     assert "deeplense.ood" not in meta  # no detector for a regressor yet
 
+    # the file evaluates as the run does, in dex
+    out = _invoke(["evaluate", str(onnx_path), "--dataset", "Model_III", "--data-root",
+                   str(sim_root), "--json"])  # fmt: skip
+    by_file = json.loads(out[out.index("{") :])
+    out = _invoke(["evaluate", str(mass_run), "--json"])
+    evaluated = json.loads(out[out.index("{") :])
+    assert by_file["task"] == "axion-mass" and by_file["n"] == evaluated["n"] == 8
+    assert by_file["mae"] == pytest.approx(evaluated["mae"], abs=1e-4)
+    assert (Path(by_file["out_dir"]) / "mass_scatter.png").exists()
+
     axions = sim_root / "Model_III_test" / "axion"
     by_onnx, by_run = tmp_path / "onnx.csv", tmp_path / "run.jsonl"
     _invoke(["predict", str(onnx_path), str(axions), "-o", str(by_onnx)])
@@ -168,7 +178,6 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
         assert float(row["log10_axion_mass"]) == pytest.approx(record["log10_axion_mass"], abs=1e-3)
         assert record["axion_mass_ev"] == pytest.approx(10 ** record["log10_axion_mass"])
         assert "probabilities" not in record
-    evaluated = json.loads((mass_run / "evaluation" / "metrics.json").read_text())
     predicted = np.array([r["log10_axion_mass"] for r in records])
     truth = np.log10([r["axion_mass"] for r in records])  # the mass each file carries
     assert np.abs(predicted - truth).mean() == pytest.approx(evaluated["mae"], abs=1e-4)

@@ -17,6 +17,7 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
+from deeplense_cli.data.targets import log10_mass, with_mass
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
 from deeplense_cli.evaluation.evaluate import (
@@ -27,6 +28,7 @@ from deeplense_cli.evaluation.evaluate import (
     write_report,
 )
 from deeplense_cli.evaluation.ood import ood_metrics
+from deeplense_cli.evaluation.regression import score_masses, write_mass_report
 from deeplense_cli.evaluation.tta import check_tta, with_tta
 from deeplense_cli.registry.pretrained import resolve_model
 from deeplense_cli.runs.rundir import RunDir
@@ -70,6 +72,14 @@ def evaluate_onnx(
     idx = np.arange(len(images.labels))
     if len(idx) == 0:
         raise DeepLenseError(f"{folder} holds no images; nothing to evaluate")
+    target = onnx.target  # an axion-mass model's scaling (None: a classifier)
+    if target is not None:
+        idx = with_mass(images, idx)
+        if len(idx) == 0:
+            raise DeepLenseError(
+                f"{folder} holds no images that carry an axion mass; an axion-mass model is "
+                "evaluated on axion images"
+            )
     parts, scores = [], []
     for start in range(0, len(idx), batch_size):
         batch = idx[start : start + batch_size]
@@ -82,7 +92,13 @@ def evaluate_onnx(
             progress(len(batch))
     logits = np.concatenate(parts).astype(np.float64)
     check_finite(logits, str(path), "the exported weights are broken; re-export the run")
-    metrics = score(logits, images, idx, classes, skip_bad)
+    if target is not None:  # errors in dex of log10(m / eV)
+        truth = log10_mass(images, idx)
+        pred = np.asarray(target.to_log10_mass(logits[:, 0]))
+        metrics = score_masses(truth, pred, baseline=target.mean)
+        metrics["target"] = target.record()
+    else:
+        metrics = score(logits, images, idx, classes, skip_bad)
     threshold = onnx.ood_threshold
     if scores and threshold is not None:
         labels = np.asarray(images.labels)[idx]
@@ -103,7 +119,11 @@ def evaluate_onnx(
         # replace another's
         name = f"{path.stem}-{Path(folder).name}"
         out_dir = paths.run_root() / "evaluations" / paths.tagged(name, path, folder)
-    figures = write_report(metrics, logits, images, idx, out_dir, str(folder))
+    if target is not None:
+        title = f"{metrics['model']} on {folder} (n={metrics['n']})"
+        figures = write_mass_report(metrics, truth, pred, out_dir, title)
+    else:
+        figures = write_report(metrics, logits, images, idx, out_dir, str(folder))
     metrics["out_dir"] = str(out_dir)
     return Evaluation(metrics, figures)
 
