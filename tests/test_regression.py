@@ -319,3 +319,23 @@ def test_train_slurm_takes_the_task(sim_root: Path, tmp_path: Path, deeplense_ho
         ids = sorted({p.stem.split("_")[0] for p in (deeplense_home / "jobs").glob("*.json")})
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=20, check=False)
+
+
+def test_a_classifier_fine_tunes_into_a_regressor(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """train --init CLASSIFIER --task axion-mass: its backbone, a new one-output head."""
+    run_dir = tmp_path / "run"
+    out = _invoke(
+        ["train", "--init", str(trained_run), "--dataset", "Model_III", "--data-root",
+         str(sim_root), "--task", "axion-mass",
+         "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "16", "--num-threads",
+         "1", "--no-evaluate"]
+    )  # fmt: skip
+    assert "head rebuilt for 1 classes (log10_axion_mass)" in " ".join(out.split())
+    run = RunDir.open(run_dir)
+    assert run.task == "axion-mass" and "val_mae" in run.read_metrics()[-1]
+    import torch
+
+    with torch.no_grad():
+        assert tuple(run.build_model()(torch.zeros(2, 1, 64, 64)).shape) == (2, 1)
