@@ -152,7 +152,9 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
     assert scaling == RunDir.open(mass_run).target_scaling
     check = json.loads(meta["deeplense.validation"])["regression"]
     assert check["max_abs_error_dex"] < 2e-3
-    assert "deeplense.ood" not in meta  # no detector for a regressor yet
+    # the out-of-distribution detector of a regressor: one mean, of its axion images
+    ood = json.loads(meta["deeplense.ood"])
+    assert ood["fit_images"] == 22 and ood["calibration_images"] == 2
 
     # the file evaluates as the run does, in dex
     out = _invoke(["evaluate", str(onnx_path), "--dataset", "Model_III", "--data-root",
@@ -178,6 +180,8 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
         assert float(row["log10_axion_mass"]) == pytest.approx(record["log10_axion_mass"], abs=1e-3)
         assert record["axion_mass_ev"] == pytest.approx(10 ** record["log10_axion_mass"])
         assert "probabilities" not in record
+        assert row["in_distribution"] in ("true", "false")
+        assert isinstance(record["in_distribution"], bool)
     predicted = np.array([r["log10_axion_mass"] for r in records])
     truth = np.log10([r["axion_mass"] for r in records])  # the mass each file carries
     assert np.abs(predicted - truth).mean() == pytest.approx(evaluated["mae"], abs=1e-4)

@@ -243,6 +243,8 @@ def _load_data(
     held_idx = spread(splits.val_idx, CALIBRATION_IMAGES)
     fit_raw, held_raw = np.asarray(splits.train.images[fit_idx]), splits.train.images[held_idx]
     fit_labels: np.ndarray | None = np.asarray(splits.train.labels)[fit_idx]
+    if is_regression(run.task):  # one mean
+        fit_labels = np.zeros(len(fit_idx), dtype=np.int64)
     if degraded:  # a model trained to answer 8-bit files must not flag them
         fit_raw, fit_labels = with_degraded(fit_raw, fit_labels)
         held_raw = with_degraded(np.asarray(held_raw), None)[0]
@@ -663,12 +665,9 @@ def _export_validated(
                     f"top class agrees on {c.argmax_agreement:.1%}{_judged_text(c)} (needed: "
                     f"{result.tolerance}); nothing was written"
                 )
-            if "deeplense.task" in meta:
-                result.notes.append(
-                    "no out-of-distribution detector: not fitted for axion-mass models yet"
-                )
-            else:
-                _embed_detector(tmp, data, len(classes), meta, result, progress)
+            # a regressor's detector: one mean, of its images (those that carry a mass)
+            regressor = "deeplense.task" in meta
+            _embed_detector(tmp, data, 1 if regressor else len(classes), meta, result, progress)
             validation: dict[str, Any] = {
                 "data": data.note,
                 "checks": [asdict(c) for c in checks],

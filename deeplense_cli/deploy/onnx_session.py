@@ -456,8 +456,6 @@ class OnnxModel:
         self.tta = meta.get("deeplense.tta", "none")
         # an axion-mass regressor's target scaling (None: a classifier)
         self.target = TargetScaling.from_metadata(meta, self.path)
-        if self.target is not None:
-            self.ood_unavailable = "not fitted for axion-mass models yet"
         self.ood: dict[str, Any] | None = None
         if len(outputs) == 2:
             try:

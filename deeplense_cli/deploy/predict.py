@@ -91,12 +91,9 @@ class TorchPredictor:
         self.architecture = str(run.read_config()["model"]["name"])
         # an axion-mass regressor's target scaling (None: a classifier)
         self.target = run.target_scaling if is_regression(run.task) else None
-        if self.target is not None:
-            self.detector, self.ood_unavailable = None, "not fitted for axion-mass models yet"
-        else:  # fitted on the run's own data the first time, then kept in the run
-            self.detector, self.ood_unavailable = run_detector(
-                run, self.model, checkpoint, self.dev
-            )
+        self.num_outputs = 1 if self.target is not None else len(self.classes)
+        # fitted on the run's own data the first time, then kept in the run
+        self.detector, self.ood_unavailable = run_detector(run, self.model, checkpoint, self.dev)
         self.ood = self.detector.summary() if self.detector is not None else None
 
     @property
@@ -118,7 +115,7 @@ class TorchPredictor:
                 out = self.model(x)
             return np.asarray(out.float().cpu().numpy()), None
         with (
-            capture_features(self.model, len(self.classes)) as feats,
+            capture_features(self.model, self.num_outputs) as feats,
             torch.inference_mode(),
             exact_float32(self.dev),
         ):

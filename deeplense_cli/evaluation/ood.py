@@ -7,7 +7,9 @@ classes do not depend on, so a few statistics of the input itself join them (``d
 the mean brightness and the Laplacian energy at two scales in rings around the centre): lens
 light, another PSF or noise level move those long before they move the class features. Its threshold is the ``QUANTILE`` of the
 distances of held-back in-distribution images (the validation split, never the images it
-was fitted on), so about 1% of fresh in-distribution images are flagged by design.
+was fitted on), so about 1% of fresh in-distribution images are flagged by design. An
+axion-mass regressor's detector has one mean, of the images that carry a mass (the input of
+its one-output head).
 BENCHMARKS.md ("Out-of-distribution flag") has what it catches and what it costs.
 
 Run directories keep their fitted detector in ``RUN/ood-<checkpoint>.npz`` (plain arrays,
@@ -29,6 +31,7 @@ import numpy as np
 
 from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.runs.task import is_regression, num_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -247,6 +250,7 @@ def run_detector(
     its validation split the first time and kept in the run; ``(None, why)`` when the run's
     data is not on this machine."""
     from deeplense_cli.data.splits import load_splits
+    from deeplense_cli.data.targets import mass_only
     from deeplense_cli.evaluation.inference import predict_logits
 
     path = detector_path(run, checkpoint)
@@ -258,8 +262,11 @@ def run_detector(
                 return cached, ""
         except (OSError, ValueError, KeyError):
             pass  # damaged or from an older checkpoint: fit again
+    regressor = is_regression(run.task)  # one mean, of the images that carry a mass
     try:
         splits = load_splits(run.read_config())
+        if regressor:
+            splits = mass_only(splits)
     except (DeepLenseError, KeyError, OSError) as exc:
         return None, f"the run's training data is not available here ({first_line(exc)})"
     if list(splits.classes) != run.classes:
@@ -273,12 +280,14 @@ def run_detector(
         note = "training images outside the fitting sample (the run has no validation split)"
     if len(fit_idx) < 2 or len(held_idx) == 0:
         return None, "the run has too few training images to fit the detector"
-    num_classes = len(run.classes)
+    num_classes = num_outputs(run.task, run.classes)
     if head(model, num_classes) is None:
         return None, "the model has no classifier head (a Linear layer with one output per class)"
     degraded = float((run.read_config().get("train") or {}).get("degrade") or 0) > 0
     fit_raw = np.asarray(splits.train.images[np.sort(fit_idx)])
     fit_labels = np.asarray(splits.train.labels)[np.sort(fit_idx)]
+    if regressor:
+        fit_labels = np.zeros_like(fit_labels)
     held_raw = np.asarray(splits.train.images[np.sort(held_idx)])
     if degraded:  # a model trained to answer 8-bit files must not flag them
         fit_raw, labels = with_degraded(fit_raw, fit_labels)
