@@ -190,3 +190,29 @@ def test_python_api_fine_tunes(
     assert run.config["model"]["name"] == "CvT" and run.config["train"]["lr"] == 5e-5
     # the shipped Model_III on its own kind of data: one gentle epoch keeps it accurate
     assert run.evaluation["accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_init_from_model_i_beats_scratch_on_another_kind(tmp_path: Path) -> None:
+    """The issue's case with Model_I: 150 px images of another kind (the lens galaxy's light
+    added, which the shipped Model_I has never seen), a few labelled images per class."""
+    from deeplense_cli.simulate import simulate_dataset
+
+    root = tmp_path / "lens_light"
+    simulate_dataset(
+        "Model_I", root, train_per_class=60, test_per_class=60, seed=4, workers=1,
+        recipe={"lens_light": True},
+    )  # fmt: skip
+    common = ["--data", root / "Model_I", "--epochs", "3", "--seed", "0", *QUICK]
+    res = _invoke("train", "--init", "Model_I", "--run-dir", tmp_path / "ft", *common)
+    assert res.exit_code == 0, res.output
+    scratch = ["-m", "cvt", "--lr", "5e-4", "--set", "data.crop=80"]
+    res = _invoke("train", *scratch, "--run-dir", tmp_path / "scratch", *common)
+    assert res.exit_code == 0, res.output
+    scores = {}
+    for name in ("ft", "scratch"):
+        out = _invoke("evaluate", tmp_path / name, "--data", root / "Model_I_test", "--json")
+        assert out.exit_code == 0, out.output
+        scores[name] = json.loads(out.output)["accuracy"]
+    assert scores["ft"] >= scores["scratch"] + 0.1, scores
+    assert RunDir.open(tmp_path / "ft").transform["crop"] == 80  # the source's crop
