@@ -343,3 +343,21 @@ def test_a_classifier_fine_tunes_into_a_regressor(
 
     with torch.no_grad():
         assert tuple(run.build_model()(torch.zeros(2, 1, 64, 64)).shape) == (2, 1)
+
+
+def test_an_unscaled_target_keeps_the_mean_predictor_baseline(
+    sim_root: Path, tmp_path: Path
+) -> None:
+    """train.target_scaling=none: the model predicts log10 m itself; the mean predictor it
+    is compared with is still the training mean."""
+    run_dir = tmp_path / "run"
+    _invoke(
+        ["train", "-m", "resnet18", "--dataset", "Model_III", "--data-root", str(sim_root),
+         "--task", "axion-mass", "--set", "train.target_scaling=none", "--run-dir",
+         str(run_dir), "--epochs", "1", *QUICK]
+    )  # fmt: skip
+    scaling = RunDir.open(run_dir).target_scaling
+    assert (scaling.mean, scaling.std) == (0.0, 1.0)
+    assert scaling.baseline is not None and -24 < scaling.baseline < -22
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["mae_mean_predictor"] < 1.0

@@ -95,7 +95,7 @@ def evaluate_onnx(
     if target is not None:  # errors in dex of log10(m / eV)
         truth = log10_mass(images, idx)
         pred = np.asarray(target.to_log10_mass(logits[:, 0]))
-        metrics = score_masses(truth, pred, baseline=target.mean)
+        metrics = score_masses(truth, pred, baseline=target.mean_prediction)
         metrics["target"] = target.record()
     else:
         metrics = score(logits, images, idx, classes, skip_bad)

@@ -163,6 +163,6 @@ def evaluate_masses(
         )
     truth = log10_mass(images, idx)
     pred = np.asarray(scaling.to_log10_mass(outputs[:, 0].astype(np.float64)))
-    metrics = score_masses(truth, pred, baseline=scaling.mean)
+    metrics = score_masses(truth, pred, baseline=scaling.mean_prediction)
     metrics["target"] = scaling.record()
     return metrics, truth, pred

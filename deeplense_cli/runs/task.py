@@ -49,6 +49,13 @@ class TargetScaling:
     std: float = 1.0
     name: str = TARGET_NAME
     unit: str = "log10(eV)"
+    # the training images' mean log10 m: what predicting the mean predicts (the baseline
+    # evaluate reports), whatever the scaling
+    baseline: float | None = None
+
+    @property
+    def mean_prediction(self) -> float:
+        return self.mean if self.baseline is None else self.baseline
 
     def to_log10_mass(self, output: Any) -> Any:
         return output * self.std + self.mean
@@ -67,6 +74,7 @@ class TargetScaling:
                 std=float(record["std"]),
                 name=str(record.get("name", TARGET_NAME)),
                 unit=str(record.get("unit", "log10(eV)")),
+                baseline=None if record.get("baseline") is None else float(record["baseline"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DeepLenseError(f"broken target scaling {record!r}: {exc}") from None

@@ -36,11 +36,13 @@ def head_names(config: dict[str, Any], classes: list[str]) -> list[str]:
 
 def fit_scaling(config: dict[str, Any], splits: Splits) -> TargetScaling:
     """The target scaling from the training images' log-masses (``none``: identity)."""
-    if config["train"].get("target_scaling", "standardize") == "none":
-        return TargetScaling()
     y = log10_mass(splits.train, splits.train_idx)
+    y = y[np.isfinite(y)]
+    mean = float(np.mean(y))
+    if config["train"].get("target_scaling", "standardize") == "none":
+        return TargetScaling(baseline=mean)
     std = float(np.std(y))
-    return TargetScaling(mean=float(np.mean(y)), std=std if std > 1e-12 else 1.0)
+    return TargetScaling(mean=mean, std=std if std > 1e-12 else 1.0, baseline=mean)
 
 
 def target_record(config: dict[str, Any], splits: Splits) -> dict[str, Any] | None:
