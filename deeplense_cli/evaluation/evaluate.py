@@ -130,15 +130,63 @@ def evaluate_run(
     images, idx, what = _select(run, split, splits, data, dataset, data_root, skip_bad)
     if len(idx) == 0:
         raise DeepLenseError(f"the {what} is empty; nothing to evaluate")
-    classes = run.classes
-    transform = run.transform
     dev = resolve_device(device)
     if dev.type == "cpu":
         prepare_cpu_threads()
     model = run.build_model(checkpoint).to(dev)
     if is_regression(run.task):  # --task axion-mass: errors in dex, no detector
-        return _evaluate_regressor(run, model, images, idx, what, dev, batch_size, progress,
-                                   tta, checkpoint, split, data, dataset, out_dir, track)  # fmt: skip
+        metrics, truth, pred = evaluate_masses(
+            run, model, images, idx, what, dev, batch_size, progress, tta
+        )
+    else:
+        metrics, logits = _score_classifier(
+            run, model, images, idx, checkpoint, dev, batch_size, progress, skip_bad, tta
+        )
+    external = data is not None or dataset is not None
+    metrics.update(
+        {
+            "split": "external" if external else split,
+            "source": what,
+            "checkpoint": checkpoint,
+            "checkpoint_epoch": run.load_checkpoint(checkpoint).get("epoch"),
+            "model": run.read_config()["model"]["name"],
+            "run_dir": str(run.path),
+            "tta": tta,
+        }
+    )
+    if out_dir is None:
+        if external:
+            # one folder per evaluated data folder: a later --data must not replace this one
+            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
+        else:
+            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
+    if is_regression(run.task):
+        title = f"{metrics['model']} on {what} (n={metrics['n']})"
+        figures = write_mass_report(metrics, truth, pred, out_dir, title)
+    else:
+        figures = write_report(metrics, logits, images, idx, out_dir, what)
+    metrics["out_dir"] = str(out_dir)
+    if track:
+        written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]
+        add_artifacts(run.path, written)
+    return Evaluation(metrics, figures)
+
+
+def _score_classifier(
+    run: RunDir,
+    model: Any,
+    images: ImageSet,
+    idx: np.ndarray,
+    checkpoint: str,
+    dev: Any,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    skip_bad: bool,
+    tta: str,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """A classifier's metrics on ``images[idx]`` (with its out-of-distribution flag when the
+    run has a detector) and its logits."""
+    classes, transform = run.classes, run.transform
     detector, _ = run_detector(run, model, checkpoint, dev, batch_size)
     with ExitStack() as stack:
         features = stack.enter_context(capture_features(model, len(classes))) if detector else []
@@ -167,76 +215,7 @@ def evaluate_run(
         scores = detector.scores(np.concatenate(features))
         labels = np.asarray(images.labels)[idx]
         metrics["ood"] = ood_metrics(scores, detector.threshold, logits.argmax(1), labels)
-    ckpt = run.load_checkpoint(checkpoint)
-    metrics.update(
-        {
-            "split": split if data is None and dataset is None else "external",
-            "source": what,
-            "checkpoint": checkpoint,
-            "checkpoint_epoch": ckpt.get("epoch"),
-            "model": run.read_config()["model"]["name"],
-            "run_dir": str(run.path),
-            "tta": tta,
-        }
-    )
-    if out_dir is None:
-        if data is not None or dataset is not None:
-            # one folder per evaluated data folder: a later --data must not replace this one
-            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
-        else:
-            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
-    figures = write_report(metrics, logits, images, idx, out_dir, what)
-    metrics["out_dir"] = str(out_dir)
-    if track:
-        written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]
-        add_artifacts(run.path, written)
-    return Evaluation(metrics, figures)
-
-
-def _evaluate_regressor(
-    run: RunDir,
-    model: Any,
-    images: ImageSet,
-    idx: np.ndarray,
-    what: str,
-    dev: Any,
-    batch_size: int,
-    progress: Callable[[int], None] | None,
-    tta: str,
-    checkpoint: str,
-    split: str,
-    data: str | os.PathLike[str] | None,
-    dataset: str | None,
-    out_dir: Path | None,
-    track: bool,
-) -> Evaluation:
-    """:func:`evaluate_run` for an axion-mass regressor (deeplense_cli.evaluation.regression)."""
-    metrics, truth, pred = evaluate_masses(
-        run, model, images, idx, what, dev, batch_size, progress, tta
-    )
-    metrics.update(
-        {
-            "split": split if data is None and dataset is None else "external",
-            "source": what,
-            "checkpoint": checkpoint,
-            "checkpoint_epoch": run.load_checkpoint(checkpoint).get("epoch"),
-            "model": run.read_config()["model"]["name"],
-            "run_dir": str(run.path),
-            "tta": tta,
-        }
-    )
-    if out_dir is None:
-        if data is not None or dataset is not None:
-            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
-        else:
-            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
-    title = f"{metrics['model']} on {what} (n={metrics['n']})"
-    figures = write_mass_report(metrics, truth, pred, out_dir, title)
-    metrics["out_dir"] = str(out_dir)
-    if track:
-        written = [out_dir / "metrics.json", *(out_dir / f"{name}.png" for name in figures)]
-        add_artifacts(run.path, written)
-    return Evaluation(metrics, figures)
+    return metrics, logits
 
 
 def check_finite(logits: np.ndarray, what: str, hint: str) -> None:
