@@ -67,3 +67,23 @@ def test_an_export_can_ask_for_tta(trained_run: Path, real_samples: Path, tmp_pa
     assert "test-time augmentation rot180" in on_doc["model"]
     assert "test-time augmentation" not in off_doc["model"]
     assert on_doc["predictions"][0]["probabilities"] != off_doc["predictions"][0]["probabilities"]
+
+
+def test_a_run_and_its_export_score_the_same_with_tta(
+    trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """evaluate RUN --tta rot180 scores the averaged logits, as the export's evaluation does
+    (it once scored the plain logits and drew the averaged ones)."""
+    out = tmp_path / "m.onnx"
+    assert _invoke("export", "onnx", trained_run, "-o", out).exit_code == 0
+    data = sim_root / "Model_III_test"
+    got = {}
+    for target in (trained_run, out):
+        res = _invoke("evaluate", target, "--data", data, "--tta", "rot180", "--json")
+        assert res.exit_code == 0, res.output
+        got[target] = json.loads(res.output)
+    run_m, onnx_m = got[trained_run], got[out]
+    assert run_m["loss"] == pytest.approx(onnx_m["loss"], abs=1e-4)
+    assert run_m["confusion_matrix"] == onnx_m["confusion_matrix"]
+    plain = json.loads(_invoke("evaluate", trained_run, "--data", data, "--json").output)
+    assert plain["loss"] != pytest.approx(run_m["loss"], abs=1e-6)

@@ -205,12 +205,12 @@ def _score_classifier(
         "its weights are broken (did the run diverge?); evaluate another checkpoint or retrain "
         "with a lower --lr",
     )
-    metrics = score(logits, images, idx, classes, skip_bad)
     if tta == "rot180":  # the half turns, outside the detector's hooks
         turned = predict_logits(
             model, images.images, transform, idx, batch_size, dev, half_turn=True
         )
         logits = (logits + turned) / 2
+    metrics = score(logits, images, idx, classes, skip_bad)
     if detector is not None:
         scores = detector.scores(np.concatenate(features))
         labels = np.asarray(images.labels)[idx]
