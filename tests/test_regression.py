@@ -164,6 +164,7 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
     evaluated = json.loads(out[out.index("{") :])
     assert by_file["task"] == "axion-mass" and by_file["n"] == evaluated["n"] == 8
     assert by_file["mae"] == pytest.approx(evaluated["mae"], abs=1e-4)
+    assert "ood" not in by_file and "ood" not in evaluated  # no class accuracy to split
     assert (Path(by_file["out_dir"]) / "mass_scatter.png").exists()
 
     axions = sim_root / "Model_III_test" / "axion"

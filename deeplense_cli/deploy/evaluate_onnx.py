@@ -100,7 +100,8 @@ def evaluate_onnx(
     else:
         metrics = score(logits, images, idx, classes, skip_bad)
     threshold = onnx.ood_threshold
-    if scores and threshold is not None:
+    # the flag's accuracy split is a classifier's; a regressor is scored in dex (as evaluate RUN)
+    if scores and threshold is not None and target is None:
         labels = np.asarray(images.labels)[idx]
         metrics["ood"] = ood_metrics(np.concatenate(scores), threshold, logits.argmax(1), labels)
     metrics.update(
