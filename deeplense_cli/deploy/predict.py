@@ -239,11 +239,12 @@ def predict_arrays(
     return predict_arrays_scored(predictor, images, batch_size, resize)[0]
 
 
-def predict_arrays_scored(
-    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`predict_arrays` and the out-of-distribution scores ``(N,)`` (None when the model
-    has no detector)."""
+def _array_batches(
+    predictor: Predictor, images: np.ndarray, batch_size: int, resize: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The model's outputs, batch by batch, for images in memory: one ``(H, W)`` image or a
+    batch ``(N, H, W)`` or ``(N, 1, H, W)``, each checked as a file's would be (NaN/Inf
+    pixels, size; named ``image I`` in errors) and sized by the module's rules."""
     if batch_size < 1:
         raise DeepLenseError("--batch-size must be at least 1")
     arr = np.asarray(images)
@@ -258,14 +259,22 @@ def predict_arrays_scored(
         )
     transform = predictor.transform
     size, channels = source_size(transform), int(transform.get("in_channels", 1))
-    parts = [np.zeros((0, len(predictor.classes)))]
-    scores: list[np.ndarray] = []
     for start in range(0, len(arr), batch_size):
         raw = [
             fit_image(as_image(image, f"image {i}"), size, channels, resize, f"image {i}")
             for i, image in enumerate(arr[start : start + batch_size], start)
         ]
-        logits, batch_scores = predictor.outputs(apply_transform(np.stack(raw), transform))
+        yield predictor.outputs(apply_transform(np.stack(raw), transform))
+
+
+def predict_arrays_scored(
+    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_arrays` and the out-of-distribution scores ``(N,)`` (None when the model
+    has no detector)."""
+    parts = [np.zeros((0, len(predictor.classes)))]
+    scores: list[np.ndarray] = []
+    for logits, batch_scores in _array_batches(predictor, images, batch_size, resize):
         parts.append(softmax(logits.astype(np.float64)))
         if batch_scores is not None:
             scores.append(batch_scores)
@@ -282,24 +291,8 @@ def predict_log10_mass(
     target = getattr(predictor, "target", None)
     if target is None:
         raise DeepLenseError("this model classifies; it has no axion-mass output")
-    if batch_size < 1:
-        raise DeepLenseError("--batch-size must be at least 1")
-    arr = np.asarray(images)
-    arr = arr[None] if arr.ndim == 2 else (arr[:, 0] if arr.ndim == 4 else arr)
-    if arr.ndim != 3:
-        raise DeepLenseError(
-            f"images of shape {tuple(np.shape(images))}: expected one image (H, W) or a batch "
-            "(N, H, W) or (N, 1, H, W)"
-        )
-    transform = predictor.transform
-    size, channels = source_size(transform), int(transform.get("in_channels", 1))
     parts = [np.zeros(0)]
-    for start in range(0, len(arr), batch_size):
-        raw = [
-            fit_image(as_image(image, f"image {i}"), size, channels, resize, f"image {i}")
-            for i, image in enumerate(arr[start : start + batch_size], start)
-        ]
-        out, _ = predictor.outputs(apply_transform(np.stack(raw), transform))
+    for out, _ in _array_batches(predictor, images, batch_size, resize):
         parts.append(np.asarray(target.to_log10_mass(out[:, 0].astype(np.float64))))
     return np.concatenate(parts)
 
