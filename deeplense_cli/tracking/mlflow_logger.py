@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplense_cli.core import paths
+from deeplense_cli.core.logs import quieted
 from deeplense_cli.core.version import __version__
 from deeplense_cli.tracking.base import RunInfo, flatten_config
 
@@ -46,15 +47,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     with open(f"{db}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # MLflow announces each table it creates in a new store at INFO level
-        quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
-        levels = [q.level for q in quiet]
-        for q in quiet:
-            q.setLevel(logging.WARNING)
-        try:
+        with quieted(("mlflow.store.db.utils", "alembic"), logging.WARNING):
             yield
-        finally:
-            for q, level in zip(quiet, levels, strict=True):
-                q.setLevel(level)
 
 
 def _param(value: Any) -> str:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.core.logs import quieted
 
 # Seconds between torchrun's checks of its processes: a dead rank stops the rest this soon.
 MONITOR_INTERVAL_S = 0.5
@@ -86,16 +87,10 @@ def _rendezvous() -> list[str]:
 @contextlib.contextmanager
 def _quiet_launcher() -> Iterator[None]:
     """torchrun's agent logs each failure as a multi-line report; the one line is ours."""
+    # its modules set their own levels: each one, not only the parent
     names = [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]
-    loggers = [logging.getLogger(n) for n in ["torch.distributed", *names]]
-    levels = [logger.level for logger in loggers]  # its modules set their own levels
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
+    with quieted(["torch.distributed", *names], logging.CRITICAL):
         yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def launch(nproc: int, args: Sequence[str], run_dir: str | None = None) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.core.logs import quieted
 from deeplense_cli.tune.settings import TuneSettings
 
 
@@ -101,13 +102,8 @@ def check_resources(settings: TuneSettings) -> float:
 @contextlib.contextmanager
 def quiet_analysis() -> Iterator[None]:
     """Ray warns about trials without results (pending ones); deeplense reports them itself."""
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with quieted(["ray.tune.analysis.experiment_analysis"], logging.ERROR):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 # Ray Tune's own loggers: its "stop signal received" and "resume with ..." lines.
