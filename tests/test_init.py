@@ -73,19 +73,29 @@ def test_shipped_weights_match_the_shipped_onnx() -> None:
         assert np.abs(got - want).max() < 2e-3, model.name
 
 
+def _init_against_scratch(
+    tmp_path: Path, source: str, scratch: list[str], train: Path, test: Path, epochs: int
+) -> dict[str, float]:
+    """Test accuracy of CvT fine-tuned from ``source`` (``tmp_path/ft``) and of CvT from
+    scratch (``tmp_path/scratch``, lr 5e-4, ``scratch`` flags) on the same data, epochs, seed."""
+    common = ["--data", train, "--epochs", str(epochs), "--seed", "0", *QUICK]
+    starts = {"ft": ["--init", source], "scratch": ["-m", "cvt", "--lr", "5e-4", *scratch]}
+    scores = {}
+    for name, flags in starts.items():
+        res = _invoke("train", *flags, "--run-dir", tmp_path / name, *common)
+        assert res.exit_code == 0, res.output
+        out = _invoke("evaluate", tmp_path / name, "--data", test, "--json")
+        assert out.exit_code == 0, out.output
+        scores[name] = json.loads(out.output)["accuracy"]
+    return scores
+
+
 def test_init_from_shipped_model_beats_scratch(sub_folder: Path, tmp_path: Path) -> None:
     """The issue's acceptance case: the same architecture, data and epochs; from the shipped
     weights (head rebuilt for sub/no_sub) it ends well above training from scratch."""
-    common = ["--data", sub_folder / "train", "--epochs", "4", "--seed", "0", *QUICK]
-    res = _invoke("train", "--init", "Model_III", "--run-dir", tmp_path / "ft", *common)
-    assert res.exit_code == 0, res.output
-    res = _invoke("train", "-m", "cvt", "--lr", "5e-4", "--run-dir", tmp_path / "scratch", *common)
-    assert res.exit_code == 0, res.output
-    scores = {}
-    for name in ("ft", "scratch"):
-        out = _invoke("evaluate", tmp_path / name, "--data", sub_folder / "test", "--json")
-        assert out.exit_code == 0, out.output
-        scores[name] = json.loads(out.output)["accuracy"]
+    scores = _init_against_scratch(
+        tmp_path, "Model_III", [], sub_folder / "train", sub_folder / "test", epochs=4
+    )
     assert scores["ft"] >= scores["scratch"] + 0.1, scores
     run = RunDir.open(tmp_path / "ft")
     assert run.read_config()["train"]["init"] == "Model_III"
@@ -203,16 +213,9 @@ def test_init_from_model_i_beats_scratch_on_another_kind(tmp_path: Path) -> None
         "Model_I", root, train_per_class=60, test_per_class=60, seed=4, workers=1,
         recipe={"lens_light": True},
     )  # fmt: skip
-    common = ["--data", root / "Model_I", "--epochs", "3", "--seed", "0", *QUICK]
-    res = _invoke("train", "--init", "Model_I", "--run-dir", tmp_path / "ft", *common)
-    assert res.exit_code == 0, res.output
-    scratch = ["-m", "cvt", "--lr", "5e-4", "--set", "data.crop=80"]
-    res = _invoke("train", *scratch, "--run-dir", tmp_path / "scratch", *common)
-    assert res.exit_code == 0, res.output
-    scores = {}
-    for name in ("ft", "scratch"):
-        out = _invoke("evaluate", tmp_path / name, "--data", root / "Model_I_test", "--json")
-        assert out.exit_code == 0, out.output
-        scores[name] = json.loads(out.output)["accuracy"]
+    scratch = ["--set", "data.crop=80"]  # the shipped model's crop, for the same inputs
+    scores = _init_against_scratch(
+        tmp_path, "Model_I", scratch, root / "Model_I", root / "Model_I_test", epochs=3
+    )
     assert scores["ft"] >= scores["scratch"] + 0.1, scores
     assert RunDir.open(tmp_path / "ft").transform["crop"] == 80  # the source's crop
