@@ -46,6 +46,26 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) ->
     )
 
 
+def _two_ranks_training(run: Path, args: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """``deeplense train ARGS --run-dir RUN --nproc-per-node 2``, started, not awaited."""
+    command = [sys.executable, "-m", "deeplense_cli", "train", *args, "--run-dir", str(run)]
+    return subprocess.Popen(
+        [*command, "--nproc-per-node", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _wait_for_an_epoch(proc: subprocess.Popen[str], run: Path, within: float = 180) -> None:
+    """Until the run has recorded its first epoch (the launch still running)."""
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + within
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.2)
+
+
 def _events(stdout: str, kind: str) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return [r for r in rows if r.get("event") == kind]
@@ -265,28 +285,10 @@ def test_a_killed_rank_ends_the_run_in_one_line_and_resume_continues(
     run = tmp_path / "run"
     args = [*COMMON, "--data-root", str(sim_root), "--epochs", "4", "--batch-size", "8",
             "--no-evaluate", "--output", "quiet"]  # fmt: skip
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deeplense_cli",
-            "train",
-            *args,
-            "--run-dir",
-            str(run),
-            "--nproc-per-node",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _two_ranks_training(run, args)
+    metrics = run / "metrics.jsonl"
     try:
-        metrics = run / "metrics.jsonl"
-        deadline = time.monotonic() + 180
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished"
-            time.sleep(0.2)
+        _wait_for_an_epoch(proc, run)
         ranks = _ranks_of(proc.pid)
         assert sorted(ranks) == [0, 1]
         os.kill(ranks[1], signal.SIGKILL)
@@ -334,37 +336,12 @@ def test_time_budget_and_early_stopping_end_every_rank_together(
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_and_keeps_the_run(sim_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deeplense_cli",
-            "train",
-            *COMMON,
-            "--data-root",
-            str(sim_root),
-            "--epochs",
-            "20",
-            "--batch-size",
-            "8",
-            "--output",
-            "quiet",
-            "--run-dir",
-            str(run),
-            "--nproc-per-node",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a terminal's Ctrl+C reaches the whole process group
-    )
+    args = [*COMMON, "--data-root", str(sim_root), "--epochs", "20", "--batch-size", "8",
+            "--output", "quiet"]  # fmt: skip
+    # in its own session: a terminal's Ctrl+C reaches the whole process group
+    proc = _two_ranks_training(run, args, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        metrics = run / "metrics.jsonl"
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished"
-            time.sleep(0.2)
+        _wait_for_an_epoch(proc, run)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
