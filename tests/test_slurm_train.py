@@ -96,21 +96,7 @@ def test_requeued_training_job_resumes_without_losing_epochs(
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=20)
         # No `scontrol update StartTime=now`: released before its old credentials expire, the
         # job would be killed ("Job credential revoked"); the test cluster holds it 10 s.
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.split()
-            if (
-                out
-                and out[-1] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
-                and (run.evaluation_dir / "metrics.json").exists()
-            ):
-                break
-            time.sleep(2)
+        _wait_until_done(job_id, run, 400)
         after = run.read_metrics()
         assert [r["epoch"] for r in after] == [1, 2, 3, 4]
         assert after[: len(before)] == before  # completed epochs survived the requeue
@@ -129,6 +115,7 @@ def _wait_for_epochs(run: RunDir, epochs: int, seconds: float) -> list[dict[str,
 
 
 def _wait_until_done(job_id: str, run: RunDir, seconds: float) -> None:
+    """Until SLURM says the job ended (a completed one: once its evaluation is written)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         out = subprocess.run(
