@@ -222,9 +222,10 @@ def embed_detector(
     it on ``calibration_x`` (held back), and write it into the file (in place)."""
     import onnx
 
-    detector = fit(
-        features_of(path, fit_x), fit_labels, num_classes, features_of(path, calibration_x), info
-    )
+    # one session for both sets: building it (graph surgery, optimisation) costs seconds
+    features = features_of(path, np.concatenate([fit_x, calibration_x]))
+    fitted, held = features[: len(fit_x)], features[len(fit_x) :]
+    detector = fit(fitted, fit_labels, num_classes, held, info)
     model = strip_detector(onnx.load(os.fspath(path)))
     append_detector(model, detector)
     onnx.checker.check_model(model)
