@@ -65,7 +65,10 @@ def test_models_pretrained_and_predict_by_name(
     assert row["card"]["trained_on"] == "a test fixture"
     result = CliRunner().invoke(cli, ["models", "pretrained"])
     assert result.exit_code == 0 and "Model_III" in result.output
-    result = CliRunner().invoke(cli, ["predict", "model_iii", str(real_samples)])
+    # wide enough that the table never wraps a file name (it has an in-distribution column)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        cli, ["predict", "model_iii", str(real_samples)]
+    )
     assert result.exit_code == 0, result.output
     for name in ("no_sub.npy", "cdm.npy", "axion.npy"):
         assert name in result.output
