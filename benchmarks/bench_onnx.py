@@ -251,7 +251,7 @@ def bench_variants(
         plain = Path(tmp) / "no-rewrites.onnx"
         x64 = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
         export_fp32(model, x64, plain, rewrite=False)
-        from deeplense_cli.deploy.layers import unfused_attention
+        from deeplense_cli.layers.attention import unfused_attention
 
         unfused = Path(tmp) / "unfused-attention.onnx"
         with unfused_attention():

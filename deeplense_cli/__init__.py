@@ -20,13 +20,13 @@ from deeplense_cli.registry.hookspecs import hookimpl
 from deeplense_cli.registry.manager import architectures, get_architecture
 
 if TYPE_CHECKING:
-    from deeplense_cli.deploy.layers import attention, multi_head_attention, split_projection
+    from deeplense_cli.layers.attention import attention, multi_head_attention, split_projection
 
 # name -> module, imported on first access (they import torch)
 _LAZY = {
-    "attention": "deeplense_cli.deploy.layers",
-    "multi_head_attention": "deeplense_cli.deploy.layers",
-    "split_projection": "deeplense_cli.deploy.layers",
+    "attention": "deeplense_cli.layers.attention",
+    "multi_head_attention": "deeplense_cli.layers.attention",
+    "split_projection": "deeplense_cli.layers.attention",
 }
 
 __all__ = [

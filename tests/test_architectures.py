@@ -259,7 +259,7 @@ def test_channel_layer_norms_are_fused_but_compute_upstreams_function(key: str) 
     from deeplense_plugins._channels_last import upstream_stages
     from deeplense_plugins._common import restore_channel_norms
 
-    from deeplense_cli.deploy.layers import export_copy
+    from deeplense_cli.layers.export_forms import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64)
@@ -294,7 +294,7 @@ def test_attention_layers_train_as_upstream_and_export_fused(key: str, layers: i
     one multi_head_attention call) compute the same function from the same parameters."""
     import copy
 
-    from deeplense_cli.deploy.layers import export_copy
+    from deeplense_cli.layers.export_forms import export_copy
 
     torch.manual_seed(0)
     model = get_architecture(key).build(image_size=64).eval()
@@ -356,7 +356,7 @@ def test_channels_last_stages_compute_upstreams_function(key: str) -> None:
     for ga, gb in zip(grads_a, grads_b, strict=True):
         assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-3)
     # ONNX export keeps the channels-last stages, except CvT's (ORT runs upstream's faster)
-    from deeplense_cli.deploy.layers import export_copy
+    from deeplense_cli.layers.export_forms import export_copy
 
     exported, _ = export_copy(model)
     kinds = {type(m).__module__ for m in exported.modules() if "Transformer" in type(m).__name__}

@@ -18,6 +18,9 @@ NAME = "deeplense_cli"
 # the public API that plugin authors import.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
+    # the export-friendly layers models are built from: torch only, so that plugins (through
+    # the top level) and deploy share them without the public API reaching into deploy
+    "layers": set(),
     "registry": {"core"},
     "data": {"core"},
     "simulate": {"core", "data"},
@@ -25,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "tracking": {"core", "registry", "runs"},
     "evaluation": {"core", "data", "registry", "runs", "tracking"},
     "training": {"core", "data", "registry", "runs", "tracking", "evaluation"},
-    "deploy": {"core", "data", "registry", "runs", "tracking", "evaluation"},
+    "deploy": {"core", "data", "registry", "runs", "tracking", "evaluation", "layers"},
     "tune": {"core", "data", "registry", "runs", "tracking", "evaluation", "training"},
     "cluster": {"core", "data", "registry", "runs", "tracking", "evaluation", "training", "tune"},
     "commands": {"core", "data", "simulate", "registry", "runs", "evaluation", "training"}
@@ -34,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     # the Python API sits beside the commands: the same engines, no click or rich
     "api": {"core", "data", "simulate", "registry", "runs", "evaluation", "training", "deploy"},
     "__main__": {"cli"},
-    "": {"core", "registry", "deploy"},
+    "": {"core", "registry", "layers"},
 }
 # click and rich (the terminal) belong to the command layer only.
 FACE = ("commands", "cli")

@@ -101,7 +101,7 @@ def test_unfold_as_convolution_is_exact(kernel, stride, padding, channels, size)
     import torch
     from torch import nn
 
-    from deeplense_cli.deploy.layers import UnfoldAsConv, export_copy
+    from deeplense_cli.layers.export_forms import UnfoldAsConv, export_copy
 
     unfold = nn.Unfold(kernel_size=kernel, stride=stride, padding=padding)
     x = torch.randn(3, channels, size, size)
@@ -256,7 +256,7 @@ def test_multi_head_attention_exports_as_one_fused_node_that_matches(bias_rank, 
     import torch.nn.functional as F
     from torch import nn
 
-    from deeplense_cli.deploy.layers import (
+    from deeplense_cli.layers.attention import (
         multi_head_attention,
         split_projection,
         unfused_attention,

@@ -256,7 +256,7 @@ def test_the_plugin_api_is_the_top_level_package() -> None:
 
     import deeplense_cli
     from deeplense_cli.core.errors import DeepLenseError
-    from deeplense_cli.deploy.layers import split_projection
+    from deeplense_cli.layers.attention import split_projection
     from deeplense_cli.registry.architecture import Architecture
 
     assert deeplense_cli.DeepLenseError is DeepLenseError

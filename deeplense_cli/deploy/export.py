@@ -41,7 +41,6 @@ from deeplense_cli.core.version import __version__
 from deeplense_cli.data.splits import load_splits
 from deeplense_cli.data.targets import log10_mass, mass_only
 from deeplense_cli.data.transforms import apply_transform, source_size
-from deeplense_cli.deploy.layers import export_copy, unfused_attention
 from deeplense_cli.deploy.mass_export import check_masses, regression_metadata
 from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum, unshare_vectors
 from deeplense_cli.deploy.onnx_session import (
@@ -56,6 +55,8 @@ from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.evaluation.ood import CALIBRATION_IMAGES, FIT_IMAGES, spread, with_degraded
 from deeplense_cli.evaluation.tta import check_tta
+from deeplense_cli.layers.attention import unfused_attention
+from deeplense_cli.layers.export_forms import export_copy
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.runs.task import is_regression
 from deeplense_cli.tracking import add_artifacts
@@ -285,7 +286,7 @@ def export_fp32(
     """Export ``model`` with a dynamic batch axis to ONE file; returns (exporter, opset).
 
     ``rewrite`` (default) applies the exact speed rewrites: nn.Unfold as a convolution
-    and the models' export forms (:mod:`deeplense_cli.deploy.layers`), einsums as MatMuls
+    and the models' export forms (:mod:`deeplense_cli.layers.export_forms`), einsums as MatMuls
     (:mod:`deeplense_cli.deploy.onnx_graph`); ``False`` is for measuring what they buy.
     ``standard_ops`` keeps attention in standard ONNX operators instead of ONNX Runtime's
     fused ``com.microsoft`` MultiHeadAttention (for other runtimes; slower in ONNX Runtime).

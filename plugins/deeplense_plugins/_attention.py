@@ -7,11 +7,11 @@ ONNX Runtime runs Slices whose bounds the TorchScript exporter computes from sha
 time, the head transposes, and the batched MatMuls (BENCHMARKS.md, 'Fused attention'). The
 forms here compute the same function with the same parameters as one MatMul per projection
 part and one fused ``MultiHeadAttention`` node
-(:func:`deeplense_cli.deploy.layers.multi_head_attention`).
+(:func:`deeplense_cli.layers.attention.multi_head_attention`).
 
 Training and PyTorch inference keep upstream's forward: :func:`fused_attention_exports` gives
 each layer a subclass whose only change is ``export_as``, the fused form, which
-:func:`deeplense_cli.deploy.layers.export_copy` swaps in on the copy it exports. State-dict
+:func:`deeplense_cli.layers.export_forms.export_copy` swaps in on the copy it exports. State-dict
 keys are unchanged. CaiT is left out: its talking-heads attention mixes the heads' scores
 before and after the Softmax, which the fused node cannot express.
 

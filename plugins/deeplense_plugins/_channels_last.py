@@ -14,9 +14,9 @@ over the last axis, and one reshape + transpose into and out of the windows per 
 They are the models' forward for training and export alike (state-dict keys unchanged, so
 older checkpoints load), except CvT's, which trains in this form (its depth-wise convolutions
 run on the (B, C, H, W) view of channels-last memory) but exports in upstream's
-(``export_as``, see :mod:`deeplense_cli.deploy.layers`): ONNX Runtime runs upstream's faster
-at batch 64. ``benchmarks/bench_cpu_kernels.py`` and ``bench_onnx.py --variants`` measure
-them against upstream's.
+(``export_as``, see :mod:`deeplense_cli.layers.export_forms`): ONNX Runtime runs upstream's
+faster at batch 64. ``benchmarks/bench_cpu_kernels.py`` and ``bench_onnx.py --variants``
+measure them against upstream's.
 
 Imported only by the plugins' build functions, so torch may load at module level.
 """

@@ -130,7 +130,7 @@ def _fast_channel_norm(upstream: type) -> type:
         return y.permute(0, 3, 1, 2)
 
     # export_as: ONNX export uses upstream's ops, which ONNX Runtime runs faster at batch 64
-    # (deeplense_cli.deploy.layers; BENCHMARKS.md, 'Training on the CPU').
+    # (deeplense_cli.layers.export_forms; BENCHMARKS.md, 'Training on the CPU').
     return type(upstream.__name__, (upstream,), {"forward": forward, "export_as": upstream})
 
 
