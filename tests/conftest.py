@@ -98,7 +98,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--slow") or os.environ.get("DEEPLENSE_SLOW_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    # the reason is the marker's description in pyproject.toml: one text says when they run
+    slow = next(line for line in config.getini("markers") if line.startswith("slow:"))
+    skip = pytest.mark.skip(reason=slow)
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
