@@ -16,41 +16,68 @@ training loop.
 May import training/ and the packages below it, never cluster/ or commands/.
 """
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from deeplense_cli.tune import trials as _trials
-from deeplense_cli.tune.experiment import resume_tune, run_tune
-from deeplense_cli.tune.layout import (
-    STATE_FILE,
-    default_name,
-    experiment_dir,
-    new_experiment_dir,
-    read_state,
-)
-from deeplense_cli.tune.results import summarize
-from deeplense_cli.tune.runtime import ray_temp_dir
-from deeplense_cli.tune.settings import TuneSettings
-from deeplense_cli.tune.space import (
-    build_space,
-    check_space,
-    default_point,
-    load_space_file,
-    to_ray_space,
-    trial_config,
-)
-from deeplense_cli.tune.trials import env_for_trials
+if TYPE_CHECKING:
+    from deeplense_cli.tune.experiment import resume_tune, run_tune
+    from deeplense_cli.tune.layout import (
+        STATE_FILE,
+        default_name,
+        experiment_dir,
+        new_experiment_dir,
+        read_state,
+    )
+    from deeplense_cli.tune.results import summarize
+    from deeplense_cli.tune.runtime import ray_temp_dir
+    from deeplense_cli.tune.settings import TuneSettings
+    from deeplense_cli.tune.space import (
+        build_space,
+        check_space,
+        default_point,
+        load_space_file,
+        to_ray_space,
+        trial_config,
+    )
+    from deeplense_cli.tune.trials import env_for_trials
 
-# The tuner.pkl of an experiment saved by an earlier deeplense refers to these by this path (its
-# progress callback is pickled by value, the trial folder namer by reference): --resume needs them.
-_scalars = _trials._scalars
-_trial_dirname = _trials.trial_dirname
+# Each name -> "module:attribute", imported on first use: the engine brings in Ray, NumPy and
+# the training loop, and `deeplense --help` reads TuneSettings' defaults from tune.settings.
+_EXPORTS = {
+    "resume_tune": "experiment:resume_tune",
+    "run_tune": "experiment:run_tune",
+    "STATE_FILE": "layout:STATE_FILE",
+    "default_name": "layout:default_name",
+    "experiment_dir": "layout:experiment_dir",
+    "new_experiment_dir": "layout:new_experiment_dir",
+    "read_state": "layout:read_state",
+    "summarize": "results:summarize",
+    "ray_temp_dir": "runtime:ray_temp_dir",
+    "TuneSettings": "settings:TuneSettings",
+    "build_space": "space:build_space",
+    "check_space": "space:check_space",
+    "default_point": "space:default_point",
+    "load_space_file": "space:load_space_file",
+    "to_ray_space": "space:to_ray_space",
+    "trial_config": "space:trial_config",
+    "env_for_trials": "trials:env_for_trials",
+    # The tuner.pkl of an experiment saved by an earlier deeplense refers to these by this path
+    # (its progress callback is pickled by value, the trial folder namer by reference), and that
+    # callback reads the listener here at call time: --resume needs them.
+    "_scalars": "trials:_scalars",
+    "_trial_dirname": "trials:trial_dirname",
+    "_listener": "trials:_listener",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # ...and that progress callback reads the listener here, at call time.
-    if name == "_listener":
-        return _trials._listener
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _EXPORTS[name].split(":")
+    value = getattr(import_module(f"{__name__}.{module}"), attr)
+    if name != "_listener":  # the listener changes while a search runs: looked up each time
+        globals()[name] = value
+    return value
 
 
 __all__ = [
