@@ -22,7 +22,7 @@ from deeplense_cli.cluster.wait import SubmittedJob
 from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.training import distributed
 from deeplense_cli.training.benchmark import Cell, run_cell, write_table
-from deeplense_cli.training.config import SLURM_DEFAULTS
+from deeplense_cli.training.defaults import SLURM_DEFAULTS
 from deeplense_cli.training.loop import evaluation_summary, train
 from deeplense_cli.training.reporters import JsonlReporter
 from deeplense_cli.tune import (

@@ -9,7 +9,7 @@ from typing import Any
 
 from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.training.config import SLURM_DEFAULTS
+from deeplense_cli.training.defaults import SLURM_DEFAULTS
 
 _MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 

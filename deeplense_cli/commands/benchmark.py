@@ -9,7 +9,7 @@ import click
 
 from deeplense_cli.cluster import wait
 from deeplense_cli.commands.display import RichReporter, fmt_value
-from deeplense_cli.commands.slurm import slurm_flags, slurm_options
+from deeplense_cli.commands.options import data_root_option, slurm_flags, slurm_options
 from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError
@@ -25,7 +25,7 @@ from deeplense_cli.training.config import load_config_file, parse_overrides
     type=click.Path(file_okay=False),
     help="Benchmark folder (default: RUN_ROOT/benchmark).",
 )
-@click.option("--data-root", type=click.Path(), help="Where the datasets are.")
+@data_root_option
 @click.option(
     "--config",
     "config_file",

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from deeplense_cli.commands.display import evaluation_tables
+from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.evaluation.tta import TTA
 
@@ -23,7 +24,7 @@ from deeplense_cli.evaluation.tta import TTA
     help="Evaluate on this class-per-folder tree instead.",
 )
 @click.option("--dataset", help="Evaluate on this dataset's test folder (e.g. Model_III).")
-@click.option("--data-root", type=click.Path(), help="Data root for --dataset.")
+@data_root_option
 @click.option(
     "--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True
 )

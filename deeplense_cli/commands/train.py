@@ -13,8 +13,16 @@ from typing import Any
 import click
 
 from deeplense_cli.commands.display import evaluation_tables, make_reporter
-from deeplense_cli.commands.options import option_group
-from deeplense_cli.commands.slurm import slurm_flags, slurm_options, train_on_slurm
+from deeplense_cli.commands.options import (
+    data_flags,
+    data_options,
+    log_option,
+    output_option,
+    setting_help,
+    slurm_flags,
+    slurm_options,
+)
+from deeplense_cli.commands.slurm import train_on_slurm
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
@@ -22,62 +30,9 @@ from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training import distributed
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
-from deeplense_cli.training.init import FREEZE
+from deeplense_cli.training.defaults import AMP_MODES, AUGMENTS, FREEZE, METRICS, RESUME_CHANGES
 from deeplense_cli.training.launch import LAUNCHER_ENV
 from deeplense_cli.training.reporters import JsonlReporter, SilentReporter
-
-# Where the data is and how it is split: the flags that :func:`data_flags` reads.
-data_options = option_group(
-    click.option("--dataset", help="Model_I, Model_II or Model_III under the data root."),
-    click.option("--data", "data_path", type=click.Path(), help="Any class-per-folder tree."),
-    click.option(
-        "--data-root", type=click.Path(), help="Data root (default $DEEPLENSE_HOME/data)."
-    ),
-    click.option("--split-seed", type=int, help="Seed of the train/validation split."),
-    click.option("--val-fraction", type=float, help="Share of the training folder for validation."),
-    click.option(
-        "--max-train-per-class", type=int, help="Use at most N training images per class."
-    ),
-    click.option("--max-test-per-class", type=int, help="Use at most N test images per class."),
-    click.option(
-        "--skip-bad", is_flag=True, default=None, help="Skip unreadable or invalid files."
-    ),
-)
-
-
-def data_flags(kw: dict[str, Any]) -> dict[str, Any]:
-    """The data settings given as flags, as a config ``data`` section."""
-    return {
-        "dataset": kw["dataset"],
-        "data": kw["data_path"],
-        "data_root": kw["data_root"],
-        "split_seed": kw["split_seed"],
-        "val_fraction": kw["val_fraction"],
-        "max_train_per_class": kw["max_train_per_class"],
-        "max_test_per_class": kw["max_test_per_class"],
-        "skip_bad": kw["skip_bad"],
-    }
-
-
-def log_option(fn: Any) -> Any:
-    return click.option(
-        "--log",
-        "loggers",
-        metavar="NAMES",
-        help="Record the run in experiment trackers, comma-separated: tensorboard, mlflow, "
-        "or a plugin's; none for off [default: tracking.loggers of --config, else off].",
-    )(fn)
-
-
-def output_option(fn: Any) -> Any:
-    return click.option(
-        "--output",
-        type=click.Choice(["rich", "jsonl", "quiet"]),
-        default="rich",
-        show_default=True,
-        help="Progress display: rich bars, JSON lines on stdout (an 'interrupted' event on "
-        "Ctrl+C or SIGTERM), or quiet (only the run directory).",
-    )(fn)
 
 
 @click.command(context_settings={"show_default": True})
@@ -90,69 +45,30 @@ def output_option(fn: Any) -> Any:
     help="YAML config; flags override it.",
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option(
-    "--init",
-    "init",
-    metavar="SOURCE",
-    help="Fine-tune: start from a shipped model's name (Model_I), a run directory or "
-    "RUN/checkpoints/{best,last}.pt. Its architecture and transform come with it; the head "
-    "is rebuilt when the data's classes differ; lr 5e-5, 0.5 warm-up epochs, no EMA "
-    "unless given.",
-)
-@click.option(
-    "--freeze",
-    type=click.Choice(FREEZE),
-    help="With --init: 'backbone' trains only the classifier head (tiny data). [default: none]",
-)
-@click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    help="classify the substructure, or regress log10 of the axion mass (eV) on the images "
-    "that carry one (axion-mass). [default: classify]",
-)
-@click.option("--epochs", type=int)
-@click.option(
-    "--max-minutes",
-    type=float,
-    help="Time budget: plan at most as many epochs as fit (after epoch 1).",
-)
-@click.option(
-    "--batch-size",
-    type=int,
-    help="Global batch: with several processes each takes its share (the learning rate is "
-    "not rescaled).",
-)
-@click.option("--lr", type=float, help="Peak learning rate (default: per architecture).")
+@click.option("--init", "init", metavar="SOURCE", help=setting_help("init"))
+@click.option("--freeze", type=click.Choice(FREEZE), help=setting_help("freeze"))
+@click.option("--task", type=click.Choice(TASKS), help=setting_help("task"))
+@click.option("--epochs", type=int, help=setting_help("epochs"))
+@click.option("--max-minutes", type=float, help=setting_help("max_minutes"))
+@click.option("--batch-size", type=int, help=setting_help("batch_size", default=False))
+@click.option("--lr", type=float, help=setting_help("lr", default=False))
 @click.option("--weight-decay", type=float)
 @click.option("--warmup-epochs", type=float)
 @click.option("--label-smoothing", type=float)
-@click.option("--ema-decay", type=float, help="Weight EMA decay, e.g. 0.999 (0 = off).")
-@click.option("--grad-clip", type=float, help="Max gradient norm (0 = off).")
-@click.option("--patience", type=int, help="Early stopping after N epochs without improvement.")
+@click.option("--ema-decay", type=float, help=setting_help("ema_decay"))
+@click.option("--grad-clip", type=float, help=setting_help("grad_clip"))
+@click.option("--patience", type=int, help=setting_help("patience"))
 @click.option(
-    "--early-stopping-metric", type=click.Choice(["val_macro_auc", "val_loss", "val_accuracy"])
+    "--early-stopping-metric",
+    type=click.Choice(list(METRICS)),
+    help=setting_help("early_stopping_metric"),
 )
-@click.option(
-    "--min-delta",
-    type=float,
-    help="Early stopping: an epoch counts as progress only when it beats the best by more "
-    "than this (default 1e-4).",
-)
-@click.option("--seed", type=int, help="Seed for initialisation, data order and augmentation.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--amp",
-    type=click.Choice(["auto", "bf16", "fp16", "off"]),
-    help="Mixed precision. auto: bf16 (or fp16) on CUDA, bf16 on CPUs with bf16 "
-    "instructions; off: float32.",
-)
-@click.option("--num-threads", type=int, help="CPU threads (default: available cores).")
-@click.option(
-    "--augment",
-    type=click.Choice(["auto", "dihedral", "flips", "rot180", "none"]),
-    help="Training symmetries. auto: rot180 on --dataset Model_I/II/III (their main lens has "
-    "a fixed orientation), dihedral (flips and 90-degree rotations) on other data.",
-)
+@click.option("--min-delta", type=float, help=setting_help("min_delta"))
+@click.option("--seed", type=int, help=setting_help("seed"))
+@click.option("--device", help=setting_help("device"))
+@click.option("--amp", type=click.Choice(AMP_MODES), help=setting_help("amp"))
+@click.option("--num-threads", type=int, help=setting_help("num_threads"))
+@click.option("--augment", type=click.Choice(AUGMENTS), help=setting_help("augment"))
 @click.option("--no-augment", is_flag=True, default=None, help="Same as --augment none.")
 @click.option(
     "--set",
@@ -167,15 +83,19 @@ def output_option(fn: Any) -> Any:
     help="Run directory (default: new one under the run root).",
 )
 @click.option(
-    "--run-root", type=click.Path(file_okay=False), help="Run root (default $DEEPLENSE_HOME/runs)."
+    "--run-root",
+    type=click.Path(file_okay=False),
+    help="Folder of the runs [default: $DEEPLENSE_RUN_ROOT, else $DEEPLENSE_HOME/runs, else "
+    "~/.deeplense/runs].",
 )
 @click.option(
     "--resume",
     "resume_run",
     type=click.Path(exists=True, file_okay=False),
-    help="Continue a run from its last checkpoint, with its own settings: only --epochs, "
-    "--device, --num-threads and the SLURM resources may be given (they are applied); other "
-    "setting flags are an error.",
+    help="Continue a run from its last checkpoint, with its own settings: only "
+    + ", ".join("--" + key.replace("_", "-") for key in RESUME_CHANGES)
+    + " and the SLURM resources may be given (they are applied); other setting flags are an "
+    "error.",
 )
 @click.option("--no-evaluate", is_flag=True, help="Skip the final test-split evaluation.")
 @click.option(
@@ -185,11 +105,7 @@ def output_option(fn: Any) -> Any:
     "per visible GPU; gloo on the CPU). With --slurm: tasks per node [default: one per GPU].",
 )
 @click.option("--nodes", type=int, help="With --slurm: nodes of one DDP job.")
-@click.option(
-    "--sync-bn/--no-sync-bn",
-    default=None,
-    help="With several GPU processes: synchronise BatchNorm statistics across them. [default: off]",
-)
+@click.option("--sync-bn/--no-sync-bn", default=None, help=setting_help("sync_bn"))
 @log_option
 @output_option
 @slurm_options(
@@ -272,9 +188,9 @@ def train(**kw: Any) -> None:
             raise
 
 
-# What --resume applies from the command line (train settings first); every other setting
-# is the run's own (its config.yaml), and giving one is an error rather than ignored.
-RESUME_SETTINGS = {"epochs": "--epochs", "device": "--device", "num_threads": "--num-threads"}
+# What --resume applies from the command line: the train settings of RESUME_CHANGES and the
+# SLURM resources; every other setting is the run's own (its config.yaml), and giving one is
+# an error rather than ignored.
 RESUME_OTHER = {
     "resume_run",
     "output",
@@ -303,20 +219,20 @@ def _flag_name(ctx: click.Context, name: str) -> str:
 
 def _resume(kw: dict[str, Any]) -> None:
     """``train --resume RUN``: continue with the run's config; refuse the flags that would
-    change what it trains, apply the ones of :data:`RESUME_SETTINGS` and the SLURM resources
+    change what it trains, apply the ones of :data:`RESUME_CHANGES` and the SLURM resources
     and say so."""
     ctx = click.get_current_context()
-    allowed = set(RESUME_SETTINGS) | RESUME_OTHER | RESUME_SLURM
+    allowed = set(RESUME_CHANGES) | RESUME_OTHER | RESUME_SLURM
     refused = [_flag_name(ctx, n) for n in kw if n not in allowed and _given(ctx, n)]
     if refused:
+        changeable = ", ".join(_flag_name(ctx, key) for key in RESUME_CHANGES)
         raise click.ClickException(
             f"{', '.join(refused)} cannot change when resuming a run (it continues with "
-            f"the settings in its config.yaml); only {', '.join(RESUME_SETTINGS.values())} "
+            f"the settings in its config.yaml); only {changeable} "
             "and the SLURM resources can. Start a new run to change the others"
         )
-    config, run = resume_config(
-        kw["resume_run"], **{key: kw[key] for key in RESUME_SETTINGS if _given(ctx, key)}
-    )
+    changes = [key for key in RESUME_CHANGES if _given(ctx, key)]
+    config, run = resume_config(kw["resume_run"], **{key: kw[key] for key in changes})
     slurm = {k: v for k, v in _slurm_section(kw).items() if v is not None}
     config["slurm"].update(slurm)
     if kw["print_config"]:
@@ -326,7 +242,7 @@ def _resume(kw: dict[str, Any]) -> None:
         return
     if not kw["slurm"]:
         _check_device(config)
-    applied = [f"{flag} {kw[key]}" for key, flag in RESUME_SETTINGS.items() if _given(ctx, key)]
+    applied = [f"{_flag_name(ctx, key)} {kw[key]}" for key in changes]
     applied += [f"slurm.{key} {value}" for key, value in slurm.items()]
     if not kw["slurm"] and _launch(config, kw, str(run.path)):
         return

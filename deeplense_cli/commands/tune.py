@@ -9,23 +9,29 @@ import click
 from rich.table import Table
 
 from deeplense_cli.cluster import wait
-from deeplense_cli.commands.slurm import slurm_flags, slurm_options
-from deeplense_cli.commands.train import data_flags, data_options, log_option, output_option
+from deeplense_cli.commands.options import (
+    data_flags,
+    data_options,
+    log_option,
+    output_option,
+    setting_help,
+    slurm_flags,
+    slurm_options,
+)
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training.config import (
-    METRICS,
-    SLURM_DEFAULTS,
     check_metric,
     default_metric,
     load_config_file,
     parse_overrides,
     resolve,
 )
-from deeplense_cli.training.init import FREEZE
+from deeplense_cli.training.defaults import FREEZE, METRICS, SLURM_DEFAULTS, TASK_METRICS
+from deeplense_cli.tune.settings import TuneSettings
 
 # Options that describe a new search; --resume takes them from the experiment instead.
 NEW_SEARCH_OPTIONS = (
@@ -76,26 +82,42 @@ NEW_SEARCH_OPTIONS = (
     type=click.Path(dir_okay=False),
     help="YAML search space overriding/extending the architecture's (null removes a key).",
 )
-@click.option("--num-samples", type=int, default=16, help="Number of trials.")
+@click.option("--num-samples", type=int, default=TuneSettings.num_samples, help="Number of trials.")
 @click.option("--max-epochs", type=int, help="Epochs of a full trial [default: train.epochs].")
-@click.option("--grace-period", type=int, default=1, help="Epochs before ASHA may stop a trial.")
-@click.option("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/N per rung.")
-@click.option("--cpus-per-trial", type=float, default=1.0, help="Also the trial's torch threads.")
+@click.option(
+    "--grace-period",
+    type=int,
+    default=TuneSettings.grace_period,
+    help="Epochs before ASHA may stop a trial.",
+)
+@click.option(
+    "--reduction-factor",
+    type=float,
+    default=TuneSettings.reduction_factor,
+    help="ASHA keeps 1/N per rung.",
+)
+@click.option(
+    "--cpus-per-trial",
+    type=float,
+    default=TuneSettings.cpus_per_trial,
+    help="Also the trial's torch threads.",
+)
 @click.option(
     "--gpus-per-trial", type=float, help="GPUs per trial [default: 1 if the cluster has GPUs]."
 )
 @click.option("--time-budget", help="Stop starting/running trials after e.g. 30m, 2h, 5400s.")
 @click.option(
     "--metric",
-    help=f"Validation metric ASHA compares: {', '.join(METRICS)} (min for loss and MAE, else "
-    "max). [default: val_macro_auc; val_mae with --task axion-mass]",
+    help="Validation metric ASHA compares: "
+    + ", ".join(f"{metric} ({mode})" for metric, mode in METRICS.items())
+    + ". [default: "
+    + "; ".join(f"{metrics[0]} with --task {task}" for task, metrics in TASK_METRICS.items())
+    + "]",
 )
+@click.option("--task", type=click.Choice(TASKS), help=setting_help("task"))
 @click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    help="As train --task: classify, or regress the axion mass (axion-mass). [default: classify]",
+    "--seed", type=int, default=TuneSettings.seed, help="Seed of the sampled configurations."
 )
-@click.option("--seed", type=int, default=0, help="Seed of the sampled configurations.")
 @click.option(
     "--no-default-trial",
     is_flag=True,

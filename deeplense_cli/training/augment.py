@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deeplense_cli.training.config import AUGMENT_GROUPS
+from deeplense_cli.training.defaults import AUGMENT_GROUPS
 
 if TYPE_CHECKING:
     import torch

@@ -9,7 +9,8 @@ A configuration is a plain mapping with five sections::
     tracking: {loggers: [], experiment: null}   # --log tensorboard,mlflow
 
 The resolved configuration is saved as ``config.yaml`` in every run directory, and that file
-is itself a valid ``--config``.
+is itself a valid ``--config``. Each setting's default, choices and meaning are in
+:mod:`~deeplense_cli.training.defaults`.
 """
 
 from __future__ import annotations
@@ -27,121 +28,23 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
-from deeplense_cli.runs.task import REGRESSION_LOSSES, TARGET_SCALINGS, TASKS
+from deeplense_cli.runs.task import REGRESSION_LOSSES, TARGET_SCALINGS, TASKS, task_of
 from deeplense_cli.tracking import check_loggers, logger_names
-from deeplense_cli.training.init import FINETUNE_DEFAULTS, FREEZE, InitSource, find_source
-
-DATA_DEFAULTS: dict[str, Any] = {
-    "dataset": None,  # Model_I / Model_II / Model_III under the data root
-    "data": None,  # any class-per-folder tree
-    "data_root": None,
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,  # held-out share when there is no test folder
-    "split_seed": 0,
-    "max_train_per_class": None,
-    "max_test_per_class": None,
-    "skip_bad": False,
-    # standardise inputs with the training pixels' mean and std (after min-max per image)
-    "standardize": True,
-    # centre crop in pixels before everything else (None: the whole image); the lens sits at
-    # the centre and the outer pixels are mostly sky
-    "crop": None,
-}
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    # classify (axion, cdm, no_sub) or axion-mass: regress log10 of the axion mass (eV) on the
-    # images that carry one (deeplense_cli.runs.task)
-    "task": "classify",
-    # axion-mass: the loss on the standardised target, and the target's scaling
-    "regression_loss": "huber",
-    "target_scaling": "standardize",
-    "epochs": 10,
-    "max_minutes": None,  # time budget: plan at most as many epochs as fit (measured on epoch 1)
-    "batch_size": 64,
-    "lr": 5e-4,
-    "min_lr_ratio": 0.01,  # cosine decays to lr * min_lr_ratio
-    "weight_decay": 0.05,
-    "warmup_epochs": 1.0,
-    "grad_clip": 1.0,  # max gradient norm; 0 disables
-    "label_smoothing": 0.0,
-    "ema_decay": 0.0,  # 0 disables the weight EMA; e.g. 0.999
-    # auto: rot180 on the DeepLense datasets (--dataset; their simulation fixes the main lens's
-    # orientation, so only the half turn maps the data onto itself), dihedral (all flips and
-    # 90-degree rotations) on other data; or dihedral, flips, rot180, none (true = dihedral)
-    "augment": "auto",
-    # the share of training images seen as a user's 8-bit files would hold them (half PNG,
-    # half JPEG at quality 60-95): a model that handles those instead of flagging them
-    "degrade": 0.0,
-    # or val_loss, val_accuracy; val_mae (dex) for --task axion-mass, where it is the default
-    "early_stopping_metric": "val_macro_auc",
-    "patience": 0,  # epochs without improvement before stopping; 0 disables
-    # early stopping counts an epoch as progress only when it beats the best by more than this
-    # (a frozen model's validation loss still moves by ~1e-7 with floating-point noise)
-    "min_delta": 1e-4,
-    "seed": 0,
-    "device": "auto",  # auto, cpu, cuda, cuda:N
-    "amp": "auto",  # auto (bf16/fp16 on CUDA, bf16 on CPUs with bf16 instructions), bf16, fp16, off
-    "channels_last": "auto",
-    "num_threads": None,  # CPU threads; default: the cores this process may use
-    "eval_batch_size": 256,
-    # BatchNorm models: recompute the running statistics from this many training images
-    # before each validation ("precise BN"); 0 keeps the momentum averages
-    "precise_bn_images": 1024,
-    # also score the test split after every epoch (test_* columns of metrics.jsonl: test
-    # accuracy against training minutes); never used to choose or stop, outside max_minutes
-    "test_curve": False,
-    # fine-tuning: start from a shipped model's name, a run directory or a checkpoint
-    # (deeplense_cli.training.init); its architecture and transform come with it
-    "init": None,
-    "freeze": "none",  # with init: "backbone" trains the classifier head alone
-    # several processes (DDP): synchronise BatchNorm statistics across them (CUDA only)
-    "sync_bn": False,
-}
-
-SLURM_DEFAULTS: dict[str, Any] = {
-    "partition": None,
-    "gpus": 0,
-    "cpus": 2,
-    "mem": None,
-    "time": "04:00:00",
-    "account": None,
-    "qos": None,
-    "nodes": 1,
-    # a training job's processes per node (DDP ranks); None: one per GPU asked for, else one
-    "tasks_per_node": None,
-}
-
-TRACKING_DEFAULTS: dict[str, Any] = {
-    "loggers": [],  # experiment trackers: tensorboard, mlflow, or a plugin's (off by default)
-    # the group of tracker runs (MLflow experiment, W&B project); null: "deeplense", or for
-    # a tune trial the search's name
-    "experiment": None,
-}
-
-SECTIONS = ("model", "data", "train", "slurm", "tracking")
-
-# The validation metrics a run can select its best epoch by, and which way is better.
-METRICS: dict[str, str] = {
-    "val_macro_auc": "max",
-    "val_loss": "min",
-    "val_accuracy": "max",
-    "val_mae": "min",  # --task axion-mass: mean absolute error of log10(m / eV)
-}
-# The metrics each task's runs record (a classifier has no MAE, a regressor no AUC).
-TASK_METRICS = {
-    "classify": ("val_macro_auc", "val_loss", "val_accuracy"),
-    "axion-mass": ("val_mae", "val_loss"),
-}
-
-# Augmentation groups (train.augment): transform t rotates by 90 x (t % 4) degrees, after a
-# left-right flip when t >= 4. "dihedral" is all 8 symmetries of the square; "flips" the
-# identity, both flips and the half turn; "rot180" the identity and the half turn.
-AUGMENT_GROUPS: dict[str, tuple[int, ...]] = {
-    "dihedral": tuple(range(8)),
-    "flips": (0, 2, 4, 6),
-    "rot180": (0, 2),
-    "none": (0,),
-}
+from deeplense_cli.training.defaults import (
+    AMP_MODES,
+    AUGMENT_GROUPS,
+    DATA_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    FREEZE,
+    METRICS,
+    RESUME_CHANGES,
+    SECTIONS,
+    SLURM_DEFAULTS,
+    TASK_METRICS,
+    TRACKING_DEFAULTS,
+    TRAIN_DEFAULTS,
+)
+from deeplense_cli.training.init import InitSource, find_source
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -285,8 +188,12 @@ def resolve(
 
     if train["augment"] == "auto":
         train["augment"] = "rot180" if data.get("dataset") else "dihedral"
-    if train["task"] == "axion-mass" and train["early_stopping_metric"] == "val_macro_auc":
-        train["early_stopping_metric"] = "val_mae"  # the classifier's default has no meaning
+    stop_on = train["early_stopping_metric"]
+    if stop_on == TRAIN_DEFAULTS["early_stopping_metric"] and stop_on not in TASK_METRICS.get(
+        train["task"], (stop_on,)
+    ):
+        # the classifier's default means nothing to a regressor: its task's own default
+        train["early_stopping_metric"] = TASK_METRICS[train["task"]][0]
     if train["amp"] is False:  # YAML 1.1 reads a bare `off` (--set train.amp=off) as false
         train["amp"] = "off"
     if init is not None:
@@ -384,8 +291,10 @@ def _validate_train(train: dict[str, Any]) -> None:
             f"train.augment must be auto, {', '.join(AUGMENT_GROUPS)}, true (dihedral) or "
             f"false (none), got {train['augment']!r}"
         )
-    if train["amp"] not in ("auto", "bf16", "fp16", "off"):
-        raise DeepLenseError(f"train.amp must be auto, bf16, fp16 or off, got {train['amp']!r}")
+    if train["amp"] not in AMP_MODES:
+        raise DeepLenseError(
+            f"train.amp must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}"
+        )
     if train["channels_last"] not in ("auto", True, False):
         raise DeepLenseError(
             f"train.channels_last must be auto, true or false, got {train['channels_last']!r}"
@@ -418,8 +327,9 @@ def validate_task(train: dict[str, Any]) -> None:
 
 
 def default_metric(config: dict[str, Any]) -> str:
-    """The validation metric a search compares by default: the macro AUC, or a regressor's MAE."""
-    return "val_mae" if config["train"].get("task") == "axion-mass" else "val_macro_auc"
+    """The validation metric a search compares by default: the first its task records (the
+    macro AUC, or a regressor's MAE)."""
+    return TASK_METRICS[task_of(config)][0]
 
 
 def check_metric(config: dict[str, Any], metric: str) -> None:
@@ -461,10 +371,6 @@ def _validate_tracking(tracking: dict[str, Any]) -> None:
             f"tracking.experiment must be a name (or null for 'deeplense'), got {experiment!r}"
         )
     check_loggers(tracking["loggers"])
-
-
-# What `train --resume` may change: where the run continues, and how far.
-RESUME_CHANGES = ("epochs", "device", "num_threads")
 
 
 def resume_config(

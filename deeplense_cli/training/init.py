@@ -23,13 +23,6 @@ from deeplense_cli.runs.rundir import RunDir
 if TYPE_CHECKING:
     import torch
 
-# What train.freeze may be: "backbone" trains the classifier head alone (tiny data).
-FREEZE = ("none", "backbone")
-# Fine-tuning starts from a trained model: a tenth of the usual learning rate, a short
-# warm-up, no weight EMA (a few hundred steps would average in the start). Flags and
-# --config override them.
-FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 5e-5, "warmup_epochs": 0.5, "ema_decay": 0.0}
-
 
 @dataclass(frozen=True)
 class InitSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from deeplense_cli.training.config import METRICS
+from deeplense_cli.training.defaults import METRICS
 
 
 def _missing(value: Any) -> bool:

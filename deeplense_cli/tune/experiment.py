@@ -14,7 +14,7 @@ from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.version import __version__
 from deeplense_cli.data.splits import load_splits
-from deeplense_cli.training.config import METRICS
+from deeplense_cli.training.defaults import METRICS
 from deeplense_cli.tune.layout import (
     STATE_FILE,
     default_name,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
-from deeplense_cli.training.config import METRICS
+from deeplense_cli.training.defaults import METRICS, TRAIN_DEFAULTS
 
 
 @dataclass
@@ -20,7 +20,7 @@ class TuneSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: 1 per trial when the cluster has GPUs, else 0
     time_budget_s: float | None = None
-    metric: str = "val_macro_auc"
+    metric: str = TRAIN_DEFAULTS["early_stopping_metric"]
     seed: int = 0  # seed of the search (the sampled configurations)
     default_trial: bool = True  # trial 1 tries the base config's values (those in the space)
 
