@@ -34,10 +34,16 @@ def test_quickstart_script_runs_end_to_end(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = tmp_path / "home" / "runs" / "quickstart-resnet18"
+    run = tmp_path / "home" / "runs" / "quickstart-cvt"
     assert (run / "evaluation" / "metrics.json").is_file()
     assert (run / "model.onnx").is_file()
     rows = (run / "real_samples.csv").read_text().splitlines()
     assert rows[0].startswith("path") and len(rows) == 4  # header + the three real samples
+    # the shipped Model_III calls each real released sample (named after its class) right
+    shipped = (run / "real_samples_shipped.csv").read_text().splitlines()
+    assert len(shipped) == 4
+    for row in shipped[1:]:
+        path, predicted = row.split(",")[:2]
+        assert Path(path).stem == predicted, row
     assert "accuracy" in proc.stdout  # the metrics table was printed
     assert "Axion images by axion mass" in proc.stdout  # and the axion-mass table
