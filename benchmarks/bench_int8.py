@@ -5,8 +5,8 @@ with VNNI that is one exact instruction; on AVX2 and AVX-512 CPUs without VNNI, 
 VPMADDUBSW, which adds pairs of products into 16 bits and saturates when they do not fit. With
 8-bit weights that happens (255 x 127 x 2 > 32,767) and logits drift; 7-bit weights
 (``reduce_range``) cannot overflow there. This script exports a trained run's model once in
-fp32, quantizes it with every scheme deeplense knows (``deeplense_cli.deploy.export.INT8_SCHEMES``),
-and reports, on the run's own test images:
+fp32, quantizes it with every scheme deeplense knows
+(``deeplense_cli.deploy.precision.INT8_SCHEMES``), and reports, on the run's own test images:
 
 * top-class agreement with PyTorch, the largest logit error, and test accuracy;
 * median latency at batch 1 and 64, every session timed in alternation with fp32.
@@ -36,16 +36,10 @@ def main() -> int:
     ap.add_argument("--out", help="also write the markdown to this file")
     args = ap.parse_args()
 
-    from deeplense_cli.deploy.export import (
-        INT8_SCHEMES,
-        _load_data,
-        _ort_logits,
-        compare,
-        export_fp32,
-        quantize_int8,
-        torch_logits,
-    )
+    from deeplense_cli.deploy.export import _load_data, export_fp32
     from deeplense_cli.deploy.onnx_session import INPUT_NAME, create_session
+    from deeplense_cli.deploy.precision import INT8_SCHEMES, quantize_int8
+    from deeplense_cli.deploy.validate import compare, ort_logits, torch_logits
     from deeplense_cli.runs.rundir import RunDir
 
     run = RunDir.open(args.run)
@@ -80,7 +74,7 @@ def main() -> int:
         )
         torch_acc = float((reference.argmax(1) == data.labels).mean())
         for name, session in sessions.items():
-            logits = _ort_logits(session, data.test, 64)
+            logits = ort_logits(session, data.test, 64)
             max_abs, _, agree = compare(logits, reference)
             acc = float((logits.argmax(1) == data.labels).mean())
             rows.append(

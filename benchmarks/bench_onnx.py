@@ -94,7 +94,8 @@ def build(name: str) -> Any:
 
 
 def export_model(model: Any, workdir: Path, precision: str, exporter: str = "auto") -> Path:
-    from deeplense_cli.deploy.export import export_fp32, quantize_int8
+    from deeplense_cli.deploy.export import export_fp32
+    from deeplense_cli.deploy.precision import quantize_int8
 
     rng = np.random.default_rng(0)
     x = rng.random((64, 1, 64, 64), dtype=np.float32)
@@ -107,7 +108,7 @@ def export_model(model: Any, workdir: Path, precision: str, exporter: str = "aut
     if precision == "int8":
         quantize_int8(fp32, out, x, workdir)
     else:
-        from deeplense_cli.deploy.export import convert_fp16
+        from deeplense_cli.deploy.precision import convert_fp16
 
         convert_fp16(fp32, out)
     return out

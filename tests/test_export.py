@@ -228,7 +228,8 @@ def check_lower_precisions(fp32: Path, tmp_path: Path) -> None:
     so int8 agreement is not asserted here (the trained-run test does)."""
     import onnx
 
-    from deeplense_cli.deploy.export import convert_fp16, quantize_int8, validate
+    from deeplense_cli.deploy.precision import convert_fp16, quantize_int8
+    from deeplense_cli.deploy.validate import validate
 
     x = np.random.default_rng(2).random((8, 1, 64, 64), dtype=np.float32)
     reference = ort_logits(fp32, x)
@@ -255,9 +256,9 @@ def test_a_failing_int8_quantisation_is_one_line_and_writes_nothing(
     """Without the unsharing, ONNX Runtime's quantizer really fails on TwinsSVT's graph: the
     user gets one line, no traceback, and no file (the per-architecture export test checks
     that the unsharing makes it succeed)."""
-    from deeplense_cli.deploy import export
+    from deeplense_cli.deploy import onnx_graph
 
-    monkeypatch.setattr(export, "unshare_vectors", lambda model: 0)
+    monkeypatch.setattr(onnx_graph, "unshare_vectors", lambda model: 0)
     run = make_untrained_run(tmp_path / "twins", "TwinsSVT")
     before = sorted(p.name for p in run.path.iterdir())
     result = CliRunner().invoke(cli, ["export", "onnx", str(run.path), "--precision", "int8"])
@@ -356,7 +357,7 @@ def test_int8_scheme_needs_int8_precision(trained_run: Path) -> None:
 
 
 def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
-    from deeplense_cli.deploy.export import near_ties
+    from deeplense_cli.deploy.validate import near_ties
 
     # p = (0.5, 0.49, ...): a near-tie; (0.88, 0.12, 0): decided
     logits = np.log(np.array([[0.5, 0.49, 0.01], [0.88, 0.119, 0.001], [0.2, 0.7, 0.1]]))
@@ -365,22 +366,22 @@ def test_int8_is_judged_on_the_images_pytorch_decides() -> None:
 
 
 def test_int8_tolerance_text_names_the_near_tie_rule() -> None:
-    from deeplense_cli.deploy.export import _tolerance_text
+    from deeplense_cli.deploy.validate import tolerance_text
 
-    text = _tolerance_text("int8", 0.9)
+    text = tolerance_text("int8", 0.9)
     assert "90% of the images PyTorch decides" in text and "5% of probability" in text
 
 
 def test_failed_validation_writes_nothing(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deeplense_cli.deploy import export
+    from deeplense_cli.deploy import export, validate
 
     target = tmp_path / "out" / "model.onnx"
     target.parent.mkdir()
     target.write_text("the previous export")
     # a tolerance no real export can meet: the fp32 graph differs from PyTorch by ~1e-7
-    monkeypatch.setitem(export.TOLERANCES, "fp32", (0.0, 0.0))
+    monkeypatch.setitem(validate.TOLERANCES, "fp32", (0.0, 0.0))
     with pytest.raises(DeepLenseError, match=r"does not match PyTorch.*nothing was written") as err:
         export.export_onnx(trained_run, output=target, validation_images=4)
     # auto tried both exporters before giving up
