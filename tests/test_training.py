@@ -367,21 +367,23 @@ def test_resume_restores_a_replanned_learning_rate(
     legacy = Trainer(config, run, load_splits(config))
     legacy.restore(state)
     assert legacy.progress_ref == pytest.approx(state["best"][trainer.metric])
-    done = trainer.scheduler.last_epoch
+    done, plan = trainer.scheduler.last_epoch, trainer.plan
     assert done == trainer.steps_per_epoch and trainer.epoch == 1
-    trainer.epochs, trainer.total_steps = 6, 6 * done  # the plan the first steps made
-    trainer.spent_seconds = 60.0
-    trainer.replan(60.0 * 10, done)  # ten times slower: the plan shrinks and re-anchors
-    assert trainer.lr_anchor is not None and trainer.lr_anchor[0] == done
-    assert done < trainer.total_steps < 6 * trainer.steps_per_epoch
+    plan.epochs, plan.total_steps = 6, 6 * done  # the plan the first steps made
+    plan.spent_seconds = 60.0
+    plan.replan(60.0 * 10, done, done, epoch=1)  # ten times slower: it shrinks and re-anchors
+    assert plan.lr_anchor is not None and plan.lr_anchor[0] == done
+    assert done < plan.total_steps < 6 * trainer.steps_per_epoch
     buffer = io.BytesIO()
     torch.save(trainer.state(), buffer)
     buffer.seek(0)
     resumed = Trainer(config, run, load_splits(config))
     resumed.restore(torch.load(buffer, weights_only=True))
-    assert (resumed.total_steps, resumed.lr_anchor) == (trainer.total_steps, trainer.lr_anchor)
-    for step in range(done, trainer.total_steps + 1):
-        assert resumed.lr_factor(step) == trainer.lr_factor(step)
+    assert (resumed.plan.total_steps, resumed.plan.lr_anchor) == (plan.total_steps, plan.lr_anchor)
+    for step in range(done, plan.total_steps + 1):
+        assert resumed.plan.lr_factor(step) == plan.lr_factor(step)
+    # the optimiser's rate follows the restored plan
+    assert resumed.scheduler.lr_lambdas[0](done) == plan.lr_factor(done)
 
 
 def test_fused_optimizer_takes_the_default_adamw_steps() -> None:
@@ -496,123 +498,6 @@ def test_test_curve_records_the_test_split_and_changes_nothing_else(
     evaluated = json.loads(result.output)
     assert evaluated["accuracy"] == rows[-1]["test_accuracy"]
     assert abs(evaluated["loss"] - rows[-1]["test_loss"]) < 1e-5 * max(1.0, rows[-1]["test_loss"])
-
-
-def _budget_trainer(
-    steps_per_epoch: int, epochs: int, minutes: float, warmup: int, val_images: int = 0
-) -> Any:
-    """A Trainer with only what the budget planner reads (no model, no data), 11 steps
-    into its first epoch."""
-    from types import SimpleNamespace
-
-    from deeplense_cli.training.loop import Trainer
-
-    t = Trainer.__new__(Trainer)
-    t.steps_per_epoch, t.batch_size = steps_per_epoch, 32
-    t.max_epochs = t.epochs = epochs
-    t.total_steps = steps_per_epoch * epochs
-    t.max_minutes, t.spent_seconds, t.budget_planned = minutes, 0.0, False
-    t.warmup_steps, t.epoch = warmup, 0
-    t.min_ratio, t.lr_anchor, t.amp_dtype = 0.01, None, None
-    t.t = {"eval_batch_size": 96}
-    t.splits = SimpleNamespace(val_idx=np.arange(val_images))
-    t.scheduler = SimpleNamespace(last_epoch=11)
-    return t
-
-
-def _end_epoch(t: Any, epoch: int, spent: float, epoch_seconds: float) -> None:
-    """The planner after whole epoch ``epoch`` (100 steps each) with ``spent`` s used."""
-    t.epoch, t.scheduler.last_epoch, t.spent_seconds = epoch, epoch * 100, spent
-    t.replan(epoch_seconds, 100)
-
-
-def test_time_budget_plan_arithmetic() -> None:
-    # 100 steps an epoch at 0.1 s, no validation: 60 s hold 600 steps = 6 epochs
-    t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=200)
-    t.plan_early(0.1)
-    assert (t.epochs, t.total_steps, t.warmup_steps) == (6, 600, 60)  # warm-up: a tenth
-    # the first epoch took 30 s in all: the rest (30 s) holds 100 more steps
-    _end_epoch(t, 1, spent=30.0, epoch_seconds=30.0)
-    assert (t.epochs, t.total_steps) == (2, 200)
-    # a plan run to its end stays ended, however much time is left
-    _end_epoch(t, 2, spent=35.0, epoch_seconds=5.0)
-    assert (t.epochs, t.total_steps) == (2, 200)
-    # later epochs shorten the plan when the budget cannot hold it
-    t2 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
-    t2.plan_early(0.1)
-    _end_epoch(t2, 2, spent=50.0, epoch_seconds=25.0)  # 10 s left at 0.25 s a step: 40 steps
-    assert (t2.epochs, t2.total_steps) == (3, 240)  # the third epoch cut short
-    # a last epoch of under a quarter is dropped rather than run at the final learning rate
-    t4 = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
-    t4.plan_early(0.0984)  # 609 steps: 6 epochs and 9 steps
-    assert (t4.epochs, t4.total_steps) == (6, 600)
-    # a faster first epoch than the probe: the plan grows, up to --epochs
-    t3 = _budget_trainer(100, epochs=8, minutes=1.0, warmup=0)
-    t3.plan_early(0.2)
-    assert (t3.epochs, t3.total_steps) == (3, 300)
-    _end_epoch(t3, 1, spent=5.0, epoch_seconds=5.0)
-    assert (t3.epochs, t3.total_steps) == (8, 800)
-
-    # less than one epoch: the first is cut short where the budget ends
-    short = _budget_trainer(100, epochs=50, minutes=0.125, warmup=200)
-    short.plan_early(0.1)
-    assert (short.epochs, short.total_steps, short.warmup_steps) == (1, 75, 8)
-    tiny = _budget_trainer(100, epochs=50, minutes=0.001, warmup=200)
-    tiny.plan_early(0.1)
-    assert tiny.total_steps == 12  # one step past those already taken
-
-    # validation counts against the budget: 960 images in 96-image batches at a third of
-    # a 32-image step each = 1 s an epoch, i.e. 0.01 s a step on top of 0.1 s
-    val = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0, val_images=960)
-    val.plan_early(0.1)
-    assert val.epochs == 6 and 540 <= val.total_steps <= 546
-
-
-def test_time_budget_replans_keep_the_learning_rate_continuous() -> None:
-    t = _budget_trainer(100, epochs=50, minutes=1.0, warmup=0)
-    t.plan_early(0.1)
-    assert t.total_steps == 600
-    _end_epoch(t, 1, spent=10.0, epoch_seconds=10.0)  # as planned: the plan stands
-    assert (t.total_steps, t.lr_anchor) == (600, None)
-    factors = [t.lr_factor(s) for s in range(201)]
-    # the machine speeds up: 44 s left at 0.06 s a step hold 733 more steps
-    _end_epoch(t, 2, spent=16.0, epoch_seconds=6.0)
-    assert (t.epochs, t.total_steps) == (10, 933)
-    assert t.lr_factor(200) == pytest.approx(factors[200])  # no jump ...
-    factors += [t.lr_factor(s) for s in range(201, 301)]
-    # ... and slows down: 28 s left at 0.16 s a step hold 175 more
-    _end_epoch(t, 3, spent=32.0, epoch_seconds=16.0)
-    assert (t.epochs, t.total_steps) == (5, 475)
-    assert t.lr_factor(300) == pytest.approx(factors[300])
-    factors += [t.lr_factor(s) for s in range(301, 476)]
-    assert all(a >= b for a, b in itertools.pairwise(factors))  # decays monotonically ...
-    assert factors[-1] == pytest.approx(0.01)  # ... to the floor at the plan's end
-    steps = np.diff(factors)
-    assert steps.min() > -0.01  # and smoothly: no step drops more than 1% of the peak
-
-
-def test_time_budget_replans_every_epoch_still_follow_one_cosine() -> None:
-    """A budget re-plans after every epoch, and machine noise moves the plan by a few steps
-    each time. The rate must still trace one cosine over the run: each re-plan used to
-    restart a whole cosine from the current rate, whose flat top held the rate near its peak
-    (0.94 of it half-way through this run) until the last few epochs."""
-    from deeplense_cli.training.schedule import lr_factor
-
-    t = _budget_trainer(100, epochs=100, minutes=10.0, warmup=0)
-    t.plan_early(0.1)  # 600 s at 0.1 s a step: 60 epochs
-    spent, factors = 0.0, []
-    for epoch in range(1, 61):
-        factors += [t.lr_factor(s) for s in range((epoch - 1) * 100, epoch * 100)]
-        seconds = 10.0 * (1.02 if epoch % 2 else 0.98)  # a noisy machine: +-2% an epoch
-        spent += seconds
-        _end_epoch(t, epoch, spent=spent, epoch_seconds=seconds)
-        if epoch * 100 >= t.total_steps:
-            break
-    assert 5900 <= t.total_steps <= 6100 and t.lr_anchor is not None  # it did re-plan
-    single = [lr_factor(s, t.total_steps, 0, 0.01) for s in range(len(factors))]
-    assert max(abs(a - b) for a, b in zip(factors, single, strict=True)) < 0.05
-    assert factors[len(factors) // 2] == pytest.approx(0.5, abs=0.05)
-    assert all(a >= b for a, b in itertools.pairwise(factors))
 
 
 def test_time_budget_shorter_than_an_epoch_truncates_it(

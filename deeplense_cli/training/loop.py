@@ -12,7 +12,6 @@ global batch through DistributedDataParallel and rank 0 alone writes the run.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -44,10 +43,10 @@ from deeplense_cli.runs.task import is_regression, num_outputs, task_of
 from deeplense_cli.tracking import tracked
 from deeplense_cli.training import distributed
 from deeplense_cli.training.augment import augment, augment_group
+from deeplense_cli.training.budget import Plan, validation_steps
 from deeplense_cli.training.init import apply_freeze, apply_init, find_source, freeze_backbone_modes
 from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
-from deeplense_cli.training.schedule import PLAN_PROBE_STEPS, lr_factor
 from deeplense_cli.training.stopping import improved, progressed, selection_warning
 from deeplense_cli.training.tasks import Regression, head_names, target_record, task_splits
 
@@ -205,18 +204,17 @@ class Trainer:
                 "the training split is empty; use more data or a smaller val_fraction"
             )
         self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
-        self.max_epochs = self.epochs = int(t["epochs"])
-        self.total_steps = self.steps_per_epoch * self.epochs
-        self.max_minutes = float(t["max_minutes"]) if t.get("max_minutes") else None
-        self.budget_planned = False
-        self.spent_seconds = 0.0  # training + validation time so far (the budget's clock)
-        self.warmup_steps = round(float(t["warmup_epochs"]) * self.steps_per_epoch)
-        self.min_ratio = float(t["min_lr_ratio"])
-        self.lr_anchor: tuple[int, float] | None = None  # set when a re-plan moves the end
+        self.plan = Plan(
+            steps_per_epoch=self.steps_per_epoch,
+            max_epochs=int(t["epochs"]),
+            warmup_steps=round(float(t["warmup_epochs"]) * self.steps_per_epoch),
+            min_ratio=float(t["min_lr_ratio"]),
+            max_minutes=float(t["max_minutes"]) if t.get("max_minutes") else None,
+        )
         # The lambda reads the plan's fields: a time budget re-plans them.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: self.lr_factor(step),  # a function: not in state_dict
+            lambda step: self.plan.lr_factor(step),  # a function: not in state_dict
         )
         self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         self.loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -274,10 +272,6 @@ class Trainer:
             self.model, device_ids=ids, gradient_as_bucket_view=True
         )
 
-    def lr_factor(self, step: int) -> float:
-        """The learning-rate factor at optimiser step ``step`` under the current plan."""
-        return lr_factor(step, self.total_steps, self.warmup_steps, self.min_ratio, self.lr_anchor)
-
     # ---- checkpoints ----------------------------------------------------------------
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -303,11 +297,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "progress_ref": self.progress_ref,
-            "planned_epochs": self.epochs,
-            "planned_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "lr_anchor": list(self.lr_anchor) if self.lr_anchor is not None else None,
-            "spent_seconds": self.spent_seconds,
+            **self.plan.state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "arch": self.config["model"]["name"],
@@ -330,14 +320,7 @@ class Trainer:
         # Checkpoints from before min_delta: the best epoch's value is the reference.
         ref = state.get("progress_ref", (self.best or {}).get(self.metric))
         self.progress_ref = None if ref is None else float(ref)
-        if self.max_minutes and state.get("planned_epochs"):
-            self.epochs = min(self.epochs, int(state["planned_epochs"]))
-            self.total_steps = int(state.get("planned_steps", self.steps_per_epoch * self.epochs))
-            self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
-            anchor = state.get("lr_anchor")
-            self.lr_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
-            self.spent_seconds = float(state.get("spent_seconds", 0.0))
-            self.budget_planned = True
+        self.plan.restore(state)
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -376,16 +359,15 @@ class Trainer:
         world = self.layout.world_size
         clip = float(self.t["grad_clip"])
         total_loss, seen, start = 0.0, 0, time.perf_counter()
-        probe = min(PLAN_PROBE_STEPS, max(1, self.steps_per_epoch // 4))
-        probe_start = start
+        probe, probe_start = self.plan.probe_steps, start
         for step in range(self.steps_per_epoch):
-            if self.scheduler.last_epoch >= self.total_steps:
+            if self.scheduler.last_epoch >= self.plan.total_steps:
                 break  # a time budget shorter than one epoch
             if step == 1:
                 probe_start = time.perf_counter()  # the first step pays one-off costs
-            if self.max_minutes and not self.budget_planned and step == probe + 1:
+            if self.plan.needs_probe and step == probe + 1:
                 # rank 0's clock plans for all: every rank then ends on the same step
-                self.plan_early(distributed.broadcast((time.perf_counter() - probe_start) / probe))
+                self._plan_early(distributed.broadcast((time.perf_counter() - probe_start) / probe))
             idx = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
             rows = distributed.batch_rows(len(idx)) if world > 1 else None
             mine = idx if rows is None else idx[rows]
@@ -439,57 +421,16 @@ class Trainer:
             "train_seconds": elapsed,
         }
 
-    def plan_early(self, per_step: float) -> None:
-        """Fit the run into ``max_minutes`` (training plus validation), planned from the
-        speed of the first steps: as many steps as fit (at most ``epochs`` epochs), the last
-        epoch cut short where the budget ends; the cosine is stretched over the plan and the
-        warm-up shortened to at most a tenth of it."""
-        assert self.max_minutes is not None
-        val_batches = math.ceil(len(self.splits.val_idx) / int(self.t["eval_batch_size"]))
-        # A float32 forward pass over a batch costs about a third of a float32 training step,
-        # two thirds of a mixed-precision one (validation runs in float32: see validate).
-        share = 1 / 3 if self.amp_dtype is None else 2 / 3
-        val_seconds = val_batches * per_step * int(self.t["eval_batch_size"]) / self.batch_size
-        val_seconds = (
-            val_seconds + self._precise_bn_plan()[0] / self.batch_size * per_step
-        ) * share
-        per_step_all_in = per_step + val_seconds / self.steps_per_epoch
-        budget = self.max_minutes * 60 - self.spent_seconds
-        steps = int(budget / max(per_step_all_in, 1e-12) + 1e-9)
-        self._set_plan(steps, least=self.scheduler.last_epoch + 1)  # mid-epoch: one more
-        self._cap_warmup()
-
-    def _set_plan(self, steps: int, least: int) -> None:
-        cap = self.max_epochs * self.steps_per_epoch
-        steps = min(cap, steps)
-        sliver = steps % self.steps_per_epoch
-        if steps > self.steps_per_epoch and sliver < self.steps_per_epoch / 4:
-            steps -= sliver  # no epoch of a few steps at the final learning rate
-        self.total_steps = max(least, steps, 1)
-        self.epochs = max(self.epoch, math.ceil(self.total_steps / self.steps_per_epoch))
-
-    def _cap_warmup(self) -> None:
-        self.warmup_steps = min(self.warmup_steps, max(1, round(0.1 * self.total_steps)))
-        self.budget_planned = True
-
-    def replan(self, epoch_seconds: float, epoch_steps: int) -> None:
-        """After an epoch, from its measured time (training + validation): plan as many
-        steps as the rest of the budget holds, more or fewer (a machine's speed drifts
-        during a run). Once the warm-up is over, a changed plan re-anchors the cosine at
-        the current step and learning rate, so the rate stays continuous and keeps
-        decaying, now towards the new end."""
-        assert self.max_minutes is not None
-        done = self.scheduler.last_epoch
-        if done >= self.total_steps:
-            return  # the plan is complete: nothing left to re-plan
-        left = max(0.0, self.max_minutes * 60 - self.spent_seconds)
-        per_step = epoch_seconds / max(1, epoch_steps)
-        before, factor = self.total_steps, self.lr_factor(done)
-        self._set_plan(done + int(left / max(per_step, 1e-12) + 1e-9), least=done)
-        if self.total_steps != before and done >= self.warmup_steps:
-            self.lr_anchor = (done, factor)
-        if not self.budget_planned:  # epochs too short to probe
-            self._cap_warmup()
+    def _plan_early(self, per_step: float) -> None:
+        """Fit the time budget from the first steps' speed (``per_step`` seconds a step)."""
+        validation = validation_steps(
+            len(self.splits.val_idx),
+            int(self.t["eval_batch_size"]),
+            self.batch_size,
+            self._precise_bn_plan()[0],
+            mixed_precision=self.amp_dtype is not None,
+        )
+        self.plan.plan_early(per_step, validation, self.scheduler.last_epoch, self.epoch)
 
     def _autocast(self) -> Any:
         """The run's autocast context (a no-op without mixed precision)."""
@@ -617,7 +558,7 @@ class Trainer:
             rows = self.run.read_metrics()
             if self.last_row is not None and not any(r.get("epoch") == self.epoch for r in rows):
                 self.run.append_metrics(self.last_row)  # killed between last.pt and metrics.jsonl
-        while self.epoch < self.epochs:
+        while self.epoch < self.plan.epochs:
             epoch_start, steps_before = time.perf_counter(), self.scheduler.last_epoch
             row = self.train_epoch(reporter)
             self.precise_batch_norm()
@@ -625,12 +566,11 @@ class Trainer:
             self.epoch = row["epoch"]
             # rank 0's clock for the time budget: all ranks plan the same steps
             epoch_seconds = distributed.broadcast(time.perf_counter() - epoch_start)
-            self.spent_seconds += epoch_seconds
-            if self.max_minutes:
-                self.replan(epoch_seconds, self.scheduler.last_epoch - steps_before)
+            done = self.scheduler.last_epoch
+            self.plan.end_epoch(epoch_seconds, done - steps_before, done, self.epoch)
             if self.t.get("test_curve"):
                 row.update(self.score_test())  # after the budget's clock: outside --max-minutes
-            row["planned_epochs"] = self.epochs
+            row["planned_epochs"] = self.plan.epochs
             is_best = improved(row, self.best, self.metric)
             if is_best:
                 self.best = {k: v for k, v in row.items() if k.startswith("val_")}
@@ -654,7 +594,7 @@ class Trainer:
                 reporter.epoch(row)
             # rank 0 decides, so that every rank stops on the same epoch
             stop = distributed.broadcast(
-                bool(patience and self.bad_epochs >= patience and self.epoch < self.epochs)
+                bool(patience and self.bad_epochs >= patience and self.epoch < self.plan.epochs)
             )
             if stop:
                 stopped_early = True
@@ -749,7 +689,7 @@ def _train_and_report(
             "train": len(splits.train_idx),
             "val": len(splits.val_idx),
             "test": len(splits.test_idx),
-            "epochs": trainer.epochs,
+            "epochs": trainer.plan.epochs,
             "start_epoch": trainer.epoch,
             "steps_per_epoch": trainer.steps_per_epoch,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),

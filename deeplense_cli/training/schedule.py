@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-PLAN_PROBE_STEPS = 10  # steps timed to plan a time budget (after one untimed step)
-
 
 def lr_factor(
     step: int,
