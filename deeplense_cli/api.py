@@ -67,6 +67,7 @@ from deeplense_cli.training.reporters import (
     SilentReporter,
     progress_bar,
 )
+from deeplense_cli.training.start import check_device, start_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -495,7 +496,6 @@ def train(
     >>> run.history[-1]["val_accuracy"], run.evaluation["accuracy"]  # doctest: +SKIP
     (0.83, 0.8)
     """
-    from deeplense_cli.core.device import autocast_dtype, resolve_device
     from deeplense_cli.training.loop import train as run_training
 
     _name("model", model)
@@ -518,15 +518,9 @@ def train(
     }
     resolved = resolve(_file_config(config), flags, settings)
     reporter = _WarnOnStart(_reporter(progress))
-    # the device (and its mixed precision) must exist before a run folder is made
-    train_settings = resolved["train"]
-    autocast_dtype(resolve_device(str(train_settings["device"])), str(train_settings["amp"]))
-    run = RunDir.for_config(resolved, run_dir, run_root)
-    try:
+    check_device(resolved)
+    with start_run(resolved, run_dir, run_root) as run:
         result = run_training(resolved, run, reporter=reporter, evaluate=evaluate)
-    except BaseException as exc:
-        run.discard_unless_resumable(keep=isinstance(exc, KeyboardInterrupt))
-        raise
     return Run(run, result.evaluation)
 
 

@@ -30,9 +30,17 @@ from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training import distributed
 from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
-from deeplense_cli.training.defaults import AMP_MODES, AUGMENTS, FREEZE, METRICS, RESUME_CHANGES
+from deeplense_cli.training.defaults import (
+    AMP_MODES,
+    AUGMENTS,
+    FREEZE,
+    METRICS,
+    RESUME_CHANGES,
+    TRAIN_DEFAULTS,
+)
 from deeplense_cli.training.launch import LAUNCHER_ENV
 from deeplense_cli.training.reporters import JsonlReporter, SilentReporter
+from deeplense_cli.training.start import check_device, start_run
 
 
 @click.command(context_settings={"show_default": True})
@@ -129,36 +137,11 @@ def train(**kw: Any) -> None:
     flags = {
         "model": {"name": kw["model"]},
         "data": data_flags(kw),
-        "train": {
-            key: kw[key]
-            for key in (
-                "task",
-                "epochs",
-                "max_minutes",
-                "batch_size",
-                "lr",
-                "weight_decay",
-                "warmup_epochs",
-                "label_smoothing",
-                "ema_decay",
-                "grad_clip",
-                "patience",
-                "early_stopping_metric",
-                "min_delta",
-                "seed",
-                "device",
-                "amp",
-                "num_threads",
-                "init",
-                "freeze",
-                "sync_bn",
-            )
-        },
+        # every train setting with a flag has the setting's name
+        "train": {key: kw[key] for key in TRAIN_DEFAULTS if key in kw},
         "slurm": _slurm_section(kw),
         "tracking": {"loggers": kw["loggers"]},
     }
-    if kw["augment"]:
-        flags["train"]["augment"] = kw["augment"]
     if kw["no_augment"]:
         flags["train"]["augment"] = "none"
     config = resolve(file_config, flags, parse_overrides(kw["overrides"]))
@@ -168,24 +151,14 @@ def train(**kw: Any) -> None:
         click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
         return
     if not kw["slurm"]:  # a SLURM job checks the device on its node
-        _check_device(config)
-        if _launch(config, kw, kw["run_dir"] or str(_new_run_path(config, kw["run_root"]))):
+        check_device(config)
+        if _launch(config, kw, None):
             return
-    with _ranks(config):
-        run = _new_run(config, kw)
+    # a SLURM run's folder stays if it fails: it holds the job's logs
+    with _ranks(config), start_run(config, kw["run_dir"], kw["run_root"], kw["slurm"]) as run:
         if kw["slurm"]:
             err_console().print(f"Run directory: {run.path}")
-        try:
-            _run(config, run, kw, resume=False)
-        except BaseException as exc:
-            # Failed before the run was initialised (bad data, bad model settings...), or
-            # failed (diverged, disk full) before its first checkpoint: resuming would only
-            # start it again, so leave nothing behind. An interrupted run with a config.yaml
-            # stays, and so does a SLURM run (its folder holds the job's logs).
-            interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-            if distributed.layout().is_main:
-                run.discard_unless_resumable(keep=kw["slurm"] or interrupted)
-            raise
+        _run(config, run, kw, resume=False)
 
 
 # What --resume applies from the command line: the train settings of RESUME_CHANGES and the
@@ -241,7 +214,7 @@ def _resume(kw: dict[str, Any]) -> None:
         click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
         return
     if not kw["slurm"]:
-        _check_device(config)
+        check_device(config)
     applied = [f"{_flag_name(ctx, key)} {kw[key]}" for key in changes]
     applied += [f"slurm.{key} {value}" for key, value in slurm.items()]
     if not kw["slurm"] and _launch(config, kw, str(run.path)):
@@ -274,10 +247,11 @@ def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
-def _launch(config: dict[str, Any], kw: dict[str, Any], run_dir: str) -> bool:
+def _launch(config: dict[str, Any], kw: dict[str, Any], run_dir: str | None) -> bool:
     """``--nproc-per-node N`` (N > 1) on this machine: run this same command as N ranks
-    through torchrun's launcher, writing ``run_dir``; True when it did. Inside a launched rank,
-    or for one process, False: the caller trains here."""
+    through torchrun's launcher, writing ``run_dir`` (the run resumed; None: a new run, named
+    here); True when it did. Inside a launched rank, or for one process, False: the caller
+    trains here."""
     if not kw["nproc_per_node"] or distributed.launched():
         return False
     from deeplense_cli.core.device import resolve_device
@@ -287,9 +261,16 @@ def _launch(config: dict[str, Any], kw: dict[str, Any], run_dir: str) -> bool:
     nproc = processes(kw["nproc_per_node"], cuda)
     if nproc == 1:
         return False
-    if not kw["resume_run"] and kw["run_dir"]:
-        RunDir.for_config(config, run_dir).path.rmdir()  # refused now if in use or not empty
-    args = _rank_args(click.get_current_context(), run_dir if not kw["resume_run"] else None)
+    ctx = click.get_current_context()
+    if run_dir is None:
+        # Named (and refused if in use or not empty) now, so that every rank, and a later
+        # --resume, names one folder; rank 0 makes it once the ranks have met.
+        new = RunDir.for_config(config, kw["run_dir"], kw["run_root"])
+        new.path.rmdir()
+        run_dir = str(new.path)
+        args = _rank_args(ctx, run_dir)
+    else:
+        args = _rank_args(ctx, None)
     launch(nproc, ["train", *args], run_dir=run_dir)
     return True
 
@@ -320,13 +301,6 @@ def _rank_args(ctx: click.Context, run_dir: str | None) -> list[str]:
     return args
 
 
-def _new_run_path(config: dict[str, Any], root: str | None) -> Any:
-    """A new run's folder, named but not yet made (rank 0 makes it once the ranks have met)."""
-    run = RunDir.for_config(config, None, root)
-    run.path.rmdir()
-    return run.path
-
-
 @contextlib.contextmanager
 def _ranks(config: dict[str, Any]) -> Iterator[None]:
     """Inside a launched rank (torchrun, srun): join the other ranks for the block."""
@@ -346,33 +320,6 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
         ) from None
     finally:
         distributed.shutdown()
-
-
-def _new_run(config: dict[str, Any], kw: dict[str, Any]) -> RunDir:
-    """The new run's folder; under several ranks rank 0 makes it and tells the others."""
-    lay = distributed.layout()
-    if not lay.distributed:
-        return RunDir.for_config(config, kw["run_dir"], kw["run_root"])
-    outcome: tuple[str, str] | None = None
-    if lay.is_main:
-        try:
-            outcome = ("run", str(RunDir.for_config(config, kw["run_dir"], kw["run_root"]).path))
-        except DeepLenseError as exc:
-            outcome = ("error", str(exc))
-    kind, text = distributed.broadcast(outcome)
-    if kind == "error":
-        if lay.is_main:
-            raise DeepLenseError(text)
-        raise SystemExit(1)  # rank 0 says why
-    return RunDir(text)
-
-
-def _check_device(config: dict[str, Any]) -> None:
-    """Refuse a device (or mixed precision) this machine does not have before the run folder
-    is made."""
-    from deeplense_cli.core.device import autocast_dtype, resolve_device
-
-    autocast_dtype(resolve_device(str(config["train"]["device"])), str(config["train"]["amp"]))
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
