@@ -198,14 +198,37 @@ def test_models_table_and_show() -> None:
     assert result.exit_code == 1 and "unknown model" in result.output
 
 
-@pytest.mark.parametrize("args", [["--help"], ["models", "--help"], ["train", "--help"]])
-def test_help_does_not_import_torch(args: list[str]) -> None:
+# What `--help` must not load: the heavy libraries, the terminal and YAML libraries (rich and
+# PyYAML are imported on first output and first config), and the engine modules that pull
+# them or the run folders in. Not timed (benchmarks/bench_cli_startup.py times it).
+NOT_AT_HELP = (
+    "torch",
+    "lenstronomy",
+    "ray",
+    "onnxruntime",
+    "numpy",
+    "rich",
+    "yaml",
+    "deeplense_cli.runs.rundir",
+    "deeplense_cli.tracking.session",
+    "deeplense_cli.training.config",
+    "deeplense_cli.training.start",
+    "deeplense_cli.commands.display",
+    "deeplense_cli.cluster.wait",
+    "deeplense_cli.tune.experiment",
+)
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["models", "--help"], ["train", "--help"], ["tune", "--help"]]
+)
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
     code = (
         "import sys\n"
         "from deeplense_cli.cli import main\n"
         f"sys.argv = ['deeplense', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'lenstronomy', 'ray', 'onnxruntime') if m in sys.modules]\n"
+        f"heavy = [m for m in {NOT_AT_HELP!r} if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

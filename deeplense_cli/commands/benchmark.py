@@ -7,13 +7,15 @@ from typing import Any
 
 import click
 
-from deeplense_cli.cluster import wait
-from deeplense_cli.commands.display import RichReporter, fmt_value
-from deeplense_cli.commands.options import data_root_option, slurm_flags, slurm_options
+from deeplense_cli.commands.options import (
+    data_root_option,
+    setting_help,
+    slurm_flags,
+    slurm_options,
+)
 from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.training.config import load_config_file, parse_overrides
 
 
 @click.command(context_settings={"show_default": True})
@@ -32,14 +34,12 @@ from deeplense_cli.training.config import load_config_file, parse_overrides
     type=click.Path(dir_okay=False),
     help="YAML config applied to every cell.",
 )
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=int, help=setting_help("epochs"))
 @click.option("--max-minutes", type=float, help="Time budget per cell (see train --max-minutes).")
-@click.option("--batch-size", type=int)
-@click.option(
-    "--max-train-per-class", type=int, help="CPU-budget runs: cap training images per class."
-)
-@click.option("--max-test-per-class", type=int)
-@click.option("--device")
+@click.option("--batch-size", type=int, help=setting_help("batch_size", default=False))
+@click.option("--max-train-per-class", type=int, help=setting_help("max_train_per_class", "data"))
+@click.option("--max-test-per-class", type=int, help=setting_help("max_test_per_class", "data"))
+@click.option("--device", help=setting_help("device"))
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any setting."
 )
@@ -59,7 +59,9 @@ def benchmark(**kw: Any) -> None:
     as each job finishes (RUN_ROOT/benchmark/results.md by default).
     """
     # The engine is imported here, not at the top: `deeplense --help` loads every command.
+    from deeplense_cli.commands.display import RichReporter, fmt_value
     from deeplense_cli.training.benchmark import plan, result_path, run_cell, write_table
+    from deeplense_cli.training.config import load_config_file, parse_overrides
 
     bench_dir = Path(kw["out_dir"]) if kw["out_dir"] else paths.run_root() / "benchmark"
     if kw["table_only"]:
@@ -114,6 +116,7 @@ def benchmark(**kw: Any) -> None:
 
 
 def _submit(todo: list[Any], bench_dir: Path, settings: dict[str, Any], kw: dict[str, Any]) -> None:
+    from deeplense_cli.cluster import wait
     from deeplense_cli.cluster.jobs import submit_benchmark
     from deeplense_cli.training.benchmark import write_table
 

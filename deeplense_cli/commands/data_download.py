@@ -5,13 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core import paths
@@ -33,6 +26,14 @@ def download(dataset: str, data_root: str | None, url_base: str | None, keep_arc
 
     An interrupted download resumes where it stopped when the command is run again.
     """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     from deeplense_cli.data.download import download_dataset
 
     with Progress(

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from deeplense_cli.commands.display import evaluation_tables
 from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.evaluation.tta import TTA
@@ -67,6 +66,7 @@ def evaluate(
 
     A run is evaluated with PyTorch on its own test split (or --split, --data, --dataset); an
     ONNX model with ONNX Runtime on --dataset (its test folder) or --data."""
+    from deeplense_cli.commands.display import evaluation_tables
     from deeplense_cli.deploy.evaluate_onnx import evaluate_target
 
     metrics = evaluate_target(

@@ -7,9 +7,7 @@ import json
 from typing import Any
 
 import click
-from rich.table import Table
 
-from deeplense_cli import cluster
 from deeplense_cli.core.console import console, print_json
 
 
@@ -38,6 +36,11 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    # Imported here: `deeplense --help` loads every command and needs neither.
+    from rich.table import Table
+
+    from deeplense_cli import cluster
+
     infos = cluster.list_jobs()
     if as_json:
         print_json([dataclasses.asdict(info) for info in infos])
@@ -74,6 +77,8 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 )
 def logs(job_id: str, err: bool, follow: bool) -> None:
     """Print the output of job JOB_ID so far."""
+    from deeplense_cli import cluster
+
     if follow:
         if err:
             raise click.UsageError("--follow streams stdout; use --err without --follow")
@@ -93,6 +98,8 @@ def logs(job_id: str, err: bool, follow: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def cancel(job_id: str, as_json: bool) -> None:
     """Cancel job JOB_ID (scancel)."""
+    from deeplense_cli import cluster
+
     cluster.cancel(job_id)
     if as_json:
         click.echo(json.dumps({"job_id": job_id, "cancelled": True}))

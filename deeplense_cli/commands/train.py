@@ -8,11 +8,10 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from deeplense_cli.commands.display import evaluation_tables, make_reporter
 from deeplense_cli.commands.options import (
     data_flags,
     data_options,
@@ -22,14 +21,11 @@ from deeplense_cli.commands.options import (
     slurm_flags,
     slurm_options,
 )
-from deeplense_cli.commands.slurm import train_on_slurm
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
-from deeplense_cli.runs.rundir import RunDir
 from deeplense_cli.runs.task import TASKS
 from deeplense_cli.training import distributed
-from deeplense_cli.training.config import load_config_file, parse_overrides, resolve, resume_config
 from deeplense_cli.training.defaults import (
     AMP_MODES,
     AUGMENTS,
@@ -38,9 +34,10 @@ from deeplense_cli.training.defaults import (
     RESUME_CHANGES,
     TRAIN_DEFAULTS,
 )
-from deeplense_cli.training.launch import LAUNCHER_ENV
 from deeplense_cli.training.reporters import JsonlReporter, SilentReporter
-from deeplense_cli.training.start import check_device, start_run
+
+if TYPE_CHECKING:
+    from deeplense_cli.runs.rundir import RunDir
 
 
 @click.command(context_settings={"show_default": True})
@@ -129,6 +126,10 @@ def train(**kw: Any) -> None:
       deeplense train --resume ~/.deeplense/runs/20261128-...-cct-Model_III-ab12
     """
 
+    # The engine is imported here, not at the top: `deeplense --help` loads every command.
+    from deeplense_cli.training.config import load_config_file, parse_overrides, resolve
+    from deeplense_cli.training.start import check_device, start_run
+
     if kw["resume_run"]:
         _resume(kw)
         return
@@ -194,6 +195,9 @@ def _resume(kw: dict[str, Any]) -> None:
     """``train --resume RUN``: continue with the run's config; refuse the flags that would
     change what it trains, apply the ones of :data:`RESUME_CHANGES` and the SLURM resources
     and say so."""
+    from deeplense_cli.training.config import resume_config
+    from deeplense_cli.training.start import check_device
+
     ctx = click.get_current_context()
     allowed = set(RESUME_CHANGES) | RESUME_OTHER | RESUME_SLURM
     refused = [_flag_name(ctx, n) for n in kw if n not in allowed and _given(ctx, n)]
@@ -255,6 +259,7 @@ def _launch(config: dict[str, Any], kw: dict[str, Any], run_dir: str | None) -> 
     if not kw["nproc_per_node"] or distributed.launched():
         return False
     from deeplense_cli.core.device import resolve_device
+    from deeplense_cli.runs.rundir import RunDir
     from deeplense_cli.training.launch import launch, processes
 
     cuda = resolve_device(str(config["train"]["device"])).type == "cuda"
@@ -307,6 +312,8 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
     if not distributed.launched():
         yield
         return
+    from deeplense_cli.training.launch import LAUNCHER_ENV
+
     lay = distributed.setup(str(config["train"]["device"]))
     try:
         yield
@@ -323,6 +330,8 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:
+    from deeplense_cli.commands.display import evaluation_tables, make_reporter
+    from deeplense_cli.commands.slurm import train_on_slurm
 
     if kw.get("slurm"):
         train_on_slurm(config, run, resume=resume, follow=kw.get("wait", False))

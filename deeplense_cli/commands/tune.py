@@ -6,9 +6,7 @@ import json
 from typing import Any
 
 import click
-from rich.table import Table
 
-from deeplense_cli.cluster import wait
 from deeplense_cli.commands.options import (
     data_flags,
     data_options,
@@ -23,13 +21,6 @@ from deeplense_cli.core.durations import parse_duration
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.runs.task import TASKS
-from deeplense_cli.training.config import (
-    check_metric,
-    default_metric,
-    load_config_file,
-    parse_overrides,
-    resolve,
-)
 from deeplense_cli.training.defaults import FREEZE, METRICS, SLURM_DEFAULTS, TASK_METRICS
 from deeplense_cli.tune.settings import TuneSettings
 
@@ -206,6 +197,13 @@ def _slurm_section(kw: dict[str, Any]) -> dict[str, Any]:
 
 def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
     from deeplense_cli import tune as engine
+    from deeplense_cli.training.config import (
+        check_metric,
+        default_metric,
+        load_config_file,
+        parse_overrides,
+        resolve,
+    )
 
     file_config = load_config_file(kw["config_file"]) if kw["config_file"] else {}
     flags = {
@@ -238,6 +236,7 @@ def _new_search(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any
 
 def _submit(request: dict[str, Any], slurm_section: dict[str, Any], kw: dict[str, Any]) -> None:
     from deeplense_cli import tune as engine
+    from deeplense_cli.cluster import wait
     from deeplense_cli.cluster.jobs import submit_tune
 
     job = submit_tune(request, slurm_section)
@@ -300,6 +299,8 @@ def _listener(output: str) -> Any:
 
 
 def _report(outcome: Any, output: str) -> None:
+    from rich.table import Table
+
     if output == "jsonl":
         click.echo(
             json.dumps(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _console: Console | None = None
 _err: Console | None = None
@@ -15,6 +16,9 @@ _err: Console | None = None
 def console() -> Console:
     global _console
     if _console is None:
+        # rich is imported on first output: `deeplense --help` prints none and must start fast
+        from rich.console import Console
+
         _console = Console()
     return _console
 
@@ -22,6 +26,8 @@ def console() -> Console:
 def err_console() -> Console:
     global _err
     if _err is None:
+        from rich.console import Console
+
         _err = Console(stderr=True)
     return _err
 

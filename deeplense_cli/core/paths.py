@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -34,5 +33,7 @@ def tagged(name: str, *identity: str | os.PathLike[str]) -> str:
     """``name`` with a short digest of the absolute paths in ``identity``: a folder name that
     two different things never share (two runs' ``model.onnx`` evaluated on one folder, or
     two folders both called ``test``), and that the same thing always gets again."""
+    import hashlib  # here: it loads OpenSSL, and every command (--help too) imports paths
+
     key = "\n".join(os.path.abspath(os.fspath(p)) for p in identity)
     return f"{name}-{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"

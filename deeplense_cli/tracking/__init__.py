@@ -12,17 +12,46 @@ May import ``core``, ``registry`` and ``runs``; ``evaluation``, ``training`` and
 build on it. No click or rich here; the tracking libraries are imported inside the loggers.
 """
 
-from deeplense_cli.tracking.base import STATUSES, Logger, RunInfo, flatten_config, scalars
-from deeplense_cli.tracking.session import (
-    RECORD_FILE,
-    Tracker,
-    TrackingReporter,
-    add_artifacts,
-    check_loggers,
-    config_loggers,
-    logger_names,
-    read_record,
-    tracked,
+from typing import TYPE_CHECKING
+
+from deeplense_cli.core.lazy import exports
+
+if TYPE_CHECKING:
+    from deeplense_cli.tracking.base import STATUSES, Logger, RunInfo, flatten_config, scalars
+    from deeplense_cli.tracking.session import (
+        RECORD_FILE,
+        Tracker,
+        TrackingReporter,
+        add_artifacts,
+        check_loggers,
+        config_loggers,
+        logger_names,
+        read_record,
+        tracked,
+    )
+
+# Imported on first use: the built-in loggers are a plugin that `deeplense --help` loads, and
+# they need only tracking.base, not the session (run folders, YAML).
+__getattr__ = exports(
+    __name__,
+    {
+        **{name: f"base:{name}" for name in ("STATUSES", "Logger", "RunInfo")},
+        **{name: f"base:{name}" for name in ("flatten_config", "scalars")},
+        **{
+            name: f"session:{name}"
+            for name in (
+                "RECORD_FILE",
+                "Tracker",
+                "TrackingReporter",
+                "add_artifacts",
+                "check_loggers",
+                "config_loggers",
+                "logger_names",
+                "read_record",
+                "tracked",
+            )
+        },
+    },
 )
 
 __all__ = [

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deeplense_cli.tracking.base import RunInfo, flatten_config
 
 LOG_DIR = "tensorboard"
@@ -49,6 +47,8 @@ class TensorBoardLogger:
         return {"logdir": LOG_DIR}
 
     def _log_config(self, config: dict[str, Any]) -> None:
+        # here: the logger class is loaded (as a plugin) by every command, --help included
+        import yaml
         from torch.utils.tensorboard.summary import hparams
 
         writer = self._writer()

@@ -16,8 +16,9 @@ training loop.
 May import training/ and the packages below it, never cluster/ or commands/.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from deeplense_cli.core.lazy import exports
 
 if TYPE_CHECKING:
     from deeplense_cli.tune.experiment import resume_tune, run_tune
@@ -63,22 +64,15 @@ _EXPORTS = {
     "env_for_trials": "trials:env_for_trials",
     # The tuner.pkl of an experiment saved by an earlier deeplense refers to these by this path
     # (its progress callback is pickled by value, the trial folder namer by reference), and that
-    # callback reads the listener here at call time: --resume needs them.
+    # callback reads the listener here at call time (it changes while a search runs): --resume
+    # needs them.
     "_scalars": "trials:_scalars",
     "_trial_dirname": "trials:trial_dirname",
     "_listener": "trials:_listener",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attr = _EXPORTS[name].split(":")
-    value = getattr(import_module(f"{__name__}.{module}"), attr)
-    if name != "_listener":  # the listener changes while a search runs: looked up each time
-        globals()[name] = value
-    return value
-
+__getattr__ = exports(__name__, _EXPORTS, live=("_listener",))
 
 __all__ = [
     "STATE_FILE",
