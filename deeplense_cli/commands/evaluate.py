@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from deeplense_cli.commands.options import data_root_option
+from deeplense_cli.commands.options import checkpoint_option, data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.evaluation.tta import TTA
 
@@ -24,9 +24,7 @@ from deeplense_cli.evaluation.tta import TTA
 )
 @click.option("--dataset", help="Evaluate on this dataset's test folder (e.g. Model_III).")
 @data_root_option
-@click.option(
-    "--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True
-)
+@checkpoint_option()
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option(

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import click
 
+from deeplense_cli.commands.options import checkpoint_option
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.deploy.precision import DEFAULT_INT8_SCHEME, INT8_SCHEMES, PRECISIONS
 from deeplense_cli.evaluation.tta import TTA
 from deeplense_cli.registry.manager import export_formats, warn
-
-PRECISION_HELP = (
-    "fp32: the reference, runs everywhere. "
-    "fp16: half the size, for GPUs (CUDA/TensorRT); on a CPU it is slower than fp32. "
-    "int8: static QDQ int8 calibrated on training images, ~4x smaller, much faster on CPUs "
-    "with VNNI for convolutional models (ResNet18), little gain for some transformers; "
-    "predictions change slightly (the accuracy change is printed)."
-)
 
 
 class ExportGroup(click.Group):
@@ -60,14 +54,12 @@ def export() -> None:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(list(PRECISIONS)),
     default="fp32",
     show_default=True,
-    help=PRECISION_HELP,
+    help=" ".join(f"{name}: {text}." for name, text in PRECISIONS.items()),
 )
-@click.option(
-    "--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True
-)
+@checkpoint_option()
 @click.option(
     "--exporter",
     type=click.Choice(["auto", "legacy", "dynamo"]),
@@ -93,9 +85,9 @@ def export() -> None:
 )
 @click.option(
     "--int8-scheme",
-    type=click.Choice(["u8s8-7bit", "u8s8", "u8u8", "s8s8"]),
-    help="With --precision int8: activation/weight integer types [default: u8s8-7bit]. "
-    "u8s8-7bit gives the same "
+    type=click.Choice(list(INT8_SCHEMES)),
+    help="With --precision int8: activation/weight integer types "
+    f"[default: {DEFAULT_INT8_SCHEME}]. u8s8-7bit gives the same "
     "results on every x86 CPU; u8s8 (8-bit weights) is a little more precise on CPUs with "
     "VNNI and on ARM, but saturates ONNX Runtime's kernels on x86 CPUs without VNNI; u8u8 "
     "never saturates but is slower at large batches; s8s8 is slow on x86.",
@@ -129,7 +121,7 @@ def onnx_command(
     with PyTorch on the run's test images (batch 1 and 32) before it is written; a model
     that does not match is not written.
     """
-    from deeplense_cli.deploy.export import PRECISIONS, export_onnx
+    from deeplense_cli.deploy.export import export_onnx
 
     status = err_console().status("exporting", spinner="dots")
     if not as_json:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from deeplense_cli.runs import CHECKPOINTS
 from deeplense_cli.training.defaults import (
     DATA_DEFAULTS,
     DATA_HELP,
@@ -46,6 +47,17 @@ def setting_help(key: str, section: str = "train", default: bool = True) -> str:
     if not default or value is None:
         return text
     return f"{text} [default: {_shown(value)}]"
+
+
+def checkpoint_option(help_text: str | None = None) -> Callable[[Any], Any]:
+    """``--checkpoint best|last``: which of a run's checkpoints a command reads."""
+    return click.option(
+        "--checkpoint",
+        type=click.Choice(CHECKPOINTS),
+        default=CHECKPOINTS[0],
+        show_default=True,
+        help=help_text,
+    )
 
 
 data_root_option = click.option(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from deeplense_cli.commands.options import checkpoint_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.evaluation.tta import TTA
@@ -59,13 +60,7 @@ def flag_line(summary: Summary) -> str:
     type=click.IntRange(1),
     help="CPU threads [default: OMP_NUM_THREADS, else the available cores].",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Choice(["best", "last"]),
-    default="best",
-    show_default=True,
-    help="For a run directory MODEL.",
-)
+@checkpoint_option("For a run directory MODEL.")
 @click.option(
     "--tta",
     type=click.Choice(TTA),

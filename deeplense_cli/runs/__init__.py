@@ -4,3 +4,7 @@ model. Training writes runs; evaluation, export, predict and tune read them.
 
 Imports ``core`` and ``registry`` (to rebuild a model by its architecture's name).
 """
+
+# A run's checkpoints (RUN/checkpoints/NAME.pt): its best epoch's, and its latest (resume
+# continues from it). Here, light, so that the command line offers them without rundir.
+CHECKPOINTS = ("best", "last")

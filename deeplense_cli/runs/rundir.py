@@ -36,6 +36,7 @@ import yaml
 from deeplense_cli.core import atomic, paths, yamlio
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.registry.manager import get_architecture
+from deeplense_cli.runs import CHECKPOINTS
 from deeplense_cli.runs.task import TargetScaling, num_outputs, task_of
 
 if TYPE_CHECKING:
@@ -129,8 +130,8 @@ class RunDir:
         return self.path / "evaluation"
 
     def checkpoint_path(self, which: str = "best") -> Path:
-        if which not in ("best", "last"):
-            raise DeepLenseError(f"unknown checkpoint {which!r}; use 'best' or 'last'")
+        if which not in CHECKPOINTS:
+            raise DeepLenseError(f"unknown checkpoint {which!r}; use {' or '.join(CHECKPOINTS)}")
         return self.checkpoint_dir / f"{which}.pt"
 
     # ---- small JSON/YAML records ----------------------------------------------------

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.registry.pretrained import shipped_models
+from deeplense_cli.runs import CHECKPOINTS
 from deeplense_cli.runs.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -64,8 +65,9 @@ def find_source(spec: str | os.PathLike[str]) -> InitSource:
                 f"--init {spec}: a file must be a run's checkpoint (RUN/checkpoints/best.pt "
                 "or last.pt); or give a run directory or a shipped model's name"
             )
-        if path.stem not in ("best", "last"):
-            raise DeepLenseError(f"--init {spec}: the checkpoint must be best.pt or last.pt")
+        if path.stem not in CHECKPOINTS:
+            names = " or ".join(f"{name}.pt" for name in CHECKPOINTS)
+            raise DeepLenseError(f"--init {spec}: the checkpoint must be {names}")
         return _from_run(
             str(path.resolve()), RunDir.open(path.parent.parent), path.stem, "checkpoint"
         )
