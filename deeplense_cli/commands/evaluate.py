@@ -8,14 +8,13 @@ import click
 
 from deeplense_cli.commands.options import checkpoint_option, data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
+from deeplense_cli.evaluation import SPLITS
 from deeplense_cli.evaluation.tta import TTA
 
 
 @click.command()
 @click.argument("target", metavar="RUN|MODEL")
-@click.option(
-    "--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True
-)
+@click.option("--split", type=click.Choice(SPLITS), default=SPLITS[0], show_default=True)
 @click.option(
     "--data",
     "data_path",

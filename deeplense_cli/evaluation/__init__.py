@@ -4,3 +4,7 @@ split or any folder with the same classes.
 
 Imports ``core``, ``data``, ``registry`` and ``runs``; training uses it for validation.
 """
+
+# The splits of a run that evaluate_run scores. Here, light, so that the command line offers
+# them without loading the evaluation engine (NumPy, the data readers).
+SPLITS = ("test", "val", "train")

@@ -18,6 +18,7 @@ from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.splits import load_splits
+from deeplense_cli.evaluation import SPLITS
 from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import (
     axion_mass_bins,
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
     from deeplense_cli.data.imageset import ImageSet
     from deeplense_cli.data.splits import Splits
-
-SPLITS = ("test", "val", "train")
 
 
 @dataclass
