@@ -55,6 +55,7 @@ def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         distributed.setup(str(config["train"]["device"]))
+    clean = False
     try:
         # every rank decides alike: no rank writes the run before all have looked
         resume = run.checkpoint_path("last").exists()
@@ -62,8 +63,9 @@ def train_job(config: dict[str, Any], run_path: str) -> dict[str, Any]:
         result = train(
             config, run, reporter=JsonlReporter(batch_every=BATCH_EVERY_S), resume=resume
         )
+        clean = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
     return {
         "run_dir": str(run.path),
         "epochs_completed": result.epochs_completed,

@@ -315,8 +315,10 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
     from deeplense_cli.training.launch import LAUNCHER_ENV
 
     lay = distributed.setup(str(config["train"]["device"]))
+    clean = False
     try:
         yield
+        clean = True
     except Exception as exc:
         if not distributed.peer_lost(exc):
             raise
@@ -326,7 +328,7 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
             f"rank {lay.rank} stopped: another process of the run failed ({first_line(exc)[:160]})"
         ) from None
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:

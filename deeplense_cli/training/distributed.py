@@ -159,11 +159,18 @@ def train_device(config_device: str) -> str:
     return config_device
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = False) -> None:
+    """Leave the process group. ``clean``: every rank got here the same way (the run ended
+    alike on all), so they first wait for each other: a gloo rank that tore its connections
+    down while another still used them was aborted by the C++ runtime ("terminate called
+    without an active exception"). After a failure the others may be gone: no waiting."""
     global _layout
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if clean and _layout.distributed:
+            with contextlib.suppress(Exception):
+                dist.barrier()
         dist.destroy_process_group()
     _layout = Layout()
 
