@@ -181,9 +181,9 @@ def pretrained_models() -> list[PretrainedModel]:
     """The trained models that ship with deeplense (``deeplense models pretrained``): each
     has a ``name`` (usable wherever a model file goes), its ``path`` and model ``card``.
 
-    >>> shipped = {m.name: m for m in api.pretrained_models()}
-    >>> "Model_III" in shipped, shipped["Model_III"].card["architecture"]
-    (True, 'CvT')
+        >>> shipped = {m.name: m for m in api.pretrained_models()}
+        >>> "Model_III" in shipped, shipped["Model_III"].card["architecture"]
+        (True, 'CvT')
     """
     return list(shipped_models().values())
 
@@ -209,10 +209,10 @@ def simulate(
     ``written``, ``skipped``, ``seconds``...). Progress events: ``{"event": "simulate",
     "done": images, "total": images}``.
 
-    >>> summary = api.simulate("Model_III", "data", train_per_class=20, test_per_class=10,
-    ...                        seed=1, workers=1)  # doctest: +SKIP
-    >>> summary["written"]  # doctest: +SKIP
-    90
+        >>> summary = api.simulate("Model_III", "data", train_per_class=20, test_per_class=10,
+        ...                        seed=1, workers=1)  # doctest: +SKIP
+        >>> summary["written"]  # doctest: +SKIP
+        90
     """
     _name("dataset", dataset)
     _path("out", out, optional=True)
@@ -315,9 +315,9 @@ def open_dataset(
     bad files are an error unless ``skip_bad``. Progress events while the cache is built:
     ``{"event": "index", "done": files, "total": None}``.
 
-    >>> data = api.open_dataset("Model_III", data_root="data")  # doctest: +SKIP
-    >>> data.images.shape, data.classes  # doctest: +SKIP
-    ((60, 1, 64, 64), ['axion', 'cdm', 'no_sub'])
+        >>> data = api.open_dataset("Model_III", data_root="data")  # doctest: +SKIP
+        >>> data.images.shape, data.classes  # doctest: +SKIP
+        ((60, 1, 64, 64), ['axion', 'cdm', 'no_sub'])
     """
     _path("path_or_name", path_or_name)
     _path("data_root", data_root, optional=True)
@@ -351,10 +351,10 @@ class Run:
     def open(cls, path: PathArg) -> Run:
         """An existing run directory.
 
-        >>> api.Run.open("no/such/run")
-        Traceback (most recent call last):
-        ...
-        deeplense_cli.core.errors.DeepLenseError: no/such/run is not a deeplense run directory (no config.yaml); pass the directory that `deeplense train` printed
+            >>> api.Run.open("no/such/run")
+            Traceback (most recent call last):
+            ...
+            deeplense_cli.core.errors.DeepLenseError: no/such/run is not a deeplense run directory (no config.yaml); pass the directory that `deeplense train` printed
         """
         return cls(RunDir.open(str(_path("path", path))))
 
@@ -491,10 +491,10 @@ def train(
     folder; an interrupted one (KeyboardInterrupt) can be continued with
     ``deeplense train --resume``.
 
-    >>> run = api.train("resnet18", dataset="Model_III", data_root="data", epochs=2,
-    ...                 batch_size=16, progress="bar")  # doctest: +SKIP
-    >>> run.history[-1]["val_accuracy"], run.evaluation["accuracy"]  # doctest: +SKIP
-    (0.83, 0.8)
+        >>> run = api.train("resnet18", dataset="Model_III", data_root="data", epochs=2,
+        ...                 batch_size=16, progress="bar")  # doctest: +SKIP
+        >>> run.history[-1]["val_accuracy"], run.evaluation["accuracy"]  # doctest: +SKIP
+        (0.83, 0.8)
     """
     from deeplense_cli.training.loop import train as run_training
 
@@ -551,9 +551,9 @@ def evaluate(
     ``confusion_matrix`` and, when the images carry axion masses, ``axion_mass``. Progress
     events: ``{"event": "evaluate", "done": images, "total": None}``.
 
-    >>> result = api.evaluate("Model_III", data="data/Model_III_test")  # doctest: +SKIP
-    >>> result.metrics["accuracy"], sorted(result.figures)  # doctest: +SKIP
-    (1.0, ['axion_mass', 'confusion_matrix', 'roc'])
+        >>> result = api.evaluate("Model_III", data="data/Model_III_test")  # doctest: +SKIP
+        >>> result.metrics["accuracy"], sorted(result.figures)  # doctest: +SKIP
+        (1.0, ['axion_mass', 'confusion_matrix', 'roc'])
     """
     _path("target", target)
     _name("dataset", dataset)
@@ -602,9 +602,9 @@ def export_onnx(
     ``accuracy_torch``/``accuracy_onnx`` for int8. Progress events: ``{"event": "export",
     "message": stage}``.
 
-    >>> export = api.export_onnx(run, precision="int8")  # doctest: +SKIP
-    >>> export.path.name  # doctest: +SKIP
-    'model-int8.onnx'
+        >>> export = api.export_onnx(run, precision="int8")  # doctest: +SKIP
+        >>> export.path.name  # doctest: +SKIP
+        'model-int8.onnx'
     """
     from deeplense_cli.deploy.export import export_onnx as run_export
 
@@ -753,9 +753,9 @@ class Model:
         than the list's first) is an error unless ``resize`` (bilinear, as ``--resize``);
         NaN or Inf pixels are an error.
 
-        >>> model = api.load_model("Model_III")
-        >>> model.predict(np.random.default_rng(0).random((2, 64, 64))).probabilities.shape
-        (2, 3)
+            >>> model = api.load_model("Model_III")
+            >>> model.predict(np.random.default_rng(0).random((2, 64, 64))).probabilities.shape
+            (2, 3)
         """
         self._classifier("predict")
         batch = _stack(images, resize) if isinstance(images, list | tuple) else images
@@ -787,9 +787,9 @@ class Model:
         ``[image, mass]`` arrays included, .npz, FITS, PNG, JPEG). Unreadable files are an
         error unless ``skip_bad`` (then listed in ``skipped``).
 
-        >>> model = api.load_model("Model_III")
-        >>> model.predict_files("examples/real_samples").predicted  # doctest: +SKIP
-        ['axion', 'cdm', 'no_sub']
+            >>> model = api.load_model("Model_III")
+            >>> model.predict_files("examples/real_samples").predicted  # doctest: +SKIP
+            ['axion', 'cdm', 'no_sub']
         """
         self._classifier("predict_files")
         if isinstance(paths, str | os.PathLike):
@@ -843,12 +843,12 @@ def load_model(
     (:func:`pretrained_models`; ONNX Runtime, no PyTorch), or a run directory (PyTorch,
     its ``checkpoint``). ``device``: auto, cpu, cuda or tensorrt (ONNX).
 
-    >>> api.load_model("Model_III").classes
-    ['axion', 'cdm', 'no_sub']
-    >>> api.load_model("no_such_model")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    deeplense_cli.core.errors.DeepLenseError: no_such_model is neither a file nor a shipped model (shipped: ..., Model_III; see `deeplense models pretrained`)
+        >>> api.load_model("Model_III").classes
+        ['axion', 'cdm', 'no_sub']
+        >>> api.load_model("no_such_model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        deeplense_cli.core.errors.DeepLenseError: no_such_model is neither a file nor a shipped model (shipped: ..., Model_III; see `deeplense models pretrained`)
     """
     predictor = load_predictor(
         str(_path("model", model)), device=device, threads=threads, checkpoint=checkpoint
