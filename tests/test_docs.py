@@ -134,7 +134,6 @@ def test_the_readme_plugin_example_registers_an_architecture_that_passes_the_con
     check_architecture(registered[0])
 
 
-@pytest.mark.slow
 def test_the_manual_builds_strict(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
