@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from deeplense_cli.commands.options import checkpoint_option, data_root_option
+from deeplense_cli.commands.options import checkpoint_option, data_root_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.evaluation import SPLITS
-from deeplense_cli.evaluation.tta import TTA
 
 
 @click.command()
@@ -36,12 +35,7 @@ from deeplense_cli.evaluation.tta import TTA
     help="Write metrics.json and the figures here [default: RUN/evaluation*/, or for a model "
     "RUN_ROOT/evaluations/<model>-<folder>/].",
 )
-@click.option(
-    "--tta",
-    type=click.Choice(TTA),
-    help="Test-time augmentation (rot180: each image and its half turn, logits averaged). "
-    "[default: an ONNX file's own, else none]",
-)
+@tta_option
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 def evaluate(
     target: str,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from deeplense_cli.evaluation.tta import TTA
 from deeplense_cli.runs import CHECKPOINTS
 from deeplense_cli.training.defaults import (
     DATA_DEFAULTS,
@@ -59,6 +60,15 @@ def checkpoint_option(help_text: str | None = None) -> Callable[[Any], Any]:
         help=help_text,
     )
 
+
+# evaluate and predict: the test-time augmentation to score with (export records one instead).
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(TTA),
+    help="Test-time augmentation: rot180 averages the logits of each image and its half turn "
+    "(the simulations' symmetry; about +0.2 points on Model_I/II for half the images/s). "
+    "[default: the model file's own, else none]",
+)
 
 data_root_option = click.option(
     "--data-root",

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deeplense_cli.commands.options import checkpoint_option
+from deeplense_cli.commands.options import checkpoint_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.evaluation.tta import TTA
 
 if TYPE_CHECKING:
     from deeplense_cli.deploy.predict import Summary
@@ -61,13 +60,7 @@ def flag_line(summary: Summary) -> str:
     help="CPU threads [default: OMP_NUM_THREADS, else the available cores].",
 )
 @checkpoint_option("For a run directory MODEL.")
-@click.option(
-    "--tta",
-    type=click.Choice(TTA),
-    help="Test-time augmentation: rot180 averages each image with its half turn (the "
-    "simulations' symmetry; about +0.2 points on Model_I/II for half the images/s). "
-    "[default: the model file's own, else none]",
-)
+@tta_option
 @click.option(
     "--reject-ood",
     is_flag=True,
