@@ -351,10 +351,10 @@ class Run:
     def open(cls, path: PathArg) -> Run:
         """An existing run directory.
 
-            >>> api.Run.open("no/such/run")
-            Traceback (most recent call last):
-            ...
-            deeplense_cli.core.errors.DeepLenseError: no/such/run is not a deeplense run directory (no config.yaml); pass the directory that `deeplense train` printed
+        >>> api.Run.open("no/such/run")
+        Traceback (most recent call last):
+        ...
+        deeplense_cli.core.errors.DeepLenseError: no/such/run is not a deeplense run directory (no config.yaml); pass the directory that `deeplense train` printed
         """
         return cls(RunDir.open(str(_path("path", path))))
 
