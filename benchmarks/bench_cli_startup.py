@@ -43,6 +43,8 @@ def main() -> None:
         "deeplense --help": [exe, "--help"],
         "deeplense models --help": [exe, "models", "--help"],
         "deeplense train --help": [exe, "train", "--help"],
+        "deeplense data --help": [exe, "data", "--help"],
+        "deeplense data simulate --help": [exe, "data", "simulate", "--help"],
     }
     if not args.no_torch:
         cases["python -c 'import torch' (for scale)"] = [sys.executable, "-c", "import torch"]
