@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from deeplense_cli.core.console import console, print_json
+from deeplense_cli.deploy.defaults import PROVIDERS
 
 
 @click.command()
@@ -35,7 +36,7 @@ def _lines(env: dict[str, Any]) -> list[str]:
         for p in env["plugins"]
     )
     providers = []
-    for name in ("cpu", "cuda", "tensorrt"):
+    for name in PROVIDERS:
         p = env["execution_providers"].get(name)
         if p is not None:
             providers.append(f"  {name}: " + ("loads" if p["loads"] else f"no: {p['reason']}"))

@@ -11,6 +11,7 @@ import click
 from deeplense_cli.commands.options import checkpoint_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.deploy.defaults import DEVICES
 
 if TYPE_CHECKING:
     from deeplense_cli.deploy.predict import Summary
@@ -33,8 +34,8 @@ def flag_line(summary: Summary) -> str:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-    default="auto",
+    type=click.Choice(DEVICES),
+    default=DEVICES[0],
     show_default=True,
     help="auto: TensorRT, else CUDA, else CPU (the first that loads). An explicit cuda or "
     "tensorrt that cannot load is an error, never a silent CPU fallback.",

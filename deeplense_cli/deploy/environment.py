@@ -18,6 +18,7 @@ from deeplense_cli.core.cpu import cpu_flags, cpu_model
 from deeplense_cli.core.device import available_cores
 from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.core.version import __version__
+from deeplense_cli.deploy.defaults import PROVIDERS
 from deeplense_cli.registry.manager import plugin_summary
 
 # /proc/cpuinfo flags that change deeplense's behaviour: bf16 autocast on the CPU (avx512_bf16,
@@ -56,7 +57,7 @@ def providers() -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "identity.onnx"
         _tiny_model(model)
-        for device in ("cpu", "cuda", "tensorrt"):
+        for device in PROVIDERS:
             try:
                 create_session(model, device=device, cache_optimized=False, trt_cache_dir=tmp)
                 out[device] = {"loads": True}

@@ -27,6 +27,7 @@ import numpy as np
 from deeplense_cli.core import atomic, paths
 from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.deploy.defaults import DEVICES, PROVIDERS
 from deeplense_cli.runs.task import TargetScaling
 
 if TYPE_CHECKING:
@@ -39,12 +40,6 @@ OOD_OUTPUT = "ood_score"  # exports with an out-of-distribution detector (deploy
 ORT_MISSING = (
     "ONNX Runtime is not installed: pip install 'deeplense[cpu]' (or '[gpu]' on CUDA machines)"
 )
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-PROVIDERS = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 # metadata_props keys written by ``deeplense export onnx`` (all values are strings)
 METADATA_KEYS = (
     "deeplense.format",

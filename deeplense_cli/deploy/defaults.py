@@ -1,0 +1,18 @@
+"""What export and prediction offer and their defaults: the one place these facts are written.
+
+The engine (:mod:`~deeplense_cli.deploy.export`, :mod:`~deeplense_cli.deploy.onnx_session`,
+:mod:`~deeplense_cli.deploy.predict`) checks its arguments with them, and the command line
+and the Python API take their choices and defaults from them. No imports, so that ``deeplense
+predict --help`` and ``deeplense export onnx --help`` read them without NumPy (the engine
+modules load it at import). The precisions and int8 schemes are in
+:mod:`~deeplense_cli.deploy.precision`, light as well.
+"""
+
+# ONNX Runtime's execution provider for each --device, slowest first; auto takes the fastest
+# that loads (TensorRT, else CUDA, else the CPU).
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+DEVICES = ("auto", *PROVIDERS)
