@@ -44,8 +44,10 @@ from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.readers import find_images
 from deeplense_cli.data.summary import dataset_folder, example_grid, summarize
 from deeplense_cli.data.transforms import source_size
+from deeplense_cli.deploy.defaults import DEFAULT_OPSET, EXPORTERS, VALIDATION_IMAGES
 from deeplense_cli.deploy.evaluate_onnx import evaluate_target
 from deeplense_cli.deploy.onnx_session import int8_saturation_warning
+from deeplense_cli.deploy.precision import DEFAULT_PRECISION
 from deeplense_cli.deploy.predict import (
     Predictor,
     Summary,
@@ -584,11 +586,11 @@ def export_onnx(
     run: Run | PathArg,
     output: PathArg | None = None,
     *,
-    precision: str = "fp32",
-    opset: int = 17,
+    precision: str = DEFAULT_PRECISION,
+    opset: int = DEFAULT_OPSET,
     checkpoint: str = "best",
-    exporter: str = "auto",
-    validation_images: int = 256,
+    exporter: str = EXPORTERS[0],
+    validation_images: int = VALIDATION_IMAGES,
     standard_ops: bool = False,
     int8_scheme: str | None = None,
     progress: Progress = None,

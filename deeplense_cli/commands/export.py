@@ -11,7 +11,18 @@ import click
 
 from deeplense_cli.commands.options import checkpoint_option
 from deeplense_cli.core.console import console, err_console, print_json
-from deeplense_cli.deploy.precision import DEFAULT_INT8_SCHEME, INT8_SCHEMES, PRECISIONS
+from deeplense_cli.deploy.defaults import (
+    DEFAULT_OPSET,
+    DYNAMO_OPSET,
+    EXPORTERS,
+    VALIDATION_IMAGES,
+)
+from deeplense_cli.deploy.precision import (
+    DEFAULT_INT8_SCHEME,
+    DEFAULT_PRECISION,
+    INT8_SCHEMES,
+    PRECISIONS,
+)
 from deeplense_cli.evaluation.tta import TTA
 from deeplense_cli.registry.manager import export_formats, warn
 
@@ -51,27 +62,29 @@ def export() -> None:
     type=click.Path(dir_okay=False),
     help="Output file [default: RUN/model.onnx, RUN/model-fp16.onnx, RUN/model-int8.onnx].",
 )
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
+@click.option(
+    "--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset version."
+)
 @click.option(
     "--precision",
     type=click.Choice(list(PRECISIONS)),
-    default="fp32",
+    default=DEFAULT_PRECISION,
     show_default=True,
     help=" ".join(f"{name}: {text}." for name, text in PRECISIONS.items()),
 )
 @checkpoint_option()
 @click.option(
     "--exporter",
-    type=click.Choice(["auto", "legacy", "dynamo"]),
-    default="auto",
+    type=click.Choice(EXPORTERS),
+    default=EXPORTERS[0],
     show_default=True,
     help="torch.onnx path: legacy (TorchScript) is fast and exports every built-in model; "
-    "auto falls back to dynamo (opset >= 18) if it fails.",
+    f"auto falls back to dynamo (opset >= {DYNAMO_OPSET}) if it fails.",
 )
 @click.option(
     "--validation-images",
     type=click.IntRange(1),
-    default=256,
+    default=VALIDATION_IMAGES,
     show_default=True,
     help="Test images compared between PyTorch and ONNX Runtime.",
 )

@@ -16,3 +16,12 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 DEVICES = ("auto", *PROVIDERS)
+
+# torch.onnx paths: legacy (TorchScript tracing) and dynamo, which needs opset DYNAMO_OPSET or
+# later; auto tries them in that order.
+EXPORTERS = ("auto", "legacy", "dynamo")
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 7, 23  # what an export accepts
+DYNAMO_OPSET = 18
+# Test images of the run compared between PyTorch and ONNX Runtime before a file is written.
+VALIDATION_IMAGES = 256

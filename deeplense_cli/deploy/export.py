@@ -29,12 +29,21 @@ from deeplense_cli.core.version import __version__
 from deeplense_cli.data.splits import load_splits
 from deeplense_cli.data.targets import log10_mass, mass_only
 from deeplense_cli.data.transforms import apply_transform, source_size
+from deeplense_cli.deploy.defaults import (
+    DEFAULT_OPSET,
+    DYNAMO_OPSET,
+    EXPORTERS,
+    MAX_OPSET,
+    MIN_OPSET,
+    VALIDATION_IMAGES,
+)
 from deeplense_cli.deploy.mass_export import check_masses, regression_metadata
 from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum
 from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
 from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.deploy.precision import (
     DEFAULT_INT8_SCHEME,
+    DEFAULT_PRECISION,
     PRECISIONS,
     convert_fp16,
     int8_scheme_types,
@@ -59,8 +68,6 @@ from deeplense_cli.tracking import add_artifacts
 if TYPE_CHECKING:
     import torch
 
-EXPORTERS = ("auto", "legacy", "dynamo")
-DEFAULT_OPSET = 17
 STANDARD = ("", "ai.onnx")  # the standard operator domains
 
 
@@ -177,12 +184,17 @@ def _load_data(
 
 
 # ---- steps ----------------------------------------------------------------------------
+def _attempts(exporter: str) -> tuple[str, ...]:
+    """The exporters to try in turn: auto tries every other one, in :data:`EXPORTERS` order."""
+    return EXPORTERS[1:] if exporter == EXPORTERS[0] else (exporter,)
+
+
 def export_fp32(
     model: torch.nn.Module,
     example: np.ndarray,
     path: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
-    exporter: str = "auto",
+    exporter: str = EXPORTERS[0],
     rewrite: bool = True,
     standard_ops: bool = False,
 ) -> tuple[str, int]:
@@ -196,7 +208,7 @@ def export_fp32(
 
     ``legacy`` (TorchScript tracing) exports all eleven built-in architectures in seconds
     and its graphs run as fast as the dynamo exporter's once ONNX Runtime has optimised
-    them; ``auto`` uses it and falls back to ``dynamo`` (opset >= 18) if it fails.
+    them; ``auto`` uses it and falls back to ``dynamo`` (opset >= :data:`DYNAMO_OPSET`) if it fails.
     """
     import torch
 
@@ -209,8 +221,8 @@ def export_fp32(
     if rewrite:
         model, _ = export_copy(model)  # same numbers, a graph ORT runs faster (see the module)
     errors = []
-    for kind in ("legacy", "dynamo") if exporter == "auto" else (exporter,):
-        used_opset = max(opset, 18) if kind == "dynamo" else opset
+    for kind in _attempts(exporter):
+        used_opset = max(opset, DYNAMO_OPSET) if kind == "dynamo" else opset
         plain = unfused_attention() if standard_ops else contextlib.nullcontext()
         try:
             with silenced_output(), torch.inference_mode(False), torch.no_grad(), plain:
@@ -491,10 +503,10 @@ def export_onnx(
     run_path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
     opset: int = DEFAULT_OPSET,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     checkpoint: str = "best",
-    exporter: str = "auto",
-    validation_images: int = 256,
+    exporter: str = EXPORTERS[0],
+    validation_images: int = VALIDATION_IMAGES,
     calibration_images: int = 256,
     batch_sizes: tuple[int, ...] = (1, 32),
     min_agreement: float = INT8_MIN_AGREEMENT,
@@ -518,8 +530,11 @@ def export_onnx(
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise DeepLenseError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if not 7 <= int(opset) <= 23:
-        raise DeepLenseError(f"opset {opset} is out of range; use 17 (default) to 23")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise DeepLenseError(
+            f"opset {opset} is out of range; use {MIN_OPSET} to {MAX_OPSET} "
+            f"(default {DEFAULT_OPSET})"
+        )
     if validation_images < 1:
         raise DeepLenseError("validation_images must be at least 1")
     int8_scheme_types(int8_scheme)  # fail before the model loads
@@ -556,7 +571,7 @@ def export_onnx(
         reference=torch_logits(model, data.test),
     )
 
-    kinds = ("legacy", "dynamo") if exporter == "auto" else (exporter,)
+    kinds = _attempts(exporter)
     failures: list[str] = []
     for kind in kinds:
         try:

@@ -39,6 +39,7 @@ PRECISIONS: dict[str, str] = {
         "transformers; predictions change slightly (accuracy change is reported)"
     ),
 }
+DEFAULT_PRECISION = "fp32"
 # int8 schemes: (activation type, weight type, 7-bit weights). ONNX Runtime's x86 kernels
 # multiply uint8 activations by int8 weights; on CPUs without VNNI (AVX2, AVX-512 before
 # VNNI) they add pairs of products in 16 bits (VPMADDUBSW), which saturates with full 8-bit
