@@ -56,6 +56,7 @@ from deeplense_cli.deploy.predict import (
     predict_arrays_scored,
     predict_log10_mass,
 )
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE
 from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
 from deeplense_cli.registry.pretrained import PretrainedModel, shipped_models
@@ -537,7 +538,7 @@ def evaluate(
     split: str = "test",
     checkpoint: str = "best",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     skip_bad: bool = False,
     out: PathArg | None = None,
     progress: Progress = None,

@@ -8,7 +8,7 @@ import click
 
 from deeplense_cli.commands.options import checkpoint_option, data_root_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
-from deeplense_cli.evaluation import SPLITS
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE, SPLITS
 
 
 @click.command()
@@ -24,7 +24,7 @@ from deeplense_cli.evaluation import SPLITS
 @data_root_option
 @checkpoint_option()
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=EVAL_BATCH_SIZE, show_default=True)
 @click.option(
     "--skip-bad", is_flag=True, help="Leave out unreadable or invalid files (says how many)."
 )

@@ -20,6 +20,7 @@ from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.targets import log10_mass, with_mass
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE
 from deeplense_cli.evaluation.evaluate import (
     Evaluation,
     check_finite,
@@ -40,7 +41,7 @@ def evaluate_onnx(
     dataset: str | None = None,
     data_root: str | None = None,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     threads: int | None = None,
     out_dir: Path | None = None,
     skip_bad: bool = False,
@@ -138,7 +139,7 @@ def evaluate_target(
     data_root: str | None = None,
     checkpoint: str = "best",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     skip_bad: bool = False,
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,

@@ -8,3 +8,6 @@ Imports ``core``, ``data``, ``registry`` and ``runs``; training uses it for vali
 # The splits of a run that evaluate_run scores. Here, light, so that the command line offers
 # them without loading the evaluation engine (NumPy, the data readers).
 SPLITS = ("test", "val", "train")
+# Images per inference batch when a model is scored (evaluate, the out-of-distribution
+# detector's features, validation during training): no gradients, so larger than training's.
+EVAL_BATCH_SIZE = 256

@@ -18,7 +18,7 @@ from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.splits import load_splits
-from deeplense_cli.evaluation import SPLITS
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE, SPLITS
 from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import (
     axion_mass_bins,
@@ -111,7 +111,7 @@ def evaluate_run(
     checkpoint: str = "best",
     splits: Splits | None = None,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     skip_bad: bool = False,

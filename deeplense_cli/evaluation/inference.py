@@ -9,6 +9,7 @@ import numpy as np
 
 from deeplense_cli.core.device import exact_float32
 from deeplense_cli.data.transforms import apply_transform
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +24,7 @@ def predict_logits(
     images: np.ndarray,
     transform: dict[str, Any],
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
     progress: Callable[[int], None] | None = None,
     half_turn: bool = False,

@@ -31,6 +31,7 @@ import numpy as np
 
 from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError, first_line
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE
 from deeplense_cli.runs.task import is_regression, num_outputs
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def run_detector(
     model: torch.nn.Module,
     checkpoint: str = "best",
     device: torch.device | None = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[Detector | None, str]:
     """The run's detector for ``checkpoint``, fitted on its training split and calibrated on
     its validation split the first time and kept in the run; ``(None, why)`` when the run's

@@ -2,14 +2,15 @@
 
 The one place these facts are written: :mod:`~deeplense_cli.training.config` resolves and
 checks a configuration with them, and the command line builds its flags, choices and help
-from them. The standard library only (and ``runs.task``, as light), so that ``deeplense
---help`` reads them without loading the engine.
+from them. The standard library only (and ``runs.task`` and the ``evaluation`` package's
+constants, as light), so that ``deeplense --help`` reads them without loading the engine.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE
 from deeplense_cli.runs.task import CLASSIFY
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -59,7 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "amp": "auto",
     "channels_last": "auto",
     "num_threads": None,
-    "eval_batch_size": 256,
+    "eval_batch_size": EVAL_BATCH_SIZE,
     # BatchNorm models: recompute the running statistics from this many training images
     # before each validation ("precise BN"); 0 keeps the momentum averages
     "precise_bn_images": 1024,
