@@ -44,7 +44,12 @@ from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.readers import find_images
 from deeplense_cli.data.summary import dataset_folder, example_grid, summarize
 from deeplense_cli.data.transforms import source_size
-from deeplense_cli.deploy.defaults import DEFAULT_OPSET, EXPORTERS, VALIDATION_IMAGES
+from deeplense_cli.deploy.defaults import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    PREDICT_BATCH_SIZE,
+    VALIDATION_IMAGES,
+)
 from deeplense_cli.deploy.evaluate_onnx import evaluate_target
 from deeplense_cli.deploy.onnx_session import int8_saturation_warning
 from deeplense_cli.deploy.precision import DEFAULT_PRECISION
@@ -723,7 +728,7 @@ class Model:
         self,
         images: np.ndarray,
         *,
-        batch_size: int = 64,
+        batch_size: int = PREDICT_BATCH_SIZE,
         resize: bool = False,
     ) -> np.ndarray:
         """An axion-mass model's (``train --task axion-mass``) estimates: log10 of the axion
@@ -747,7 +752,7 @@ class Model:
         self,
         images: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...],
         *,
-        batch_size: int = 64,
+        batch_size: int = PREDICT_BATCH_SIZE,
         resize: bool = False,
     ) -> Predictions:
         """Probabilities for images in memory: one ``(H, W)`` image or a batch
@@ -781,7 +786,7 @@ class Model:
         self,
         paths: PathArg | Iterable[PathArg],
         *,
-        batch_size: int = 64,
+        batch_size: int = PREDICT_BATCH_SIZE,
         resize: bool = False,
         skip_bad: bool = False,
     ) -> Predictions:

@@ -11,7 +11,7 @@ import click
 from deeplense_cli.commands.options import checkpoint_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.deploy.defaults import DEVICES
+from deeplense_cli.deploy.defaults import DEVICES, PREDICT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from deeplense_cli.deploy.predict import Summary
@@ -46,7 +46,7 @@ def flag_line(summary: Summary) -> str:
     type=click.Path(dir_okay=False),
     help="Write predictions to FILE: .csv, .jsonl (JSON Lines) or .json, by extension.",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=PREDICT_BATCH_SIZE, show_default=True)
 @click.option(
     "--resize",
     is_flag=True,

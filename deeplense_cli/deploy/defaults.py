@@ -15,11 +15,13 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-DEVICES = ("auto", *PROVIDERS)
+DEVICES = ("auto", *PROVIDERS)  # the first is the default
+# Images per batch when predicting (ONNX Runtime, or PyTorch for a run).
+PREDICT_BATCH_SIZE = 64
 
 # torch.onnx paths: legacy (TorchScript tracing) and dynamo, which needs opset DYNAMO_OPSET or
 # later; auto tries them in that order.
-EXPORTERS = ("auto", "legacy", "dynamo")
+EXPORTERS = ("auto", "legacy", "dynamo")  # the first is the default
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 7, 23  # what an export accepts
 DYNAMO_OPSET = 18

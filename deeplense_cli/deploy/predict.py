@@ -31,6 +31,7 @@ from deeplense_cli.core.device import exact_float32, prepare_cpu_threads, resolv
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, as_image, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform, source_size
+from deeplense_cli.deploy.defaults import PREDICT_BATCH_SIZE
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.evaluation.ood import capture_features, run_detector
@@ -231,7 +232,10 @@ def probabilities(predictor: Predictor, raw: np.ndarray) -> np.ndarray:
 
 
 def predict_arrays(
-    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+    predictor: Predictor,
+    images: np.ndarray,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    resize: bool = False,
 ) -> np.ndarray:
     """Class probabilities ``(N, classes)`` for images in memory: one ``(H, W)`` image or a
     batch ``(N, H, W)`` or ``(N, 1, H, W)``. Each image is checked as a file's would be
@@ -268,7 +272,10 @@ def _array_batches(
 
 
 def predict_arrays_scored(
-    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+    predictor: Predictor,
+    images: np.ndarray,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    resize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`predict_arrays` and the out-of-distribution scores ``(N,)`` (None when the model
     has no detector)."""
@@ -284,7 +291,10 @@ def predict_arrays_scored(
 
 
 def predict_log10_mass(
-    predictor: Predictor, images: np.ndarray, batch_size: int = 64, resize: bool = False
+    predictor: Predictor,
+    images: np.ndarray,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    resize: bool = False,
 ) -> np.ndarray:
     """An axion-mass model's estimates, log10 of the mass in eV ``(N,)``, for images in
     memory (shaped and checked as :func:`predict_arrays` takes them)."""
@@ -375,7 +385,7 @@ def _read_batch(
 def iter_predictions(
     predictor: Predictor,
     files: list[Path],
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH_SIZE,
     resize: bool = False,
     skip_bad: bool = False,
     summary: Summary | None = None,
@@ -534,7 +544,7 @@ def predict(
     inputs: Iterable[str | os.PathLike[str]],
     output: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH_SIZE,
     resize: bool = False,
     skip_bad: bool = False,
     threads: int | None = None,
