@@ -216,11 +216,24 @@ NOT_AT_HELP = (
     "deeplense_cli.commands.display",
     "deeplense_cli.cluster.wait",
     "deeplense_cli.tune.experiment",
+    "deeplense_cli.simulate.recipe",
+    "deeplense_cli.data.imageset",
+    "deeplense_cli.deploy.onnx_session",
 )
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["models", "--help"], ["train", "--help"], ["tune", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["models", "--help"],
+        ["train", "--help"],
+        ["tune", "--help"],
+        ["data", "--help"],
+        ["data", "simulate", "--help"],
+        ["predict", "--help"],
+        ["export", "onnx", "--help"],
+    ],
 )
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     code = (

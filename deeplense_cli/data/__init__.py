@@ -15,15 +15,43 @@ is the public API; the sub-modules each hold one concern:
 Imports only ``core``; ``simulate`` and the packages above it build on this one.
 """
 
-from deeplense_cli.data.imageset import ImageSet, folder_cache_dir, load_image_set
-from deeplense_cli.data.readers import (
-    SUPPORTED_EXTENSIONS,
-    BadImageError,
-    find_images,
-    read_image,
+from typing import TYPE_CHECKING
+
+from deeplense_cli.core.lazy import exports
+
+if TYPE_CHECKING:
+    from deeplense_cli.data.imageset import ImageSet, folder_cache_dir, load_image_set
+    from deeplense_cli.data.readers import (
+        SUPPORTED_EXTENSIONS,
+        BadImageError,
+        find_images,
+        read_image,
+    )
+    from deeplense_cli.data.sources import (
+        KNOWN_CLASSES,
+        KNOWN_DATASETS,
+        DataSource,
+        resolve_source,
+    )
+    from deeplense_cli.data.splits import Splits, make_splits
+
+# Imported on first use: the readers, the cache and the splits load NumPy, and `deeplense data
+# --help` reads only the dataset and class names (data.sources, the standard library).
+__getattr__ = exports(
+    __name__,
+    {
+        **{n: f"imageset:{n}" for n in ("ImageSet", "folder_cache_dir", "load_image_set")},
+        **{
+            n: f"readers:{n}"
+            for n in ("SUPPORTED_EXTENSIONS", "BadImageError", "find_images", "read_image")
+        },
+        **{
+            n: f"sources:{n}"
+            for n in ("KNOWN_CLASSES", "KNOWN_DATASETS", "DataSource", "resolve_source")
+        },
+        **{n: f"splits:{n}" for n in ("Splits", "make_splits")},
+    },
 )
-from deeplense_cli.data.sources import KNOWN_CLASSES, KNOWN_DATASETS, DataSource, resolve_source
-from deeplense_cli.data.splits import Splits, make_splits
 
 __all__ = [
     "KNOWN_CLASSES",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.simulate.recipe import Recipe, base_recipe, recipe_of
+
+if TYPE_CHECKING:
+    from deeplense_cli.simulate.recipe import Recipe
 
 MAX_IMAGE_SIZE = 1024
 
@@ -152,6 +154,9 @@ def resolve_recipe(model: str, recipe: Mapping[str, object] | Recipe | None = No
 
     Unknown keys and bad values raise a one-line DeepLenseError that lists the known keys.
     """
+    # Here, not at the top: the recipe loads NumPy, and `data simulate --help` reads the keys.
+    from deeplense_cli.simulate.recipe import Recipe, base_recipe, recipe_of
+
     if recipe is None or isinstance(recipe, Recipe):
         return recipe_of(model, recipe)
     changes: dict[str, Any] = {}
