@@ -38,7 +38,7 @@ from deeplense_cli.deploy.defaults import (
     VALIDATION_IMAGES,
 )
 from deeplense_cli.deploy.mass_export import check_masses, regression_metadata
-from deeplense_cli.deploy.onnx_graph import reorder_gelu, rewrite_einsum
+from deeplense_cli.deploy.onnx_graph import STANDARD_DOMAINS, reorder_gelu, rewrite_einsum
 from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
 from deeplense_cli.deploy.ood_graph import embed_detector
 from deeplense_cli.deploy.precision import (
@@ -67,8 +67,6 @@ from deeplense_cli.tracking import add_artifacts
 
 if TYPE_CHECKING:
     import torch
-
-STANDARD = ("", "ai.onnx")  # the standard operator domains
 
 
 @dataclass
@@ -288,7 +286,9 @@ def contrib_ops(path: str | os.PathLike[str]) -> list[str]:
     import onnx
 
     graph = onnx.load(os.fspath(path)).graph
-    return sorted({f"{n.domain}.{n.op_type}" for n in graph.node if n.domain not in STANDARD})
+    return sorted(
+        {f"{n.domain}.{n.op_type}" for n in graph.node if n.domain not in STANDARD_DOMAINS}
+    )
 
 
 def set_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> None:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+STANDARD_DOMAINS = ("", "ai.onnx")  # the standard ONNX operator domains
+
 
 @dataclass(frozen=True)
 class _Equation:
@@ -181,7 +183,7 @@ def rewrite_einsum(model: Any) -> int:
     rewritten = 0
     replaced_inputs: set[str] = set()
     for index, node in enumerate(graph.node):
-        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx"):
+        if node.op_type != "Einsum" or node.domain not in STANDARD_DOMAINS:
             new_nodes.append(node)
             continue
         equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.deploy.onnx_graph import STANDARD_DOMAINS
 from deeplense_cli.deploy.onnx_session import INPUT_NAME, OOD_OUTPUT, import_ort, session_options
 from deeplense_cli.evaluation.ood import LAPLACIAN, Detector, fit, ring_matrix
 
@@ -127,7 +128,7 @@ def with_features(model: Any) -> Any:
 
 
 def opset(model: Any) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return max((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), default=0)
 
 
 def append_detector(model: Any, detector: Detector) -> None:
