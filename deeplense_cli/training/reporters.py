@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from deeplense_cli.training.defaults import METRICS
+
 
 class Reporter(Protocol):
     """Receives progress from the training loop (rich display, JSON lines, Ray Tune...)."""
@@ -135,9 +137,7 @@ class BarReporter:
         self.epochs = int(row.get("planned_epochs") or self.epochs)  # a time budget re-plans
         if self.bar is not None:
             shown = {"train_loss": row.get("train_loss")}
-            shown.update(
-                {k: row.get(k) for k in ("val_loss", "val_accuracy", "val_macro_auc", "val_mae")}
-            )
+            shown.update({k: row.get(k) for k in METRICS})  # those this task records
             postfix = {k: f"{v:.4f}" for k, v in shown.items() if v is not None}
             self.bar.set_postfix(postfix, refresh=False)  # closing draws it once
         self._close()
