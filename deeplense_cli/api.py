@@ -42,6 +42,7 @@ from deeplense_cli.core.device import configure_openmp
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.readers import find_images
+from deeplense_cli.data.sources import DATASET_SPLITS
 from deeplense_cli.data.summary import dataset_folder, example_grid, summarize
 from deeplense_cli.data.transforms import source_size
 from deeplense_cli.deploy.defaults import (
@@ -329,8 +330,8 @@ def open_dataset(
     """
     _path("path_or_name", path_or_name)
     _path("data_root", data_root, optional=True)
-    if split not in ("train", "test"):
-        raise DeepLenseError(f"unknown split {split!r}; use train or test")
+    if split not in DATASET_SPLITS:
+        raise DeepLenseError(f"unknown split {split!r}; use {' or '.join(DATASET_SPLITS)}")
     folder = dataset_folder(path_or_name, data_root, test=split == "test")
     with _counter(progress, "index", None, unit="file") as advance:
         done = 0

@@ -13,6 +13,9 @@ from deeplense_cli.core.errors import DeepLenseError, did_you_mean
 # every simulated image's seed (deeplense_cli.simulate.streams).
 KNOWN_DATASETS = ("Model_I", "Model_II", "Model_III")
 KNOWN_CLASSES = ("axion", "cdm", "no_sub")
+# A dataset's two folders: NAME for training and NAME_test beside it (test_folder). Their order
+# is part of every simulated image's seed as well.
+DATASET_SPLITS = ("train", "test")
 
 
 @dataclass
@@ -30,8 +33,13 @@ def canonical_name(dataset: str) -> str | None:
     return None
 
 
+def test_folder(train_dir: Path) -> Path:
+    """The test folder that belongs beside the training folder ``train_dir``."""
+    return train_dir.parent / f"{train_dir.name}_test"
+
+
 def _test_sibling(train_dir: Path) -> Path | None:
-    sibling = train_dir.parent / f"{train_dir.name}_test"
+    sibling = test_folder(train_dir)
     return sibling if sibling.is_dir() else None
 
 

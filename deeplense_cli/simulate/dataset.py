@@ -24,6 +24,7 @@ from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data import KNOWN_CLASSES
 from deeplense_cli.data.readers import read_npy
+from deeplense_cli.data.sources import test_folder
 from deeplense_cli.simulate.overrides import format_overrides, resolve_recipe
 from deeplense_cli.simulate.recipe import Recipe, check_class, model_spec
 from deeplense_cli.simulate.render import fast_simulator
@@ -32,7 +33,8 @@ from deeplense_cli.simulate.streams import SPLITS, file_name, image_rng
 
 def split_dir(out: Path, model: str, split: str) -> Path:
     """``OUT/Model_X`` for train, ``OUT/Model_X_test`` for test (the released layout)."""
-    return Path(out) / (model if split == "train" else f"{model}_test")
+    train = Path(out) / model
+    return train if split == "train" else test_folder(train)
 
 
 def load_sample(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:

@@ -13,17 +13,17 @@ from collections.abc import Mapping
 import numpy as np
 
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.data import KNOWN_CLASSES, KNOWN_DATASETS
+from deeplense_cli.data.sources import DATASET_SPLITS, KNOWN_CLASSES, KNOWN_DATASETS
 from deeplense_cli.simulate.overrides import resolve_recipe
 from deeplense_cli.simulate.recipe import Recipe, check_class, model_spec
 from deeplense_cli.simulate.render import fast_simulator
 
-SPLITS = ("train", "test")
+SPLITS = DATASET_SPLITS
 
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise DeepLenseError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise DeepLenseError(f"unknown split {split!r}; choose {' or '.join(map(repr, SPLITS))}")
     return split
 
 
