@@ -40,6 +40,7 @@ from deeplense_cli.core.atomic import destination_fault, fault_message
 from deeplense_cli.core.cpu import cpu_flags
 from deeplense_cli.core.device import configure_openmp
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data import EXAMPLES_PER_CLASS
 from deeplense_cli.data.imageset import ImageSet, load_image_set
 from deeplense_cli.data.readers import find_images
 from deeplense_cli.data.sources import DATASET_SPLITS
@@ -295,7 +296,7 @@ class Dataset:
         axion-mass ranges, bad files."""
         return summarize(self.image_set)
 
-    def show(self, per_class: int = 4, seed: int = 0) -> Figure:
+    def show(self, per_class: int = EXAMPLES_PER_CLASS, seed: int = 0) -> Figure:
         """A grid of ``per_class`` examples per class, titled with the axion masses (the
         figure ``deeplense data show`` writes)."""
         return example_grid(self.image_set, per_class, seed)

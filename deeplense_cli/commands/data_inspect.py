@@ -11,6 +11,7 @@ import click
 from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.ranges import check_number
+from deeplense_cli.data import EXAMPLES_PER_CLASS, MAX_EXAMPLES_PER_CLASS
 
 
 @contextlib.contextmanager
@@ -100,11 +101,11 @@ def info(target: str, as_json: bool, data_root: str | None) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
 @click.option(
     "--per-class",
-    default=4,
+    default=EXAMPLES_PER_CLASS,
     show_default=True,
     type=int,
-    help="Images per class; capped at what the largest class holds and at 32, so the PNG "
-    "stays under 6,400 pixels wide.",
+    help="Images per class; capped at what the largest class holds and at "
+    f"{MAX_EXAMPLES_PER_CLASS}, so the PNG stays under 6,400 pixels wide.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Which examples to pick.")
 @click.option("--test", "use_test", is_flag=True, help="Draw from the test folder.")
@@ -121,12 +122,7 @@ def show(
 ) -> None:
     """Draw example images of each class into a PNG grid (labelled with class and axion mass)."""
     from deeplense_cli.data.imageset import load_image_set
-    from deeplense_cli.data.summary import (
-        MAX_PER_CLASS,
-        dataset_folder,
-        examples_per_class,
-        save_example_grid,
-    )
+    from deeplense_cli.data.summary import dataset_folder, examples_per_class, save_example_grid
 
     check_number("--seed", seed, 0, integer=True)  # before the folder is read
     folder = dataset_folder(target, data_root, test=use_test)
@@ -138,7 +134,9 @@ def show(
     path = save_example_grid(image_set, output, per_class=per_class, seed=seed)
     capped = ""
     if shown < per_class:
-        why = "the most a grid shows" if shown == MAX_PER_CLASS else "the most any class has"
+        why = (
+            "the most a grid shows" if shown == MAX_EXAMPLES_PER_CLASS else "the most any class has"
+        )
         capped = f"; --per-class {per_class} capped at {shown}, {why}"
     console().print(
         f"Wrote {path} ({len(image_set.classes)} classes x {shown} images from {folder}{capped})",

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING
 
 from deeplense_cli.core.lazy import exports
 
+# `data show` and Dataset.show: examples per class, and the most a grid holds (the figure stays
+# under 6,400 pixels wide). Here, light, so that the command line offers them without NumPy.
+EXAMPLES_PER_CLASS = 4
+MAX_EXAMPLES_PER_CLASS = 32
+
 if TYPE_CHECKING:
     from deeplense_cli.data.imageset import ImageSet, folder_cache_dir, load_image_set
     from deeplense_cli.data.readers import (

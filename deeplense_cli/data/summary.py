@@ -12,6 +12,7 @@ import numpy as np
 from deeplense_cli.core import atomic
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
+from deeplense_cli.data import EXAMPLES_PER_CLASS, MAX_EXAMPLES_PER_CLASS
 from deeplense_cli.data.imageset import ImageSet, Progress, load_image_set
 from deeplense_cli.data.sources import DataSource, resolve_source
 
@@ -105,18 +106,14 @@ def dataset_info(
     return info
 
 
-# The most examples per class `data show` draws: the figure stays under 6,400 pixels wide.
-MAX_PER_CLASS = 32
-
-
 def examples_per_class(image_set: ImageSet, per_class: int) -> int:
     """How many columns a grid of ``per_class`` examples has: ``per_class``, capped at the
     largest class (a class with fewer images leaves its last panels empty) and at
-    :data:`MAX_PER_CLASS`."""
+    :data:`~deeplense_cli.data.MAX_EXAMPLES_PER_CLASS`."""
     if per_class < 1:
         raise DeepLenseError(f"--per-class must be at least 1, got {per_class}")
     largest = max(image_set.counts().values(), default=0)
-    return max(1, min(per_class, largest, MAX_PER_CLASS))
+    return max(1, min(per_class, largest, MAX_EXAMPLES_PER_CLASS))
 
 
 def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np.ndarray]:
@@ -131,7 +128,7 @@ def pick_examples(image_set: ImageSet, per_class: int, seed: int = 0) -> list[np
     return out
 
 
-def example_grid(image_set: ImageSet, per_class: int = 4, seed: int = 0) -> Figure:
+def example_grid(image_set: ImageSet, per_class: int = EXAMPLES_PER_CLASS, seed: int = 0) -> Figure:
     """A figure with one row per class, ``per_class`` images each (at most what the largest
     class has, see :func:`examples_per_class`), titled with the axion mass."""
     per_class = examples_per_class(image_set, per_class)
@@ -162,7 +159,10 @@ def example_grid(image_set: ImageSet, per_class: int = 4, seed: int = 0) -> Figu
 
 
 def save_example_grid(
-    image_set: ImageSet, out: str | os.PathLike[str], per_class: int = 4, seed: int = 0
+    image_set: ImageSet,
+    out: str | os.PathLike[str],
+    per_class: int = EXAMPLES_PER_CLASS,
+    seed: int = 0,
 ) -> Path:
     """The :func:`example_grid` as a PNG file."""
     examples_per_class(image_set, per_class)  # a bad count fails before the name is checked
