@@ -68,7 +68,14 @@ from deeplense_cli.evaluation.evaluate import Evaluation
 from deeplense_cli.registry.manager import architectures
 from deeplense_cli.registry.pretrained import PretrainedModel, shipped_models
 from deeplense_cli.runs.rundir import RunDir
-from deeplense_cli.simulate import check_request, model_spec, parse_classes, simulate_dataset
+from deeplense_cli.simulate import (
+    TEST_PER_CLASS,
+    TRAIN_PER_CLASS,
+    check_request,
+    model_spec,
+    parse_classes,
+    simulate_dataset,
+)
 from deeplense_cli.training.config import config_from_mapping, load_config_file, resolve
 from deeplense_cli.training.reporters import (
     BarReporter,
@@ -204,8 +211,8 @@ def simulate(
     dataset: str,
     out: PathArg | None = None,
     *,
-    train_per_class: int = 30000,
-    test_per_class: int = 5000,
+    train_per_class: int = TRAIN_PER_CLASS,
+    test_per_class: int = TEST_PER_CLASS,
     seed: int = 0,
     workers: int | None = None,
     classes: str | Iterable[str] | None = None,

@@ -18,14 +18,14 @@ from deeplense_cli.data import KNOWN_CLASSES
 @click.option(
     "--train-per-class",
     type=int,
-    default=30000,
+    default=engine.TRAIN_PER_CLASS,
     show_default=True,
     help="Training images per class (written to OUT/MODEL/CLASS).",
 )
 @click.option(
     "--test-per-class",
     type=int,
-    default=5000,
+    default=engine.TEST_PER_CLASS,
     show_default=True,
     help="Test images per class (written to OUT/MODEL_test/CLASS).",
 )

@@ -59,8 +59,10 @@ __getattr__ = exports(
 )
 
 __all__ = [
+    "EXAMPLES_PER_CLASS",
     "KNOWN_CLASSES",
     "KNOWN_DATASETS",
+    "MAX_EXAMPLES_PER_CLASS",
     "SUPPORTED_EXTENSIONS",
     "BadImageError",
     "DataSource",

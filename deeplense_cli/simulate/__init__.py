@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING
 
 from deeplense_cli.core.lazy import exports
 
+# Images per class a simulated dataset has unless told otherwise (`deeplense data simulate`,
+# api.simulate). Here, light, so that the command line offers them without the simulator.
+TRAIN_PER_CLASS = 30000
+TEST_PER_CLASS = 5000
+
 if TYPE_CHECKING:
     from deeplense_cli.simulate.dataset import (
         check_records,
@@ -98,6 +103,8 @@ __all__ = [
     "N_SUBHALOS",
     "RECIPE_KEYS",
     "SPLITS",
+    "TEST_PER_CLASS",
+    "TRAIN_PER_CLASS",
     "VORTEX_POINTS",
     "FastSimulator",
     "LensParams",
