@@ -11,7 +11,7 @@ import click
 from deeplense_cli.commands.options import checkpoint_option, tta_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.errors import DeepLenseError
-from deeplense_cli.deploy.defaults import DEVICES, PREDICT_BATCH_SIZE
+from deeplense_cli.deploy.defaults import DEVICES, OUTPUT_FORMATS, PREDICT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from deeplense_cli.deploy.predict import Summary
@@ -44,7 +44,8 @@ def flag_line(summary: Summary) -> str:
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
-    help="Write predictions to FILE: .csv, .jsonl (JSON Lines) or .json, by extension.",
+    help=f"Write predictions to FILE, by extension ({', '.join(OUTPUT_FORMATS)}; .jsonl is JSON "
+    "Lines).",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=PREDICT_BATCH_SIZE, show_default=True)
 @click.option(

@@ -18,6 +18,8 @@ PROVIDERS = {
 DEVICES = ("auto", *PROVIDERS)  # the first is the default
 # Images per batch when predicting (ONNX Runtime, or PyTorch for a run).
 PREDICT_BATCH_SIZE = 64
+# The files predict writes, by extension (.jsonl: JSON Lines).
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
 
 # torch.onnx paths: legacy (TorchScript tracing) and dynamo, which needs opset DYNAMO_OPSET or
 # later; auto tries them in that order.

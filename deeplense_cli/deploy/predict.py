@@ -31,7 +31,7 @@ from deeplense_cli.core.device import exact_float32, prepare_cpu_threads, resolv
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.readers import BadImageError, as_image, find_images, read_image
 from deeplense_cli.data.transforms import apply_transform, source_size
-from deeplense_cli.deploy.defaults import PREDICT_BATCH_SIZE
+from deeplense_cli.deploy.defaults import OUTPUT_FORMATS, PREDICT_BATCH_SIZE
 from deeplense_cli.deploy.onnx_session import OnnxModel, int8_saturation_warning, shareable
 from deeplense_cli.evaluation.metrics import softmax
 from deeplense_cli.evaluation.ood import capture_features, run_detector
@@ -42,8 +42,6 @@ from deeplense_cli.runs.task import is_regression
 
 if TYPE_CHECKING:
     import torch
-
-OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}
 
 
 class Predictor(Protocol):
@@ -456,11 +454,17 @@ def _init_source(predictor: Predictor) -> str:
     return str(getattr(info, "source_run", "") or "RUN")
 
 
+def _or(names: Iterable[str]) -> str:
+    """``a, b or c``."""
+    *rest, last = names
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
 def output_format(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise DeepLenseError(
-            f"{path}: unknown output type {suffix or '(none)'}; use .csv, .jsonl or .json"
+            f"{path}: unknown output type {suffix or '(none)'}; use {_or(OUTPUT_FORMATS)}"
         )
     return OUTPUT_FORMATS[suffix]
 
@@ -489,7 +493,7 @@ def write_predictions(
     predictions: Iterable[Prediction],
     masses: bool = False,
 ) -> int:
-    """Stream predictions to ``path`` (.csv, .jsonl or .json), atomically; returns the count.
+    """Stream predictions to ``path`` (:data:`OUTPUT_FORMATS`), atomically; returns the count.
 
     CSV columns: ``path, predicted, p_<class>..., in_distribution, ood_score`` (the last two
     empty when the model has no detector); JSON Lines / JSON: one object per file with
