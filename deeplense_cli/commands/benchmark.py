@@ -16,11 +16,12 @@ from deeplense_cli.commands.options import (
 from deeplense_cli.core import paths
 from deeplense_cli.core.console import console, err_console
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.data import KNOWN_DATASETS
 
 
 @click.command(context_settings={"show_default": True})
 @click.option("--models", default="all", help="'all' or a comma list of architectures.")
-@click.option("--datasets", default="Model_III", help="Comma list of Model_I, Model_II, Model_III.")
+@click.option("--datasets", default="Model_III", help=f"Comma list of {', '.join(KNOWN_DATASETS)}.")
 @click.option(
     "--out",
     "out_dir",

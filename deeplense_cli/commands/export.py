@@ -108,7 +108,7 @@ def export() -> None:
 @click.option(
     "--tta",
     type=click.Choice(TTA),
-    default="none",
+    default=TTA[0],
     show_default=True,
     help="Test-time augmentation the file asks for: predict and evaluate then average each "
     "image with its half turn unless told --tta none (recorded in its metadata).",

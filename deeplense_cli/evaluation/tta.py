@@ -17,7 +17,7 @@ from deeplense_cli.core.errors import DeepLenseError
 if TYPE_CHECKING:  # NumPy is imported where it is used: the commands' --help reads TTA
     import numpy as np
 
-TTA = ("none", "rot180")
+TTA = ("none", "rot180")  # the first, no augmentation, is the default
 
 
 def check_tta(tta: str | None) -> str:
