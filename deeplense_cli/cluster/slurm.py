@@ -32,6 +32,10 @@ TERMINAL_STATES = frozenset(
 )
 
 
+# The partitions, one a line, no header: whether SLURM answers, and what it offers.
+SINFO_PARTITIONS = ("sinfo", "-h", "-o", "%P")
+
+
 def _run(cmd: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run a SLURM command with a timeout; a missing binary or a hang becomes DeepLenseError."""
     try:
@@ -52,7 +56,7 @@ def slurm_available() -> bool:
     if not (shutil.which("sbatch") and shutil.which("srun") and shutil.which("sinfo")):
         return False
     try:
-        proc = _run(["sinfo", "-h", "-o", "%P"], timeout=10)
+        proc = _run(SINFO_PARTITIONS, timeout=10)
     except DeepLenseError:
         return False
     return proc.returncode == 0
@@ -66,7 +70,7 @@ def require_slurm() -> None:
         raise DeepLenseError(
             "SLURM incomplete: sbatch is on PATH but srun is not; install the SLURM client tools"
         )
-    proc = _run(["sinfo", "-h", "-o", "%P"], timeout=10)
+    proc = _run(SINFO_PARTITIONS, timeout=10)
     if proc.returncode != 0:
         raise DeepLenseError(
             f"SLURM does not answer: `sinfo` failed ({proc.stderr.strip() or proc.returncode}); "
@@ -76,7 +80,7 @@ def require_slurm() -> None:
 
 def partitions() -> list[str]:
     """The cluster's partitions (the default one first is not guaranteed; ``*`` stripped)."""
-    proc = _run(["sinfo", "-h", "-o", "%P"], timeout=10)
+    proc = _run(SINFO_PARTITIONS, timeout=10)
     if proc.returncode != 0:
         raise DeepLenseError(f"`sinfo` failed: {proc.stderr.strip()}")
     names = [line.strip().rstrip("*") for line in proc.stdout.splitlines() if line.strip()]
