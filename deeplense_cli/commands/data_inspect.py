@@ -12,6 +12,7 @@ from deeplense_cli.commands.options import data_root_option
 from deeplense_cli.core.console import console, err_console, print_json
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data import EXAMPLES_PER_CLASS, MAX_EXAMPLES_PER_CLASS
+from deeplense_cli.data.sources import DATASET_SPLITS
 
 
 @contextlib.contextmanager
@@ -69,7 +70,7 @@ def info(target: str, as_json: bool, data_root: str | None) -> None:
     from rich.table import Table
 
     con = console()
-    splits = [(k, result[k]) for k in ("train", "test") if result[k] is not None]
+    splits = [(k, result[k]) for k in DATASET_SPLITS if result[k] is not None]
     table = Table(title=f"{result['name']}: images per class")
     table.add_column("class")
     for split, _ in splits:
