@@ -22,6 +22,7 @@ from deeplense_cli.deploy.precision import (
     DEFAULT_PRECISION,
     INT8_SCHEMES,
     PRECISIONS,
+    file_name,
 )
 from deeplense_cli.evaluation.tta import TTA
 from deeplense_cli.registry.manager import export_formats, warn
@@ -60,7 +61,9 @@ def export() -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
-    help="Output file [default: RUN/model.onnx, RUN/model-fp16.onnx, RUN/model-int8.onnx].",
+    help="Output file [default: "
+    + ", ".join(f"RUN/{file_name(p)}" for p in PRECISIONS)
+    + ", by --precision].",
 )
 @click.option(
     "--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset version."

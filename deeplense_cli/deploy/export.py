@@ -46,6 +46,7 @@ from deeplense_cli.deploy.precision import (
     DEFAULT_PRECISION,
     PRECISIONS,
     convert_fp16,
+    file_name,
     int8_scheme_types,
     quantize_int8,
 )
@@ -306,7 +307,7 @@ def set_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> None:
 
 
 def default_output(run: RunDir, precision: str) -> Path:
-    return run.path / ("model.onnx" if precision == "fp32" else f"model-{precision}.onnx")
+    return run.path / file_name(precision)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ INT8_SCHEMES: dict[str, tuple[str, str, bool]] = {
 DEFAULT_INT8_SCHEME = "u8s8-7bit"
 
 
+def file_name(precision: str) -> str:
+    """The file an export at ``precision`` writes in its run unless told: ``model.onnx`` for
+    fp32, ``model-fp16.onnx``, ``model-int8.onnx``."""
+    return "model.onnx" if precision == "fp32" else f"model-{precision}.onnx"
+
+
 def int8_scheme_types(scheme: str) -> tuple[str, str, bool]:
     """``INT8_SCHEMES[scheme]``; an unknown scheme is a DeepLenseError."""
     if scheme not in INT8_SCHEMES:
