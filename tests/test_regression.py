@@ -97,6 +97,34 @@ def test_data_without_axion_masses_is_a_clear_error(sim_root: Path, tmp_path: Pa
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_an_axion_folder_alone_trains_a_regressor_and_not_a_classifier(
+    sim_root: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "axions"
+    shutil.copytree(sim_root / "Model_III" / "axion", data / "axion")
+    refused = CliRunner().invoke(
+        cli,
+        ["train", "-m", "resnet18", "--data", str(data), "--run-dir", str(tmp_path / "clf"),
+         "--epochs", "1", *QUICK],
+    )  # fmt: skip
+    assert refused.exit_code != 0
+    assert "single class (axion); a classifier needs at least two" in refused.output
+    assert "--task axion-mass" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "clf" / "config.yaml").exists()
+
+    run_dir = tmp_path / "reg"
+    _invoke(
+        ["train", "-m", "resnet18", "--data", str(data), "--task", "axion-mass",
+         "--run-dir", str(run_dir), "--epochs", "1", "--set", "data.test_fraction=0.25", *QUICK]
+    )  # fmt: skip
+    run = RunDir.open(run_dir)
+    assert run.classes == ["axion"]
+    sizes = run.read_record("split")["sizes"]
+    assert sizes["train"] > 0 and sizes["val"] > 0 and sizes["test"] > 0
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["task"] == "axion-mass" and np.isfinite(metrics["mae"])
+
+
 # ---- train -> evaluate -> export -> predict -----------------------------------------
 @pytest.fixture(scope="module")
 def mass_run(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -411,10 +411,6 @@ def _open_cache(
         order = expected
     else:
         order = kept
-    if len(order) < 2:
-        raise DeepLenseError(
-            f"{root} has a single class ({order[0]}); a classifier needs at least two class folders"
-        )
     remap = np.full(len(all_classes), -1, dtype=np.int64)
     for i, c in enumerate(order):
         remap[all_classes.index(c)] = i

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.targets import log10_mass, mass_only
 from deeplense_cli.evaluation.regression import regression_metrics
 from deeplense_cli.runs.task import AXION_MASS, TARGET_NAME, TargetScaling, is_regression, task_of
@@ -24,8 +25,16 @@ if TYPE_CHECKING:
 
 
 def task_splits(config: dict[str, Any], splits: Splits) -> Splits:
-    """The splits the run's task trains on: a regressor's hold only images with a mass."""
-    return mass_only(splits) if is_regression(task_of(config)) else splits
+    """The splits the run's task trains on: a regressor's hold only images with a mass (one
+    axion folder is enough); a classifier needs two classes or more."""
+    if is_regression(task_of(config)):
+        return mass_only(splits)
+    if len(splits.classes) < 2:
+        raise DeepLenseError(
+            f"{splits.train.root} has a single class ({splits.classes[0]}); a classifier needs "
+            "at least two class folders (--task axion-mass trains on an axion folder alone)"
+        )
+    return splits
 
 
 def head_names(config: dict[str, Any], classes: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.version import __version__
 from deeplense_cli.data.splits import load_splits
 from deeplense_cli.training.defaults import METRICS
+from deeplense_cli.training.tasks import task_splits
 from deeplense_cli.tune.layout import (
     STATE_FILE,
     default_name,
@@ -43,7 +44,7 @@ from deeplense_cli.tune.trials import listening, progress_callback, trainable, t
 def prepare_data(config: dict[str, Any]) -> Any:
     """Load (and on first use pack) the dataset once in the driver, so trials only open the
     memory-mapped cache; check the split has a validation set for ASHA to compare on."""
-    splits = load_splits(config)
+    splits = task_splits(config, load_splits(config))
     if len(splits.val_idx) == 0:
         raise DeepLenseError(
             "the validation split is empty; tuning compares trials on validation metrics "
