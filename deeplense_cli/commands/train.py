@@ -329,6 +329,7 @@ def _ranks(config: dict[str, Any]) -> Iterator[None]:
         ) from None
     finally:
         distributed.shutdown(clean)
+    distributed.leave()
 
 
 def _run(config: dict[str, Any], run: Any, kw: dict[str, Any], resume: bool) -> None:

@@ -98,9 +98,14 @@ def setup(device: str) -> Layout:
     ``train.device`` (auto, cpu, cuda...): NCCL on CUDA, gloo otherwise. Returns the layout
     and the device this rank trains on (CUDA: the GPU of its local rank)."""
     global _layout
+    import faulthandler
+
     import torch
     import torch.distributed as dist
 
+    # A rank aborted by the C++ runtime (SIGABRT) then prints every thread's Python stack to
+    # its stderr: the intermittent gloo abort on CPUs has not been reproduced on demand.
+    faulthandler.enable()
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
@@ -173,6 +178,20 @@ def shutdown(clean: bool = False) -> None:
                 dist.barrier()
         dist.destroy_process_group()
     _layout = Layout()
+
+
+def leave() -> None:
+    """End a launched rank other than rank 0 after a clean :func:`shutdown` (the run ended
+    alike on every rank), without the interpreter's exit; rank 0 returns (trackers, files).
+    The gloo abort above was always on rank 1, which exits first, and "terminate called
+    without an active exception" is what C++ objects destroyed at exit (joinable threads)
+    raise. A rank that failed exits normally: an early exit would race the one that says why."""
+    import sys
+
+    if os.environ.get("RANK") not in (None, "0") and launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def broadcast(obj: Any) -> Any:
