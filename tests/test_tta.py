@@ -87,3 +87,7 @@ def test_a_run_and_its_export_score_the_same_with_tta(
     assert run_m["confusion_matrix"] == onnx_m["confusion_matrix"]
     plain = json.loads(_invoke("evaluate", trained_run, "--data", data, "--json").output)
     assert plain["loss"] != pytest.approx(run_m["loss"], abs=1e-6)
+    # each in its own folder: the --tta evaluation never replaces the plain one
+    assert plain["out_dir"] != run_m["out_dir"]
+    assert "-rot180" in Path(run_m["out_dir"]).name and "-rot180" in Path(onnx_m["out_dir"]).name
+    assert json.loads((Path(plain["out_dir"]) / "metrics.json").read_text())["tta"] == "none"

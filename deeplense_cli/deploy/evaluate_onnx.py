@@ -119,7 +119,7 @@ def evaluate_onnx(
     if out_dir is None:
         # every default export is model.onnx: the name alone would let one run's results
         # replace another's
-        name = f"{path.stem}-{Path(folder).name}"
+        name = f"{path.stem}-{Path(folder).name}" + ("" if tta == "none" else f"-{tta}")
         out_dir = paths.run_root() / "evaluations" / paths.tagged(name, path, folder)
     if target is not None:
         title = f"{metrics['model']} on {folder} (n={metrics['n']})"

@@ -154,11 +154,14 @@ def evaluate_run(
         }
     )
     if out_dir is None:
+        tag = "" if tta == "none" else f"-{tta}"  # a --tta evaluation keeps the plain one
         if external:
             # one folder per evaluated data folder: a later --data must not replace this one
-            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}", what)
+            out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}{tag}", what)
+        elif split == "test":
+            out_dir = run.evaluation_dir.with_name(run.evaluation_dir.name + tag)
         else:
-            out_dir = run.evaluation_dir if split == "test" else run.path / f"evaluation-{split}"
+            out_dir = run.path / f"evaluation-{split}{tag}"
     if is_regression(run.task):
         title = f"{metrics['model']} on {what} (n={metrics['n']})"
         figures = write_mass_report(metrics, truth, pred, out_dir, title)
