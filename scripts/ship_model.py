@@ -11,7 +11,10 @@ validation split) to ``deeplense_cli/pretrained/NAME.onnx``, saves the same weig
 ``NAME.safetensors`` (for ``train --init NAME``) and writes its model card ``NAME.json`` from the
 run's config, its test evaluation (``RUN/evaluation/metrics.json``) and the facts given here.
 A run that started from the shipped model (``train --init NAME``) is a new leg: the card's
-``lineage`` lists the earlier legs and this one.
+``lineage`` lists the earlier legs and this one. ``--tta rot180`` bakes test-time augmentation
+into the file (``predict`` then averages each image with its half turn unless ``--tta none``);
+the card's test metrics are then those of ``deeplense evaluate RUN --tta rot180``
+(``RUN/evaluation-rot180/``), with the plain ones beside them.
 """
 
 from __future__ import annotations
@@ -48,16 +51,22 @@ def main() -> None:
     parser.add_argument("--machine", required=True)
     parser.add_argument("--commit", required=True)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--tta", default="none", choices=["none", "rot180"])
     args = parser.parse_args()
 
     run = RunDir.open(args.run)
-    metrics = json.loads((run.evaluation_dir / "metrics.json").read_text())
+    plain = json.loads((run.evaluation_dir / "metrics.json").read_text())
+    metrics = plain
+    if args.tta != "none":  # evaluate RUN --tta TTA wrote it
+        tagged = run.evaluation_dir.with_name(f"{run.evaluation_dir.name}-{args.tta}")
+        metrics = json.loads((tagged / "metrics.json").read_text())
+        assert metrics["tta"] == args.tta and metrics["n"] == plain["n"], tagged
     config = run.read_config()
     history = run.read_metrics()
     out = FOLDER / f"{args.name}.onnx"
     previous_path = out.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
-    result = export_onnx(run.path, output=out, precision=args.precision)
+    result = export_onnx(run.path, output=out, precision=args.precision, tta=args.tta)
     weights = _save_weights(run, out.with_suffix(".safetensors"))
     split = run.read_record("split")
     card = {
@@ -76,6 +85,8 @@ def main() -> None:
             "confusion_matrix": metrics.get("confusion_matrix"),
             "axion_mass_bins": metrics.get("axion_mass_bins"),
             "source": metrics.get("source"),
+            "tta": args.tta,
+            "without_tta": {k: plain.get(k) for k in ("accuracy", "macro_auc")},
         },
         "limits": LIMITS,
         "training": {
@@ -109,6 +120,7 @@ def main() -> None:
         "started_from": (config["train"].get("init") or "random weights"),
         "best_epoch": metrics.get("checkpoint_epoch"),
         "test_accuracy": metrics.get("accuracy"),
+        "tta": args.tta,
     }
     earlier = []
     if previous is not None and config["train"].get("init", "") == args.name:
