@@ -119,8 +119,10 @@ def pretrained(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="Shipped trained models")
-    for column in ("name", "architecture", "precision", "test accuracy", "macro AUC", "size"):
-        table.add_column(column, no_wrap=True)
+    # the name never wraps (users type it); the rest wraps on a narrow terminal
+    columns = ("name", "architecture", "precision", "TTA", "test accuracy", "macro AUC", "size")
+    for column in columns:
+        table.add_column(column, no_wrap=column == "name")
     for m in shipped.values():
         s = m.summary
         acc, auc = s["test_accuracy"], s["test_macro_auc"]
@@ -128,6 +130,7 @@ def pretrained(as_json: bool) -> None:
             s["name"],
             str(s["architecture"]),
             str(s["precision"]),
+            str(s["tta"]),
             "-" if acc is None else f"{acc:.2%} of {s['test_images']}",
             "-" if auc is None else f"{auc:.5f}",  # the best are within 1e-4 of 1
             f"{s['size_mb']:.1f} MB",

@@ -56,6 +56,8 @@ class PretrainedModel:
             "test_accuracy": metrics.get("accuracy"),
             "test_macro_auc": metrics.get("macro_auc"),
             "test_images": metrics.get("n"),
+            # test-time augmentation the file applies by default (predict --tta none: off)
+            "tta": metrics.get("tta", "none"),
             "size_mb": round(self.path.stat().st_size / 1e6, 2),
             "path": str(self.path),
             "weights": str(self.weights_path) if self.weights_path else None,
