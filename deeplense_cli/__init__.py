@@ -10,9 +10,10 @@ not re-exported here: ``deeplense_cli.simulate`` is already the simulation packa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deeplense_cli.core.errors import DeepLenseError
+from deeplense_cli.core.lazy import exports
 from deeplense_cli.core.version import __version__
 from deeplense_cli.registry.architecture import Architecture
 from deeplense_cli.registry.contract import check_architecture
@@ -22,12 +23,15 @@ from deeplense_cli.registry.manager import architectures, get_architecture
 if TYPE_CHECKING:
     from deeplense_cli.layers.attention import attention, multi_head_attention, split_projection
 
-# name -> module, imported on first access (they import torch)
-_LAZY = {
-    "attention": "deeplense_cli.layers.attention",
-    "multi_head_attention": "deeplense_cli.layers.attention",
-    "split_projection": "deeplense_cli.layers.attention",
-}
+# imported on first use (they import torch)
+__getattr__ = exports(
+    "deeplense_cli",
+    {
+        "attention": "layers.attention:attention",
+        "multi_head_attention": "layers.attention:multi_head_attention",
+        "split_projection": "layers.attention:split_projection",
+    },
+)
 
 __all__ = [
     "Architecture",
@@ -41,11 +45,3 @@ __all__ = [
     "multi_head_attention",
     "split_projection",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'deeplense_cli' has no attribute {name!r}")
