@@ -26,6 +26,7 @@ from typing import Any
 
 from deeplense_cli.core import atomic
 from deeplense_cli.deploy.export import export_onnx
+from deeplense_cli.evaluation import tta_tag
 from deeplense_cli.registry.pretrained import CARD_KEYS, FOLDER
 from deeplense_cli.runs.rundir import RunDir
 
@@ -58,7 +59,7 @@ def main() -> None:
     plain = json.loads((run.evaluation_dir / "metrics.json").read_text())
     metrics = plain
     if args.tta != "none":  # evaluate RUN --tta TTA wrote it
-        tagged = run.evaluation_dir.with_name(f"{run.evaluation_dir.name}-{args.tta}")
+        tagged = run.evaluation_dir.with_name(run.evaluation_dir.name + tta_tag(args.tta))
         metrics = json.loads((tagged / "metrics.json").read_text())
         assert metrics["tta"] == args.tta and metrics["n"] == plain["n"], tagged
     config = run.read_config()

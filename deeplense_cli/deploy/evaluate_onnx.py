@@ -20,7 +20,7 @@ from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.targets import log10_mass, with_mass
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
-from deeplense_cli.evaluation import EVAL_BATCH_SIZE
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE, tta_tag
 from deeplense_cli.evaluation.evaluate import (
     Evaluation,
     check_finite,
@@ -119,7 +119,7 @@ def evaluate_onnx(
     if out_dir is None:
         # every default export is model.onnx: the name alone would let one run's results
         # replace another's
-        name = f"{path.stem}-{Path(folder).name}" + ("" if tta == "none" else f"-{tta}")
+        name = f"{path.stem}-{Path(folder).name}{tta_tag(tta)}"
         out_dir = paths.run_root() / "evaluations" / paths.tagged(name, path, folder)
     if target is not None:
         title = f"{metrics['model']} on {folder} (n={metrics['n']})"

@@ -11,3 +11,9 @@ SPLITS = ("test", "val", "train")
 # Images per inference batch when a model is scored (evaluate, the out-of-distribution
 # detector's features, validation during training): no gradients, so larger than training's.
 EVAL_BATCH_SIZE = 256
+
+
+def tta_tag(tta: str) -> str:
+    """What a default evaluation folder's name gains under test-time augmentation
+    (``evaluation-rot180/``), so that it never replaces the plain evaluation."""
+    return "" if tta == "none" else f"-{tta}"

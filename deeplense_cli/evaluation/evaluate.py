@@ -18,7 +18,7 @@ from deeplense_cli.core.ranges import check_number
 from deeplense_cli.data.imageset import load_image_set
 from deeplense_cli.data.sources import resolve_source
 from deeplense_cli.data.splits import load_splits
-from deeplense_cli.evaluation import EVAL_BATCH_SIZE, SPLITS
+from deeplense_cli.evaluation import EVAL_BATCH_SIZE, SPLITS, tta_tag
 from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import (
     axion_mass_bins,
@@ -154,7 +154,7 @@ def evaluate_run(
         }
     )
     if out_dir is None:
-        tag = "" if tta == "none" else f"-{tta}"  # a --tta evaluation keeps the plain one
+        tag = tta_tag(tta)  # a --tta evaluation keeps the plain one
         if external:
             # one folder per evaluated data folder: a later --data must not replace this one
             out_dir = run.path / paths.tagged(f"evaluation-{Path(what).name}{tag}", what)
