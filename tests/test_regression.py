@@ -216,14 +216,55 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
     assert np.abs(predicted - truth).mean() == pytest.approx(evaluated["mae"], abs=1e-4)
 
 
-def test_int8_export_of_a_regressor_is_refused(mass_run: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        cli,
-        ["export", "onnx", str(mass_run), "--precision", "int8", "-o", str(tmp_path / "m.onnx")],
+def test_int8_regressor_is_judged_in_dex(mass_run: Path, sim_root: Path, tmp_path: Path) -> None:
+    """int8 rounds every activation: the file is held to a mean |ONNX - PyTorch| in dex (not a
+    top class, which a one-output model does not have) and predicts masses near fp32's."""
+    import onnx
+
+    from deeplense_cli.deploy.mass_export import INT8_MAE_SHARE, INT8_MEAN_DEX
+
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    _invoke(["export", "onnx", str(mass_run), "-o", str(fp32)])
+    out = _invoke(["export", "onnx", str(mass_run), "--precision", "int8", "-o", str(int8)])
+    assert "log10 axion mass: ONNX within" in out
+    meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert meta["deeplense.precision"] == "int8" and meta["deeplense.task"] == "axion-mass"
+    check = json.loads(meta["deeplense.validation"])["regression"]
+    allowed = max(INT8_MEAN_DEX, INT8_MAE_SHARE * check["mae_dex_torch"])
+    assert 0 < check["mean_abs_error_dex"] <= check["mean_tolerance_dex"] == allowed
+    assert check["max_abs_error_dex"] >= check["mean_abs_error_dex"]
+
+    axions = sim_root / "Model_III_test" / "axion"
+    masses = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        _invoke(["predict", str(path), str(axions), "-o", str(tmp_path / f"{name}.jsonl")])
+        lines = (tmp_path / f"{name}.jsonl").read_text().splitlines()
+        masses[name] = np.array([json.loads(line)["log10_axion_mass"] for line in lines])
+    assert len(masses["int8"]) == 8
+    assert np.abs(masses["int8"] - masses["fp32"]).mean() <= allowed
+
+
+def test_an_int8_regressor_too_far_from_pytorch_is_not_written() -> None:
+    from deeplense_cli.deploy.mass_export import INT8_MEAN_DEX, check_masses
+
+    meta = {"deeplense.target": json.dumps(TargetScaling(mean=-23.0, std=0.5).record())}
+    reference = np.zeros((4, 1), dtype=np.float32)
+    near = reference + INT8_MEAN_DEX / 0.5 / 2  # half the allowance, in standardised units
+    assert check_masses(meta, "int8", reference, near, None)["mean_abs_error_dex"] == (
+        pytest.approx(INT8_MEAN_DEX / 2)
     )
-    assert result.exit_code != 0
-    assert "not available for an axion-mass model" in result.output
-    assert not (tmp_path / "m.onnx").exists()
+    far = reference.copy()
+    far[0] = 4 * INT8_MEAN_DEX / 0.5 * 2  # one image 8x off: 2x the allowance on average
+    with pytest.raises(DeepLenseError, match=r"on average 0.04 dex \(allowed: 0.02\)"):
+        check_masses(meta, "int8", reference, far, None)
+    # with the true masses known, a quarter of PyTorch's MAE where that is larger (0.05 here)
+    truth = np.full(4, -23.2)  # PyTorch's outputs are -23.0: its MAE is 0.2 dex
+    assert check_masses(meta, "int8", reference, far, truth)["mean_tolerance_dex"] == (
+        pytest.approx(0.05)
+    )
+    # fp32 is held on every image, not on average
+    with pytest.raises(DeepLenseError, match="by up to"):
+        check_masses(meta, "fp32", reference, near, None)
 
 
 @pytest.mark.slow

@@ -190,7 +190,10 @@ def onnx_command(
         )
     if result.regression:  # an axion-mass model: the check in mass units
         r = result.regression
-        line = f"log10 axion mass: ONNX within {r['max_abs_error_dex']:.2e} dex of PyTorch"
+        line = (
+            f"log10 axion mass: ONNX within {r['max_abs_error_dex']:.2e} dex of PyTorch "
+            f"(mean {r['mean_abs_error_dex']:.2e})"
+        )
         if "mae_dex_torch" in r:
             line += (
                 f"; MAE on these test images: PyTorch {r['mae_dex_torch']:.4f} dex, "

@@ -37,7 +37,11 @@ from deeplense_cli.deploy.defaults import (
     MIN_OPSET,
     VALIDATION_IMAGES,
 )
-from deeplense_cli.deploy.mass_export import check_masses, regression_metadata
+from deeplense_cli.deploy.mass_export import (
+    check_masses,
+    regression_metadata,
+)
+from deeplense_cli.deploy.mass_export import tolerance_text as mass_tolerance
 from deeplense_cli.deploy.onnx_graph import STANDARD_DOMAINS, reorder_gelu, rewrite_einsum
 from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable
 from deeplense_cli.deploy.ood_graph import embed_detector
@@ -354,7 +358,7 @@ def _metadata(source: _Source, options: _Options, exporter: str, opset: int) -> 
     }
     if options.tta != "none":
         meta["deeplense.tta"] = options.tta
-    meta.update(regression_metadata(run, options.precision))  # an axion-mass model's target
+    meta.update(regression_metadata(run))  # an axion-mass model's target
     if options.precision == "int8":
         meta["deeplense.int8_scheme"] = options.int8_scheme
     return meta
@@ -409,6 +413,7 @@ def _export_validated(
             meta["deeplense.contrib_ops"] = json.dumps(contrib)
             set_metadata(tmp, meta)
             _log(progress, "validating with ONNX Runtime")
+            regressor = "deeplense.task" in meta  # checked in dex, its detector has one mean
             checks, onnx_logits = validate(
                 tmp,
                 source.reference,
@@ -416,6 +421,7 @@ def _export_validated(
                 precision,
                 options.batch_sizes,
                 min_agreement=options.min_agreement,
+                regressor=regressor,
             )
             result = ExportResult(
                 path=target,
@@ -427,11 +433,14 @@ def _export_validated(
                 data=data.note,
                 real_data=data.real,
                 checks=checks,
-                tolerance=tolerance_text(precision, options.min_agreement),
+                tolerance=(
+                    mass_tolerance(precision)
+                    if regressor
+                    else tolerance_text(precision, options.min_agreement)
+                ),
                 contrib_ops=contrib,
                 int8_scheme=options.int8_scheme if precision == "int8" else None,
             )
-            regressor = "deeplense.task" in meta  # checked in dex, its detector has one mean
             if regressor:
                 result.regression = check_masses(
                     meta, precision, source.reference, onnx_logits, data.log10_mass
@@ -546,7 +555,6 @@ def export_onnx(
         precision, int(opset), batch_sizes, min_agreement, standard_ops, int8_scheme, tta
     )
     run = RunDir.open(run_path)
-    regression_metadata(run, precision)  # a precision an axion-mass model cannot have
     transform = run.transform
     config = run.read_config()
     arch_name = str(config["model"]["name"])
