@@ -439,6 +439,35 @@ def test_a_failing_logger_is_dropped_and_the_others_go_on(
     assert set(read_record(run)["loggers"]) == {"failing", "recorder"}
 
 
+def test_a_run_whose_worker_died_before_finishing_is_settled_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Tune may tear down a finished trial's worker before its tracker writes the end:
+    tune settles such a run from what it knows, and leaves one that ended alone."""
+    from mlflow.tracking import MlflowClient
+
+    from deeplense_cli.tracking.session import settle
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = RunDir(tmp_path / "trial")
+    run.path.mkdir()
+    config = resolve({}, {"model": {"name": "resnet18"}})
+    run.write_config(config)
+    tracker = Tracker(run, config, ["mlflow"], "new")
+    tracker.start()
+    tracker.log_epoch({"epoch": 1, "val_accuracy": 0.5})  # ...and the worker is gone
+    run_id = read_record(run)["loggers"]["mlflow"]["run_id"]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert settle(run.path, "finished") is True
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert read_record(run)["status"] == "finished"
+    assert settle(run.path, "killed") is False  # it has ended: left as it is
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run_id, "val_accuracy")] == [0.5]
+
+
 @pytest.mark.parametrize("library", ["mlflow", "tensorboard"])
 def test_a_missing_library_is_one_line_naming_its_extra(
     library: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_root: Path

@@ -291,3 +291,24 @@ def add_artifacts(run_path: str | Path, paths: Iterable[str | Path]) -> None:
         tracker.artifact(Path(path))
     status = record.get("status")
     tracker.finish(status if status in STATUSES else "finished")
+
+
+def settle(run_path: str | Path, status: str) -> bool:
+    """End the tracker runs of a run whose process did not, with ``status`` (one of
+    :data:`STATUSES`), as its caller knows it: Ray Tune may tear a finished trial's worker
+    down before its tracker has written the end, which would leave it "running" forever.
+    Nothing (False) when ``RUN/tracking.json`` already records an end, or no tracker."""
+    run = RunDir(run_path)
+    record = read_record(run)
+    names = [n for n in (record.get("loggers") or {}) if isinstance(n, str)]
+    if not names or record.get("status") != "running" or status not in STATUSES:
+        return False
+    try:
+        config = run.read_config()
+    except DeepLenseError:
+        config = {}
+    config = {**config, "tracking": {"experiment": record.get("experiment")}}
+    tracker = Tracker(run, config, names, "resume")  # reopened, then ended as it should have
+    tracker.start(int((run.read_metrics() or [{}])[-1].get("epoch") or 0))
+    tracker.finish(status)
+    return True

@@ -12,6 +12,7 @@ import yaml
 
 from deeplense_cli.core import atomic
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.tracking.session import settle
 from deeplense_cli.tune.layout import (
     BEST_CONFIG,
     PLOT_FILE,
@@ -22,6 +23,10 @@ from deeplense_cli.tune.layout import (
 from deeplense_cli.tune.runtime import quiet_analysis
 from deeplense_cli.tune.settings import TuneSettings
 from deeplense_cli.tune.space import trial_config
+
+# How each ended trial's tracker runs end (MLflow's FINISHED / KILLED / FAILED), should its
+# worker have been torn down before it said so itself.
+TRACKER_STATUS = {"completed": "finished", "stopped": "killed", "error": "failed"}
 
 
 @dataclass
@@ -114,6 +119,8 @@ def summarize(name: str) -> TuneOutcome:
         else:
             label = "interrupted"
         params = {k: params[k] for k in state["space"] if k in params}
+        if label in TRACKER_STATUS:
+            settle(run.path, TRACKER_STATUS[label])
         trials.append(
             TrialSummary(
                 trial_id, params, label, epochs, best_value, best_epoch, str(run.path), error, curve
