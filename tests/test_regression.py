@@ -415,6 +415,24 @@ def test_a_classifier_fine_tunes_into_a_regressor(
         assert tuple(run.build_model()(torch.zeros(2, 1, 64, 64)).shape) == (2, 1)
 
 
+def test_a_regressor_fine_tunes_from_a_regressor_with_its_head(mass_run: Path) -> None:
+    """train --init REGRESSOR --task axion-mass: every weight, the head too (its one output
+    is the same target), so fine-tuning starts where the source ended."""
+    import torch
+
+    from deeplense_cli.training.init import apply_init, find_source
+
+    source = find_source(str(mass_run))
+    assert source.classes == ["log10_axion_mass"]
+    net = RunDir.open(mass_run).build_model()
+    for param in net.parameters():
+        torch.nn.init.zeros_(param)
+    assert apply_init(net, source, ["log10_axion_mass"]) == []  # nothing rebuilt
+    trained = RunDir.open(mass_run).load_checkpoint("best")["model"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
 def test_an_unscaled_target_keeps_the_mean_predictor_baseline(
     sim_root: Path, tmp_path: Path
 ) -> None:

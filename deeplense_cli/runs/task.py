@@ -41,6 +41,13 @@ def num_outputs(task: str, classes: list[str]) -> int:
     return 1 if is_regression(task) else len(classes)
 
 
+def head_names(config: dict[str, Any] | None, classes: list[str]) -> list[str]:
+    """What the model's outputs are: the classes, or the regressor's one target (so that
+    ``train.init`` from a classifier rebuilds its head with one output, and from a regressor
+    keeps it)."""
+    return [TARGET_NAME] if is_regression(task_of(config)) else list(classes)
+
+
 @dataclass(frozen=True)
 class TargetScaling:
     """``output = (log10 m - mean) / std``: a regressor's output in mass units and back."""

@@ -20,6 +20,7 @@ from deeplense_cli.core.errors import DeepLenseError, first_line
 from deeplense_cli.registry.pretrained import shipped_models
 from deeplense_cli.runs import CHECKPOINTS
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import head_names
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,7 @@ class InitSource:
     kind: str  # "shipped", "run" or "checkpoint"
     architecture: str
     params: dict[str, Any]
-    classes: list[str]
+    classes: list[str]  # what its outputs are: classes, or a regressor's one target
     transform: dict[str, Any]
     path: Path  # the weights file or checkpoint
     checkpoint: str = "best"
@@ -92,7 +93,7 @@ def find_source(spec: str | os.PathLike[str]) -> InitSource:
         kind="shipped",
         architecture=str(card["architecture"]),
         params=dict((config.get("model") or {}).get("params") or {}),
-        classes=list(card["classes"]),
+        classes=head_names(config, list(card["classes"])),
         transform=transform,
         path=model.weights_path,
         extra={"shipped_model": model.name, "sha256": (card.get("weights") or {}).get("sha256")},
@@ -111,7 +112,7 @@ def _from_run(spec: str, run: RunDir, checkpoint: str, kind: str) -> InitSource:
         kind=kind,
         architecture=str(config["model"]["name"]),
         params=dict(config["model"].get("params") or {}),
-        classes=run.classes,
+        classes=head_names(config, run.classes),
         transform=run.transform,
         path=path,
         checkpoint=checkpoint,

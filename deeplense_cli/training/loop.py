@@ -39,7 +39,7 @@ from deeplense_cli.evaluation.inference import predict_logits
 from deeplense_cli.evaluation.metrics import classification_metrics, mean_log_loss, softmax
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
-from deeplense_cli.runs.task import is_regression, num_outputs, task_of
+from deeplense_cli.runs.task import head_names, is_regression, num_outputs, task_of
 from deeplense_cli.tracking import tracked
 from deeplense_cli.training import distributed
 from deeplense_cli.training.augment import augment, augment_group
@@ -48,7 +48,7 @@ from deeplense_cli.training.init import apply_freeze, apply_init, find_source, f
 from deeplense_cli.training.optim import make_optimizer
 from deeplense_cli.training.reporters import Reporter, SilentReporter
 from deeplense_cli.training.stopping import improved, progressed, selection_warning
-from deeplense_cli.training.tasks import Regression, head_names, target_record, task_splits
+from deeplense_cli.training.tasks import Regression, target_record, task_splits
 
 if TYPE_CHECKING:
     import torch

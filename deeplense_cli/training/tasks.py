@@ -15,7 +15,7 @@ import numpy as np
 from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.data.targets import log10_mass, mass_only
 from deeplense_cli.evaluation.regression import regression_metrics
-from deeplense_cli.runs.task import AXION_MASS, TARGET_NAME, TargetScaling, is_regression, task_of
+from deeplense_cli.runs.task import AXION_MASS, TargetScaling, is_regression, task_of
 
 if TYPE_CHECKING:
     import torch
@@ -35,12 +35,6 @@ def task_splits(config: dict[str, Any], splits: Splits) -> Splits:
             "at least two class folders (--task axion-mass trains on an axion folder alone)"
         )
     return splits
-
-
-def head_names(config: dict[str, Any], classes: list[str]) -> list[str]:
-    """What the model's outputs are: the classes, or the regressor's one target (so that
-    ``train.init`` from a classifier rebuilds its head with one output)."""
-    return [TARGET_NAME] if is_regression(task_of(config)) else list(classes)
 
 
 def fit_scaling(config: dict[str, Any], splits: Splits) -> TargetScaling:
