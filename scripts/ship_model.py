@@ -29,6 +29,7 @@ from deeplense_cli.deploy.export import export_onnx
 from deeplense_cli.evaluation import tta_tag
 from deeplense_cli.registry.pretrained import CARD_KEYS, FOLDER
 from deeplense_cli.runs.rundir import RunDir
+from deeplense_cli.runs.task import is_regression
 
 LIMITS = (
     "Trained and tested on lenstronomy simulations of the published DeepLense recipe for this "
@@ -37,6 +38,34 @@ LIMITS = (
     "dataset's size; the transform (min-max per image, then the training statistics) is "
     "embedded in the file."
 )
+
+MASS_LIMITS = (
+    " An axion-mass regressor predicts log10(m / eV) within the simulations' mass prior (see "
+    "trained_on); a mass outside it, or an image without vortices, gets an answer inside it."
+)
+CLASSIFIER_METRICS = ("n", "accuracy", "macro_auc", "micro_auc", "auc", "recall", "precision")
+REGRESSOR_METRICS = ("n", "mae", "rmse", "r2", "bias", "mae_mean_predictor", "mass_bins")
+
+
+def _test_metrics(
+    regressor: bool, metrics: dict[str, Any], plain: dict[str, Any], tta: str
+) -> dict[str, Any]:
+    """The card's test figures: a classifier's accuracy and AUCs, a regressor's errors in dex
+    (with ``tta``, those of the TTA evaluation and the plain ones beside them)."""
+    if regressor:
+        return {k: metrics.get(k) for k in REGRESSOR_METRICS} | {
+            "target": metrics.get("target"),
+            "source": metrics.get("source"),
+            "tta": tta,
+            "without_tta": {k: plain.get(k) for k in ("mae", "rmse")},
+        }
+    return {k: metrics.get(k) for k in CLASSIFIER_METRICS} | {
+        "confusion_matrix": metrics.get("confusion_matrix"),
+        "axion_mass_bins": metrics.get("axion_mass_bins"),
+        "source": metrics.get("source"),
+        "tta": tta,
+        "without_tta": {k: plain.get(k) for k in ("accuracy", "macro_auc")},
+    }
 
 
 def main() -> None:
@@ -64,6 +93,8 @@ def main() -> None:
         assert metrics["tta"] == args.tta and metrics["n"] == plain["n"], tagged
     config = run.read_config()
     history = run.read_metrics()
+    regressor = is_regression(run.task)
+    score = "val_mae" if regressor else "val_accuracy"
     out = FOLDER / f"{args.name}.onnx"
     previous_path = out.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
@@ -72,24 +103,15 @@ def main() -> None:
     split = run.read_record("split")
     card = {
         "name": args.name,
+        "task": run.task,
         "dataset": args.dataset or args.name,
         "architecture": config["model"]["name"],
         "precision": args.precision,
         "classes": run.classes,
         "trained_on": {"simulate": args.simulate, "split": split},
         "config": config,
-        "test_metrics": {
-            k: metrics.get(k)
-            for k in ("n", "accuracy", "macro_auc", "micro_auc", "auc", "recall", "precision")
-        }
-        | {
-            "confusion_matrix": metrics.get("confusion_matrix"),
-            "axion_mass_bins": metrics.get("axion_mass_bins"),
-            "source": metrics.get("source"),
-            "tta": args.tta,
-            "without_tta": {k: plain.get(k) for k in ("accuracy", "macro_auc")},
-        },
-        "limits": LIMITS,
+        "test_metrics": _test_metrics(regressor, metrics, plain, args.tta),
+        "limits": LIMITS + (MASS_LIMITS if regressor else ""),
         "training": {
             "command": args.command,
             "commit": args.commit,
@@ -98,7 +120,7 @@ def main() -> None:
             "epochs": len(history),
             "best_epoch": metrics.get("checkpoint_epoch"),
             "history": [
-                {k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy")}
+                {k: row.get(k) for k in ("epoch", "train_loss", "val_loss", score) if k in row}
                 for row in history
             ],
         },
@@ -108,7 +130,8 @@ def main() -> None:
             "accuracy_torch": result.accuracy_torch,
             "accuracy_onnx": result.accuracy_onnx,
             "checks": [c.__dict__ for c in result.checks],
-        },
+        }
+        | ({"regression": result.regression} if regressor else {}),
     }
     card["weights"] = weights
     card["ood"] = result.ood
@@ -122,8 +145,8 @@ def main() -> None:
         "best_epoch": metrics.get("checkpoint_epoch"),
         "test_accuracy": metrics.get("accuracy"),
         "tta": args.tta,
-    }
-    earlier = []
+    } | ({"test_mae_dex": metrics.get("mae")} if regressor else {})
+    earlier: list[dict[str, Any]] = []
     if previous is not None and config["train"].get("init", "") == args.name:
         earlier = previous.get("lineage") or [
             {
@@ -132,6 +155,7 @@ def main() -> None:
                 "data": previous.get("trained_on", {}).get("simulate"),
                 "started_from": "random weights",
                 "test_accuracy": (previous.get("test_metrics") or {}).get("accuracy"),
+                "test_mae_dex": (previous.get("test_metrics") or {}).get("mae"),
             }
         ]
     card["lineage"] = [*earlier, this_leg]

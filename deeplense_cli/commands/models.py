@@ -120,18 +120,24 @@ def pretrained(as_json: bool) -> None:
 
     table = Table(title="Shipped trained models")
     # the name never wraps (users type it); the rest wraps on a narrow terminal
-    columns = ("name", "architecture", "precision", "TTA", "test accuracy", "macro AUC", "size")
+    columns = ("name", "task", "architecture", "precision", "TTA", "on test", "macro AUC", "size")
     for column in columns:
         table.add_column(column, no_wrap=column == "name")
     for m in shipped.values():
         s = m.summary
-        acc, auc = s["test_accuracy"], s["test_macro_auc"]
+        acc, auc, mae = s["test_accuracy"], s["test_macro_auc"], s["test_mae_dex"]
+        score = "-"
+        if acc is not None:
+            score = f"{acc:.2%} of {s['test_images']}"
+        elif mae is not None:  # a regressor: its error in dex
+            score = f"MAE {mae:.3f} dex of {s['test_images']}"
         table.add_row(
             s["name"],
+            str(s["task"]),
             str(s["architecture"]),
             str(s["precision"]),
             str(s["tta"]),
-            "-" if acc is None else f"{acc:.2%} of {s['test_images']}",
+            score,
             "-" if auc is None else f"{auc:.5f}",  # the best are within 1e-4 of 1
             f"{s['size_mb']:.1f} MB",
         )

@@ -45,16 +45,24 @@ class PretrainedModel:
         return path if path.is_file() else None
 
     @property
+    def task(self) -> str:
+        """classify, or axion-mass for a regressor (cards from before tasks classify)."""
+        return str(self.card.get("task") or "classify")
+
+    @property
     def summary(self) -> dict[str, Any]:
         """The card's headline: for listings."""
         metrics = self.card.get("test_metrics") or {}
         return {
             "name": self.name,
+            "task": self.task,
             "dataset": self.card.get("dataset"),
             "architecture": self.card.get("architecture"),
             "precision": self.card.get("precision", "fp32"),
             "test_accuracy": metrics.get("accuracy"),
             "test_macro_auc": metrics.get("macro_auc"),
+            # an axion-mass regressor's test error in dex of log10(m / eV)
+            "test_mae_dex": metrics.get("mae"),
             "test_images": metrics.get("n"),
             # test-time augmentation the file applies by default (predict --tta none: off)
             "tta": metrics.get("tta", "none"),
