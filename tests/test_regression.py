@@ -216,6 +216,60 @@ def test_export_and_predict_give_the_mass(mass_run: Path, sim_root: Path, tmp_pa
     assert np.abs(predicted - truth).mean() == pytest.approx(evaluated["mae"], abs=1e-4)
 
 
+def test_predict_adds_the_mass_to_a_classifiers_axions(
+    mass_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    """predict CLASSIFIER --mass-model REGRESSOR: the class of every image, and the mass of
+    those called axion, as the regressor alone gives it; a row is in distribution only when
+    both models' detectors say so."""
+    test = sim_root / "Model_III_test"
+    chained, alone, classes = (tmp_path / f"{n}.csv" for n in ("chain", "mass", "class"))
+    _invoke(["predict", "Model_III", str(test), "--mass-model", str(mass_run), "-o", str(chained)])
+    _invoke(["predict", str(mass_run), str(test), "-o", str(alone)])
+    _invoke(["predict", "Model_III", str(test), "-o", str(classes)])
+    rows, by_mass, by_class = (list(csv.DictReader(f.open())) for f in (chained, alone, classes))
+    assert list(rows[0]) == ["path", "predicted", "p_axion", "p_cdm", "p_no_sub",
+                             "log10_axion_mass", "axion_mass_ev", "in_distribution",
+                             "ood_score"]  # fmt: skip
+    assert len(rows) == len(by_mass) == len(by_class) == 24
+    axions = [r for r in rows if r["predicted"] == "axion"]
+    assert sum("/axion/" in r["path"] for r in axions) >= 6  # the shipped classifier finds them
+    for row, mass, cls in zip(rows, by_mass, by_class, strict=True):
+        assert row["path"] == mass["path"] == cls["path"]
+        assert row["predicted"] == cls["predicted"] and row["p_cdm"] == cls["p_cdm"]
+        if row["predicted"] == "axion":
+            assert float(row["log10_axion_mass"]) == pytest.approx(
+                float(mass["log10_axion_mass"]), abs=1e-4
+            )
+            both = cls["in_distribution"] == mass["in_distribution"] == "true"
+            assert row["in_distribution"] == str(both).lower()
+        else:
+            assert row["log10_axion_mass"] == row["axion_mass_ev"] == ""
+            assert row["in_distribution"] == cls["in_distribution"]
+    out = _invoke(["predict", "Model_III", str(test / "axion"), "--mass-model", str(mass_run),
+                   "--json"])  # fmt: skip
+    doc = json.loads(out[out.index("{") :])
+    assert doc["mass_model"].startswith("ResNet18 (PyTorch")  # the run's model
+    called = [p for p in doc["predictions"] if p["predicted"] == "axion"]
+    assert called and all("log10_axion_mass" in p and "probabilities" in p for p in called)
+
+
+def test_a_mass_model_must_be_a_regressor_after_a_classifier(
+    mass_run: Path, trained_run: Path, sim_root: Path, tmp_path: Path
+) -> None:
+    test, out = str(sim_root / "Model_III_test"), tmp_path / "p.csv"
+    cases = [
+        (["Model_III", test, "--mass-model", str(trained_run)], "classifies; give an axion-mass"),
+        ([str(mass_run), test, "--mass-model", str(mass_run)], "already an axion-mass model"),
+        # Model_I reads 150 x 150 images
+        (["Model_I", test, "--mass-model", str(mass_run)], "use two models of the same dataset"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["predict", *args, "-o", str(out)])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
+
+
 def test_int8_regressor_is_judged_in_dex(mass_run: Path, sim_root: Path, tmp_path: Path) -> None:
     """int8 rounds every activation: the file is held to a mean |ONNX - PyTorch| in dex (not a
     top class, which a one-output model does not have) and predicts masses near fp32's."""

@@ -70,6 +70,13 @@ def flag_line(summary: Summary) -> str:
     "a class (every prediction carries in_distribution and ood_score either way).",
 )
 @click.option(
+    "--mass-model",
+    metavar="MODEL",
+    help="An axion-mass model (.onnx, run or shipped name, e.g. Model_III-axion-mass) that "
+    "adds log10 of the axion mass to every image MODEL classifies as axion; an image either "
+    "model's detector flags is out of distribution.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -93,6 +100,7 @@ def predict(
     checkpoint: str,
     tta: str | None,
     reject_ood: bool,
+    mass_model: str | None,
     as_json: bool,
     as_jsonl: bool,
 ) -> None:
@@ -105,7 +113,8 @@ def predict(
     pretrained`). Prints one row per file with every class probability and whether the
     image looks like the model's training data (in_distribution, from the model's
     out-of-distribution detector; a flagged image's prediction is unreliable), then the
-    number of files predicted as each class.
+    number of files predicted as each class. An axion-mass MODEL gives log10 of the axion
+    mass of every image instead; --mass-model adds it to a classifier's axions.
     """
     from rich.progress import (
         BarColumn,
@@ -140,6 +149,8 @@ def predict(
     def on_start(summary: Summary, n_files: int) -> None:
         classes.extend(summary.classes)
         err_console().print(f"{summary.model}: {n_files} file(s)")
+        if summary.mass_model:
+            err_console().print(f"axion masses: {summary.mass_model}")
         for warning in summary.warnings:
             err_console().print(f"[yellow]Warning:[/] {warning}")
         task.append(progress.add_task("predict", total=n_files, rate=""))
@@ -172,6 +183,7 @@ def predict(
             on_prediction=None if output else on_prediction,
             reject_ood=reject_ood,
             tta=tta,
+            mass_model=mass_model,
         )
     finally:
         progress.stop()
@@ -190,13 +202,15 @@ def predict(
         table.add_column("predicted")
         for c in classes:
             table.add_column(f"p({c})", justify="right")
-        masses = any(pred.log10_axion_mass is not None for pred in rows)  # an axion-mass model
+        # an axion-mass model, alone or after the classifier (--mass-model)
+        masses = bool(mass_model) or any(pred.log10_axion_mass is not None for pred in rows)
         if masses:
             table.add_column("log10 m_a (eV)", justify="right")
         table.add_column("in distribution")
         for pred in rows:
             flag = {None: "-", True: "yes", False: "[red]NO[/]"}[pred.in_distribution]
-            mass = [] if not masses else [f"{pred.log10_axion_mass:.3f}"]
+            m = pred.log10_axion_mass
+            mass = [] if not masses else ["-" if m is None else f"{m:.3f}"]
             table.add_row(
                 pred.path, pred.predicted, *[f"{p:.4f}" for p in pred.probabilities], *mass, flag
             )

@@ -338,6 +338,7 @@ class Summary:
     flagged: int = 0  # images outside the training distribution
     ood_unavailable: str = ""  # why there is no detector
     init_source: str = "RUN"  # what `train --init` would start from to fine-tune this model
+    mass_model: str | None = None  # the axion-mass model after the classifier (--mass-model)
 
     @property
     def images_per_second(self) -> float:
@@ -357,7 +358,7 @@ class Summary:
             "output": self.output,
             "ood": self.ood,
             "flagged": self.flagged if self.ood else None,
-        }
+        } | ({"mass_model": self.mass_model} if self.mass_model else {})
 
 
 def _read_batch(
@@ -389,9 +390,12 @@ def iter_predictions(
     summary: Summary | None = None,
     progress: Callable[[int], None] | None = None,
     reject_ood: bool = False,
+    mass: Predictor | None = None,
 ) -> Iterator[Prediction]:
     """Predictions for ``files`` in order, reading the next batch while one runs.
-    ``reject_ood``: a flagged image is predicted ``unknown`` instead of a class."""
+    ``reject_ood``: a flagged image is predicted ``unknown`` instead of a class. ``mass``: an
+    axion-mass model that estimates the mass of each image the classifier calls an axion
+    (:func:`check_mass_model`)."""
     if batch_size < 1:
         raise DeepLenseError("--batch-size must be at least 1")
     transform = predictor.transform
@@ -400,6 +404,7 @@ def iter_predictions(
     target = getattr(predictor, "target", None)  # an axion-mass model's scaling
     classes = predictor.classes if target is None else [REGRESSOR_LABEL]
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    batch: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeplense-read") as pool:
         pending: Future[Any] | None = None
         if batches:
@@ -419,8 +424,9 @@ def iter_predictions(
                 probs = softmax(logits.astype(np.float64))
                 top = probs.argmax(1)
                 threshold = predictor.ood_threshold
-                for j, (path, p, k, mass) in enumerate(zip(kept, probs, top, masses, strict=True)):
-                    pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], mass)
+                rows = enumerate(zip(kept, probs, top, masses, strict=True))
+                for j, (path, p, k, carried) in rows:  # carried: the mass a file holds
+                    pred = Prediction(str(path), classes[int(k)], [float(v) for v in p], carried)
                     if target is not None:  # the mass, no class probabilities
                         pred.probabilities = []
                         pred.log10_axion_mass = float(target.to_log10_mass(float(logits[j, 0])))
@@ -432,12 +438,73 @@ def iter_predictions(
                                 summary.flagged += 1
                             if reject_ood:
                                 pred.predicted = UNKNOWN
+                    batch.append(pred)
+                if mass is not None:
+                    _add_masses(mass, raw, batch, summary, reject_ood)
+                for pred in batch:
                     if summary is not None:
                         summary.images += 1
                         summary.counts[pred.predicted] = summary.counts.get(pred.predicted, 0) + 1
                     yield pred
+                batch.clear()
             if progress is not None:
                 progress(len(batches[i]))
+
+
+def check_mass_model(classifier: Predictor, mass: Predictor) -> None:
+    """``mass`` can follow ``classifier`` (``predict --mass-model``): a regressor after a
+    classifier that knows axions, both reading the same images."""
+    if getattr(classifier, "target", None) is not None:
+        raise DeepLenseError(
+            "--mass-model follows a classifier; MODEL is already an axion-mass model"
+        )
+    if getattr(mass, "target", None) is None:
+        raise DeepLenseError(
+            f"--mass-model {mass.describe()} classifies; give an axion-mass model (trained "
+            "with --task axion-mass, or a shipped one: see `deeplense models pretrained`)"
+        )
+    if REGRESSOR_LABEL not in classifier.classes:
+        raise DeepLenseError(
+            f"--mass-model: MODEL has no {REGRESSOR_LABEL} class (it has "
+            f"{', '.join(classifier.classes)}), so no image would get a mass"
+        )
+    shapes = [
+        (source_size(m.transform), int(m.transform.get("in_channels", 1)))
+        for m in (classifier, mass)
+    ]
+    if shapes[0] != shapes[1]:
+        (a, ac), (b, bc) = shapes
+        raise DeepLenseError(
+            f"--mass-model reads {b}x{b} images with {bc} channel(s), MODEL {a}x{a} with "
+            f"{ac}: use two models of the same dataset"
+        )
+
+
+def _add_masses(
+    mass: Predictor,
+    raw: np.ndarray,
+    preds: list[Prediction],
+    summary: Summary | None,
+    reject_ood: bool,
+) -> None:
+    """The mass of each image of the batch called an axion. A row is in distribution only
+    when both models' detectors say so: the mass model flagging one flags the row."""
+    rows = [i for i, pred in enumerate(preds) if pred.predicted == REGRESSOR_LABEL]
+    if not rows:
+        return
+    target = mass.target  # type: ignore[attr-defined]
+    out, scores = mass.outputs(apply_transform(raw[rows], mass.transform))
+    threshold = mass.ood_threshold
+    for j, i in enumerate(rows):
+        pred = preds[i]
+        pred.log10_axion_mass = float(target.to_log10_mass(float(out[j, 0])))
+        if scores is None or threshold is None or scores[j] <= threshold:
+            continue
+        if pred.in_distribution is not False and summary is not None:
+            summary.flagged += 1
+        pred.in_distribution = False
+        if reject_ood:
+            pred.predicted, pred.log10_axion_mass = UNKNOWN, None
 
 
 def _init_source(predictor: Predictor) -> str:
@@ -475,8 +542,9 @@ def prediction_record(pred: Prediction, classes: list[str]) -> dict[str, Any]:
         "predicted": pred.predicted,
         "probabilities": dict(zip(classes, pred.probabilities, strict=True)),
     }
-    if pred.log10_axion_mass is not None:  # an axion-mass model: its estimate
+    if not classes:  # an axion-mass model alone: no class probabilities
         del record["probabilities"]
+    if pred.log10_axion_mass is not None:  # an axion-mass model's estimate
         record["log10_axion_mass"] = pred.log10_axion_mass
         record["axion_mass_ev"] = 10**pred.log10_axion_mass
     if pred.axion_mass is not None:
@@ -498,9 +566,10 @@ def write_predictions(
     CSV columns: ``path, predicted, p_<class>..., in_distribution, ood_score`` (the last two
     empty when the model has no detector); JSON Lines / JSON: one object per file with
     ``path``, ``predicted``, ``probabilities`` (and ``axion_mass`` when the file has one,
-    ``in_distribution`` and ``ood_score`` when the model has a detector). ``masses``: an
-    axion-mass model's predictions, ``log10_axion_mass`` and ``axion_mass_ev`` in place of
-    the probabilities.
+    ``in_distribution`` and ``ood_score`` when the model has a detector). ``masses``:
+    ``log10_axion_mass`` and ``axion_mass_ev`` after the probabilities (an axion-mass model
+    alone has none; after a classifier, ``--mass-model``, they are empty for the images it
+    does not call axions).
     """
     fmt = output_format(path)
     n = 0
@@ -509,20 +578,20 @@ def write_predictions(
         shareable(tmp)
         if fmt == "csv":
             writer = csv.writer(fh, lineterminator="\n")
-            values = (
-                ["log10_axion_mass", "axion_mass_ev"] if masses else [f"p_{c}" for c in classes]
-            )
+            values = [f"p_{c}" for c in classes]
+            values += ["log10_axion_mass", "axion_mass_ev"] if masses else []
             writer.writerow(["path", "predicted", *values, "in_distribution", "ood_score"])
             for pred in predictions:
                 flag = "" if pred.in_distribution is None else str(pred.in_distribution).lower()
                 score = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
                 m = pred.log10_axion_mass
+                mass = [f"{m:.6g}", f"{10**m:.6g}"] if m is not None else ["", ""]
                 writer.writerow(
                     [
                         pred.path,
                         pred.predicted,
-                        *([f"{m:.6g}", f"{10**m:.6g}"] if m is not None else []),
                         *[f"{p:.6g}" for p in pred.probabilities],
+                        *(mass if masses else []),
                         flag,
                         score,
                     ]
@@ -558,9 +627,12 @@ def predict(
     on_prediction: Callable[[Prediction], None] | None = None,
     reject_ood: bool = False,
     tta: str | None = None,
+    mass_model: str | os.PathLike[str] | None = None,
 ) -> Summary:
     """Predict every supported file among ``inputs``; write ``output`` if given.
     ``reject_ood``: images the model's detector flags are predicted ``unknown``.
+    ``mass_model``: an axion-mass model (file, run or shipped name) that adds the mass of
+    every image ``model`` calls an axion.
 
     ``on_start(summary, n_files)`` is called once the model is loaded; ``on_prediction``
     receives each prediction (e.g. to print it) as it is made.
@@ -575,7 +647,12 @@ def predict(
     )
     regressor = getattr(predictor, "target", None) is not None  # an axion-mass model
     classes = [] if regressor else list(predictor.classes)
+    mass = None
+    if mass_model is not None:
+        mass = load_predictor(mass_model, device=device, threads=threads, checkpoint=checkpoint)
+        check_mass_model(predictor, mass)
     summary = Summary(
+        mass_model=None if mass is None else mass.describe(),
         model=predictor.describe(),
         device=predictor.device,
         classes=classes,
@@ -585,6 +662,10 @@ def predict(
         ood_unavailable=str(getattr(predictor, "ood_unavailable", "") or ""),
         init_source=_init_source(predictor),
     )
+    if mass is not None and getattr(mass, "ood", None) is None:
+        summary.warnings.append(
+            "the mass model has no out-of-distribution detector: only MODEL's flags its images"
+        )
     if summary.ood is None:
         why = summary.ood_unavailable or "it was exported without one; re-export it"
         summary.warnings.append(
@@ -603,7 +684,7 @@ def predict(
         on_start(summary, len(files))
     start = time.perf_counter()
     stream = iter_predictions(
-        predictor, files, batch_size, resize, skip_bad, summary, progress, reject_ood
+        predictor, files, batch_size, resize, skip_bad, summary, progress, reject_ood, mass
     )
     if on_prediction is not None:
         callback = on_prediction
@@ -615,7 +696,7 @@ def predict(
 
         stream = tapped(stream)
     if output is not None:
-        write_predictions(output, summary.classes, stream, masses=regressor)
+        write_predictions(output, summary.classes, stream, masses=regressor or mass is not None)
     else:
         for _ in stream:
             pass
