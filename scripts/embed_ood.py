@@ -23,6 +23,7 @@ import numpy as np
 
 from deeplense_cli.core import atomic
 from deeplense_cli.data.imageset import load_image_set
+from deeplense_cli.data.targets import log10_mass
 from deeplense_cli.data.transforms import apply_transform
 from deeplense_cli.deploy.onnx_session import OnnxModel
 from deeplense_cli.deploy.ood_graph import embed_detector
@@ -32,7 +33,8 @@ from deeplense_cli.registry.pretrained import FOLDER, shipped_models
 
 def _images(
     folder: Path, n: int, transform: dict[str, Any], degraded: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` images of ``folder`` spread over it, transformed; their labels and log10 masses."""
     images = load_image_set(folder)
     idx = spread(np.arange(len(images.labels)), n)
     raw, labels = np.asarray(images.images[idx]), np.asarray(images.labels)[idx]
@@ -40,7 +42,7 @@ def _images(
         raw, more = with_degraded(raw, labels)
         assert more is not None
         labels = more
-    return apply_transform(raw, transform), labels
+    return apply_transform(raw, transform), labels, log10_mass(images, idx)
 
 
 def main() -> None:
@@ -60,8 +62,11 @@ def main() -> None:
 
     shipped = shipped_models()[args.name.lower()]
     transform = OnnxModel(shipped.path, device="cpu").transform
-    fit_x, fit_y = _images(args.fit, FIT_IMAGES, transform, args.degraded)
-    cal_x, _ = _images(args.calibrate, args.calibration_images, transform, args.degraded)
+    fit_x, fit_y, _ = _images(args.fit, FIT_IMAGES, transform, args.degraded)
+    cal_x, _, _ = _images(args.calibrate, args.calibration_images, transform, args.degraded)
+    regressor = shipped.task == "axion-mass"
+    if regressor:  # one mean, of the axion images (the folders must hold only those)
+        assert set(fit_y.tolist()) == {0}, "fit an axion-mass model on an axion folder alone"
     with atomic.atomic_path(shipped.path, suffix=".onnx") as tmp:
         shutil.copyfile(shipped.path, tmp)
         detector = embed_detector(
@@ -76,8 +81,9 @@ def main() -> None:
                 "degraded": args.degraded,
             },
         )
-        test_x, test_y = _images(args.test, 100_000, transform)
-        logits, scores = OnnxModel(tmp, device="cpu").outputs(test_x)
+        test_x, test_y, test_mass = _images(args.test, 100_000, transform)
+        model = OnnxModel(tmp, device="cpu")
+        logits, scores = model.outputs(test_x)
         assert scores is not None
     flagged = scores > detector.threshold
     card = json.loads((FOLDER / f"{shipped.name}.json").read_text())
@@ -85,9 +91,17 @@ def main() -> None:
         **detector.summary(),
         "test_flagged": float(flagged.mean()),
         "test_images": len(test_x),
-        "test_accuracy_unflagged": float((logits.argmax(1) == test_y)[~flagged].mean()),
         "tool": "scripts/embed_ood.py",
     }
+    if regressor:  # the error of the masses it does not flag, and of those it does
+        assert model.target is not None
+        error = np.abs(model.target.to_log10_mass(logits[:, 0].astype(np.float64)) - test_mass)
+        card["ood"]["test_mae_unflagged"] = float(error[~flagged].mean())
+        card["ood"]["test_mae_flagged"] = float(error[flagged].mean()) if flagged.any() else None
+    else:
+        card["ood"]["test_accuracy_unflagged"] = float(
+            (logits.argmax(1) == test_y)[~flagged].mean()
+        )
     atomic.write_text(FOLDER / f"{shipped.name}.json", json.dumps(card, indent=2) + "\n")
     print(json.dumps(card["ood"], indent=2))
 
