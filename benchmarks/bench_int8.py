@@ -8,7 +8,8 @@ VPMADDUBSW, which adds pairs of products into 16 bits and saturates when they do
 fp32, quantizes it with every scheme deeplense knows
 (``deeplense_cli.deploy.precision.INT8_SCHEMES``), and reports, on the run's own test images:
 
-* top-class agreement with PyTorch, the largest logit error, and test accuracy;
+* top-class agreement with PyTorch, the largest logit error, and test accuracy (for an
+  axion-mass regressor: the mean and largest |ONNX - PyTorch| and the test MAE, in dex);
 * median latency at batch 1 and 64, every session timed in alternation with fp32.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_int8.py RUN [--images 512] [--out FILE]
@@ -26,6 +27,8 @@ warnings.filterwarnings("ignore")
 
 from bench_onnx import interleaved, machine  # noqa: E402  (sets OpenMP's policy first)
 
+import numpy as np  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,6 +44,7 @@ def main() -> int:
     from deeplense_cli.deploy.precision import INT8_SCHEMES, quantize_int8
     from deeplense_cli.deploy.validate import compare, ort_logits, torch_logits
     from deeplense_cli.runs.rundir import RunDir
+    from deeplense_cli.runs.task import is_regression
 
     run = RunDir.open(args.run)
     arch = str(run.read_config()["model"]["name"])
@@ -49,6 +53,7 @@ def main() -> int:
     if data.labels is None:
         sys.exit(f"{args.run}: the run's test images are not available ({data.note})")
     reference = torch_logits(model, data.test)
+    scaling = run.target_scaling if is_regression(run.task) else None  # a regressor: in dex
     lines = [f"Machine: {machine()}", "", f"{arch} ({args.run}), {data.note}", ""]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -60,10 +65,14 @@ def main() -> int:
             quantize_int8(fp32, out, data.calibration, work, scheme=scheme)
             files[scheme] = out
         sessions = {k: create_session(p, "cpu", cache_optimized=False)[0] for k, p in files.items()}
+        judged = (
+            "mean / max abs error (dex) | test MAE (dex)"
+            if scaling
+            else "top class = PyTorch | max abs logit error | test accuracy"
+        )
         rows = [
-            "| file | MB | top class = PyTorch | max abs logit error | test accuracy "
-            "| batch 1 ms | fp32/this | batch 64 ms | fp32/this |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| file | MB | {judged} | batch 1 ms | fp32/this | batch 64 ms | fp32/this |",
+            "|---|---|---|---|---|---|---|---|" + ("" if scaling else "---|"),
         ]
         lat1, lat64 = (
             interleaved(
@@ -72,17 +81,30 @@ def main() -> int:
             )
             for x, repeats in ((data.test[:1], args.repeats), (data.test[:64], args.repeats // 4))
         )
-        torch_acc = float((reference.argmax(1) == data.labels).mean())
         for name, session in sessions.items():
             logits = ort_logits(session, data.test, 64)
-            max_abs, _, agree = compare(logits, reference)
-            acc = float((logits.argmax(1) == data.labels).mean())
+            if scaling:
+                mass = scaling.to_log10_mass(logits[:, 0].astype(np.float64))
+                torch_mass = scaling.to_log10_mass(reference[:, 0].astype(np.float64))
+                diff = np.abs(mass - torch_mass)
+                mae = np.abs(mass - data.log10_mass).mean()
+                cells = f"{diff.mean():.4f} / {diff.max():.3f} | {mae:.4f}"
+            else:
+                max_abs, _, agree = compare(logits, reference)
+                acc = float((logits.argmax(1) == data.labels).mean())
+                cells = f"{agree:.1%} | {max_abs:.3g} | {acc:.2%}"
             rows.append(
-                f"| {name} | {files[name].stat().st_size / 1e6:.1f} | {agree:.1%} | {max_abs:.3g} "
-                f"| {acc:.2%} | {lat1[name] * 1e3:.2f} | {lat1['fp32'] / lat1[name]:.2f}x "
+                f"| {name} | {files[name].stat().st_size / 1e6:.1f} | {cells} "
+                f"| {lat1[name] * 1e3:.2f} | {lat1['fp32'] / lat1[name]:.2f}x "
                 f"| {lat64[name] * 1e3:.1f} | {lat64['fp32'] / lat64[name]:.2f}x |"
             )
-        lines += [*rows, "", f"PyTorch test accuracy on the same images: {torch_acc:.2%}"]
+        if scaling:
+            torch_mass = scaling.to_log10_mass(reference[:, 0].astype(np.float64))
+            mae = np.abs(torch_mass - data.log10_mass).mean()
+            lines += [*rows, "", f"PyTorch test MAE on the same images: {mae:.4f} dex"]
+        else:
+            torch_acc = float((reference.argmax(1) == data.labels).mean())
+            lines += [*rows, "", f"PyTorch test accuracy on the same images: {torch_acc:.2%}"]
     text = "\n".join(lines)
     print(text)
     if args.out:
