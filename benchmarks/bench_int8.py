@@ -27,8 +27,6 @@ warnings.filterwarnings("ignore")
 
 from bench_onnx import interleaved, machine  # noqa: E402  (sets OpenMP's policy first)
 
-import numpy as np  # noqa: E402
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,6 +36,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=30, help="timed calls at batch 1")
     ap.add_argument("--out", help="also write the markdown to this file")
     args = ap.parse_args()
+
+    import numpy as np
 
     from deeplense_cli.deploy.export import _load_data, export_fp32
     from deeplense_cli.deploy.onnx_session import INPUT_NAME, create_session
