@@ -40,8 +40,11 @@ LIMITS = (
 )
 
 MASS_LIMITS = (
-    " An axion-mass regressor predicts log10(m / eV) within the simulations' mass prior (see "
-    "trained_on); a mass outside it, or an image without vortices, gets an answer inside it."
+    " It was trained on axion images only, with masses from the simulations' prior (log10 m "
+    "uniform in [-24, -22]): it gives any image a mass, a no_sub or cdm image one near or "
+    "below the light end of the prior, and its out-of-distribution flag does not catch those "
+    "(they look like lensed arcs). Put a classifier first: `deeplense predict Model_III DIR "
+    "--mass-model NAME`."
 )
 CLASSIFIER_METRICS = ("n", "accuracy", "macro_auc", "micro_auc", "auc", "recall", "precision")
 REGRESSOR_METRICS = ("n", "mae", "rmse", "r2", "bias", "mae_mean_predictor", "mass_bins")

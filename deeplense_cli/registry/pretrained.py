@@ -97,7 +97,9 @@ def shipped_models(folder: Path | None = None) -> dict[str, PretrainedModel]:
         card = _read_card(card_path)
         name = str(card.get("name") or onnx_path.stem)
         found[name.lower()] = PretrainedModel(name=name, path=onnx_path, card=card)
-    return found
+    # classifiers first, then regressors; by name within each
+    order = sorted(found.values(), key=lambda m: (m.task != "classify", m.name.lower()))
+    return {m.name.lower(): m for m in order}
 
 
 def resolve_model(model: str | os.PathLike[str], folder: Path | None = None) -> Path:
