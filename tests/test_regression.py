@@ -478,6 +478,13 @@ def test_a_regressor_fine_tunes_from_a_regressor_with_its_head(mass_run: Path) -
 
     source = find_source(str(mass_run))
     assert source.classes == ["log10_axion_mass"]
+    # the task comes with a regressor's weights, unless one is given
+    assert resolve(flags={"train": {"init": str(mass_run)}})["train"]["task"] == "axion-mass"
+    given = {"train": {"init": str(mass_run), "task": "classify"}}
+    assert resolve(flags=given)["train"]["task"] == "classify"
+    assert resolve(flags={"train": {"init": "Model_III-axion-mass"}})["train"]["task"] == (
+        "axion-mass"
+    )
     net = RunDir.open(mass_run).build_model()
     for param in net.parameters():
         torch.nn.init.zeros_(param)

@@ -28,7 +28,14 @@ from deeplense_cli.core.errors import DeepLenseError
 from deeplense_cli.core.ranges import check_number
 from deeplense_cli.registry.manager import get_architecture
 from deeplense_cli.runs.rundir import RunDir
-from deeplense_cli.runs.task import REGRESSION_LOSSES, TARGET_SCALINGS, TASKS, task_of
+from deeplense_cli.runs.task import (
+    AXION_MASS,
+    REGRESSION_LOSSES,
+    TARGET_NAME,
+    TARGET_SCALINGS,
+    TASKS,
+    task_of,
+)
 from deeplense_cli.tracking import check_loggers, logger_names
 from deeplense_cli.training.defaults import (
     AMP_MODES,
@@ -146,6 +153,8 @@ def resolve(
     train = {**TRAIN_DEFAULTS, **dict(arch.train_defaults)}
     if init is not None:
         train.update(FINETUNE_DEFAULTS)
+        if init.classes == [TARGET_NAME]:  # a regressor's weights: its task unless given
+            train["task"] = AXION_MASS
     data = dict(DATA_DEFAULTS)
     if init is not None:  # the source's crop, unless one is given below
         data["crop"] = init.transform.get("crop")

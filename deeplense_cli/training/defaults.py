@@ -139,7 +139,7 @@ def _settings(values: dict[str, Any]) -> str:
 # default: that comes from TRAIN_DEFAULTS).
 TRAIN_HELP: dict[str, str] = {
     "task": "classify the substructure, or regress log10 of the axion mass (eV) on the images "
-    "that carry one (axion-mass).",
+    "that carry one (axion-mass; the default with --init from an axion-mass model).",
     "epochs": "Epochs to train (--max-minutes may plan fewer).",
     "max_minutes": "Time budget: plan at most as many epochs as fit (after epoch 1).",
     "batch_size": "Global batch: with several processes each takes its share (the learning "
