@@ -95,6 +95,12 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, title: str) -> Figure:
     lo = float(min(np.min(truth), np.min(pred)))
     hi = float(max(np.max(truth), np.max(pred)))
     ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=0.8)
+    # at most ~6 ticks a side: labels such as -23.75 ran into each other at every 0.25
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("true log10 m_a (eV)")
     ax.set_ylabel("predicted log10 m_a (eV)")
     ax.set_title(title, fontsize=9)
