@@ -594,6 +594,6 @@ def export_onnx(
         result.seconds = time.perf_counter() - start
         add_artifacts(run.path, [target])  # to the run's tracker runs, if it was tracked
         return result
-    raise DeepLenseError(
-        "; ".join(failures) if len(failures) > 1 else failures[0].split(": ", 1)[1]
-    )
+    reasons = {f.split(": ", 1)[1] for f in failures}
+    # each exporter's own reason, or the one reason once when every exporter met it
+    raise DeepLenseError("; ".join(failures) if len(reasons) > 1 else reasons.pop())
