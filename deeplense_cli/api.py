@@ -865,7 +865,7 @@ def load_model(
         >>> api.load_model("no_such_model")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        deeplense_cli.core.errors.DeepLenseError: no_such_model is neither a file nor a shipped model (shipped: ..., Model_III; see `deeplense models pretrained`)
+        deeplense_cli.core.errors.DeepLenseError: no_such_model is neither a file nor a shipped model (shipped: Model_I, ...; see `deeplense models pretrained`)
     """
     predictor = load_predictor(
         str(_path("model", model)), device=device, threads=threads, checkpoint=checkpoint

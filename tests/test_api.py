@@ -93,8 +93,11 @@ def test_architectures_and_pretrained_models() -> None:
     shipped = {model.name: model for model in api.pretrained_models()}
     assert {"Model_II", "Model_III"} <= set(shipped)
     for model in shipped.values():
-        assert model.path.is_file() and model.card["classes"] == CLASSES
-        assert model.card["dataset"] == model.name
+        assert model.path.is_file()
+        if model.task == "axion-mass":  # a regressor: trained on one dataset's axions
+            assert model.card["classes"] == ["axion"] and model.card["dataset"] == "Model_III"
+            continue
+        assert model.card["classes"] == CLASSES and model.card["dataset"] == model.name
 
 
 def test_a_full_disk_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
