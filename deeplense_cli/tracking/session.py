@@ -275,17 +275,10 @@ def tracked(
 def add_artifacts(run_path: str | Path, paths: Iterable[str | Path]) -> None:
     """Log files written after training (an export, a later evaluation) to the tracker runs
     recorded in ``RUN/tracking.json``; nothing when the run was not tracked."""
-    run = RunDir(run_path)
-    record = read_record(run)
-    names = [n for n in (record.get("loggers") or {}) if isinstance(n, str)]
-    if not names:
+    reopened = _reopen(run_path, "attach")
+    if reopened is None:
         return
-    try:
-        config = run.read_config()
-    except DeepLenseError:
-        config = {}
-    config = {**config, "tracking": {"experiment": record.get("experiment")}}
-    tracker = Tracker(run, config, names, "attach")
+    tracker, record = reopened
     tracker.start()
     for path in paths:
         tracker.artifact(Path(path))
@@ -298,17 +291,26 @@ def settle(run_path: str | Path, status: str) -> bool:
     :data:`STATUSES`), as its caller knows it: Ray Tune may tear a finished trial's worker
     down before its tracker has written the end, which would leave it "running" forever.
     Nothing (False) when ``RUN/tracking.json`` already records an end, or no tracker."""
+    reopened = _reopen(run_path, "resume")  # reopened, then ended as it should have
+    if reopened is None or reopened[1].get("status") != "running" or status not in STATUSES:
+        return False
+    tracker = reopened[0]
+    tracker.start(int((tracker.run.read_metrics() or [{}])[-1].get("epoch") or 0))
+    tracker.finish(status)
+    return True
+
+
+def _reopen(run_path: str | Path, mode: Mode) -> tuple[Tracker, dict[str, Any]] | None:
+    """A Tracker over the tracker runs ``RUN/tracking.json`` records (not started), and that
+    record; None when the run was not tracked."""
     run = RunDir(run_path)
     record = read_record(run)
     names = [n for n in (record.get("loggers") or {}) if isinstance(n, str)]
-    if not names or record.get("status") != "running" or status not in STATUSES:
-        return False
+    if not names:
+        return None
     try:
         config = run.read_config()
     except DeepLenseError:
         config = {}
     config = {**config, "tracking": {"experiment": record.get("experiment")}}
-    tracker = Tracker(run, config, names, "resume")  # reopened, then ended as it should have
-    tracker.start(int((run.read_metrics() or [{}])[-1].get("epoch") or 0))
-    tracker.finish(status)
-    return True
+    return Tracker(run, config, names, mode), record
