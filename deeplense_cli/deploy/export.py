@@ -37,10 +37,7 @@ from deeplense_cli.deploy.defaults import (
     MIN_OPSET,
     VALIDATION_IMAGES,
 )
-from deeplense_cli.deploy.mass_export import (
-    check_masses,
-    regression_metadata,
-)
+from deeplense_cli.deploy.mass_export import check_masses, regression_metadata
 from deeplense_cli.deploy.mass_export import tolerance_text as mass_tolerance
 from deeplense_cli.deploy.onnx_graph import STANDARD_DOMAINS, reorder_gelu, rewrite_einsum
 from deeplense_cli.deploy.onnx_session import FORMAT, INPUT_NAME, OUTPUT_NAME, import_ort, shareable

@@ -404,7 +404,6 @@ def iter_predictions(
     target = getattr(predictor, "target", None)  # an axion-mass model's scaling
     classes = predictor.classes if target is None else [REGRESSOR_LABEL]
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    batch: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeplense-read") as pool:
         pending: Future[Any] | None = None
         if batches:
@@ -420,6 +419,7 @@ def iter_predictions(
             if summary is not None:
                 summary.skipped.extend(skipped)
             if len(kept):
+                batch: list[Prediction] = []
                 logits, scores = predictor.outputs(apply_transform(raw, predictor.transform))
                 probs = softmax(logits.astype(np.float64))
                 top = probs.argmax(1)
@@ -446,7 +446,6 @@ def iter_predictions(
                         summary.images += 1
                         summary.counts[pred.predicted] = summary.counts.get(pred.predicted, 0) + 1
                     yield pred
-                batch.clear()
             if progress is not None:
                 progress(len(batches[i]))
 
