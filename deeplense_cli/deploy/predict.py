@@ -450,16 +450,16 @@ def iter_predictions(
                 progress(len(batches[i]))
 
 
-def check_mass_model(classifier: Predictor, mass: Predictor) -> None:
-    """``mass`` can follow ``classifier`` (``predict --mass-model``): a regressor after a
-    classifier that knows axions, both reading the same images."""
+def check_mass_model(classifier: Predictor, mass: Predictor, name: str = "") -> None:
+    """``mass`` (given as ``name``) can follow ``classifier`` (``predict --mass-model``): a
+    regressor after a classifier that knows axions, both reading the same images."""
     if getattr(classifier, "target", None) is not None:
         raise DeepLenseError(
             "--mass-model follows a classifier; MODEL is already an axion-mass model"
         )
     if getattr(mass, "target", None) is None:
         raise DeepLenseError(
-            f"--mass-model {mass.describe()} classifies; give an axion-mass model (trained "
+            f"--mass-model {name or mass.describe()} classifies; give an axion-mass model (trained "
             "with --task axion-mass, or a shipped one: see `deeplense models pretrained`)"
         )
     if REGRESSOR_LABEL not in classifier.classes:
@@ -649,7 +649,7 @@ def predict(
     mass = None
     if mass_model is not None:
         mass = load_predictor(mass_model, device=device, threads=threads, checkpoint=checkpoint)
-        check_mass_model(predictor, mass)
+        check_mass_model(predictor, mass, os.fspath(mass_model))
     summary = Summary(
         mass_model=None if mass is None else mass.describe(),
         model=predictor.describe(),
